@@ -1,0 +1,86 @@
+"""The ``napari-unet`` command line: ``train``, ``predict``, ``weights`` and ``demo``.
+
+Each sub-command lives in a module of this package that defines ``add_parser(subparsers)`` and
+``run(args) -> int``. Modules are imported only when their command runs, so ``napari-unet --help``
+stays quick. Errors in the user's input end with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from napari_unet import __version__
+
+__all__ = ["UsageError", "main"]
+
+#: sub-command name -> module in this package
+COMMANDS: dict[str, str] = {
+    "train": "train",
+    "predict": "predict",
+    "weights": "weights",
+    "demo": "demo",
+}
+
+
+class UsageError(Exception):
+    """An error in what the user asked for: reported in one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with every sub-command.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser; each sub-command sets ``args.module``.
+    """
+    parser = argparse.ArgumentParser(
+        prog="napari-unet",
+        description="Train and run U-Nets for cell segmentation (napari plugin and command line).",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-unet {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"{__name__}.{module_name}")
+        module.add_parser(sub)
+        sub.choices[name].set_defaults(module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name; defaults to ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        Exit code: 0 on success, 1 on an unexpected failure, 2 on bad input, 130 when
+        interrupted.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.module.run(args) or 0)
+    except (UsageError, ValueError, FileNotFoundError, IsADirectoryError) as exc:
+        print(f"napari-unet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"napari-unet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
