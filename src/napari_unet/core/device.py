@@ -92,9 +92,7 @@ def select_device(name: str | torch.device = "auto") -> torch.device:
                 "device(s) exist"
             )
         return torch.device("cuda", index)
-    raise ValueError(
-        f"unknown device {name!r}; expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
-    )
+    raise ValueError(f"unknown device {name!r}; expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
 
 def describe_device(device: torch.device | str) -> str:
