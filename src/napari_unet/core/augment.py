@@ -1,0 +1,338 @@
+"""Batched data augmentation on the training device.
+
+Every geometric change of a batch, the paper's elastic deformation (random displacements on a
+coarse 3x3 grid, upsampled bicubically), the 8 flips and 90° rotations, and a small rotation and
+scaling, is folded into **one** sampling grid per sample, which
+:func:`torch.nn.functional.grid_sample` applies to the image (bilinear), the target classes
+(nearest neighbour) and the loss weights (bilinear). Intensity changes (gain, offset, gamma,
+noise) then act on the image only. Everything runs batched on whatever device the tensors are on.
+
+Input patches may be larger than the output (a margin of context around the patch), so that
+rotations and deformations sample real pixels instead of reflections; with valid convolutions
+the targets are the center crop of the network's input that its output covers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from napari_unet.core.weights import IGNORE
+
+__all__ = ["AugmentSettings", "augment_batch", "context_margin", "sampling_grid"]
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """What :func:`augment_batch` does, each part switchable.
+
+    Parameters
+    ----------
+    elastic : bool
+        Elastic deformation as in Ronneberger et al. (2015): random displacement vectors on a
+        coarse ``elastic_points`` x ``elastic_points`` grid, normally distributed with
+        ``elastic_std`` pixels standard deviation, upsampled bicubically to every pixel.
+    elastic_std : float
+        Standard deviation of the coarse displacements, in pixels (10 in the paper).
+    elastic_points : int
+        Control points per side of the coarse grid (3 in the paper).
+    flips : bool
+        A random one of the 8 flips and 90° rotations (exact: pixel centres map to pixel
+        centres).
+    affine : bool
+        A small random rotation and scaling.
+    max_rotation : float
+        Largest rotation of the small rotation, in degrees either way.
+    scale_range : tuple of float
+        Range of the zoom factor (log-uniform); above 1 magnifies.
+    intensity : bool
+        Random gamma, gain, offset and Gaussian noise on the (normalised) image.
+    gamma_range, gain_range : tuple of float
+        Ranges of the gamma exponent and the gain (log-uniform).
+    max_offset : float
+        Largest additive offset either way (normalised units: 1 = the image's 1-99.8
+        percentile range).
+    max_noise : float
+        Largest standard deviation of the added noise (drawn per sample from 0 to this).
+    """
+
+    elastic: bool = True
+    elastic_std: float = 10.0
+    elastic_points: int = 3
+    flips: bool = True
+    affine: bool = True
+    max_rotation: float = 15.0
+    scale_range: tuple[float, float] = (0.85, 1.15)
+    intensity: bool = True
+    gamma_range: tuple[float, float] = (0.8, 1.25)
+    gain_range: tuple[float, float] = (0.8, 1.25)
+    max_offset: float = 0.1
+    max_noise: float = 0.04
+
+    def __post_init__(self) -> None:
+        if self.elastic_std < 0:
+            raise ValueError(f"elastic_std must be >= 0 pixels, got {self.elastic_std!r}")
+        if self.elastic_points < 2:
+            raise ValueError(f"elastic_points must be >= 2, got {self.elastic_points!r}")
+        if not 0 <= self.max_rotation <= 180:
+            raise ValueError(f"max_rotation must be in [0, 180] degrees, got {self.max_rotation}")
+        for name in ("scale_range", "gamma_range", "gain_range"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"{name} must be (low, high) with 0 < low <= high, got {lo, hi}")
+        if self.max_offset < 0 or self.max_noise < 0:
+            raise ValueError(
+                f"max_offset and max_noise must be >= 0, got {self.max_offset}, {self.max_noise}"
+            )
+
+    @property
+    def geometric(self) -> bool:
+        """Whether any geometric transformation is switched on."""
+        return self.elastic or self.flips or self.affine
+
+
+def context_margin(size: int, settings: AugmentSettings) -> int:
+    """Pixels of context to cut around a patch so that augmentation rarely samples outside.
+
+    Parameters
+    ----------
+    size : int
+        Edge of the (square) patch that :func:`augment_batch` outputs.
+    settings : AugmentSettings
+        The augmentation.
+
+    Returns
+    -------
+    int
+        Margin per side: what the small rotation and the smallest zoom reach beyond the patch,
+        plus twice the elastic displacement's standard deviation. Samples that still fall
+        outside are mirrored.
+
+    Examples
+    --------
+    >>> context_margin(128, AugmentSettings(elastic=False, affine=False))
+    0
+    """
+    margin = 0.0
+    if settings.affine:
+        angle = math.radians(settings.max_rotation)
+        reach = (abs(math.cos(angle)) + abs(math.sin(angle))) / settings.scale_range[0]
+        margin += max(reach - 1.0, 0.0) * size / 2
+    if settings.elastic:
+        margin += 2 * settings.elastic_std
+    return math.ceil(margin)
+
+
+def _uniform(
+    n: int, lo: float, hi: float, generator: torch.Generator | None, device
+) -> torch.Tensor:
+    return torch.rand(n, generator=generator, device=device) * (hi - lo) + lo
+
+
+def _log_uniform(
+    n: int, lo: float, hi: float, generator: torch.Generator | None, device
+) -> torch.Tensor:
+    return torch.exp(_uniform(n, math.log(lo), math.log(hi), generator, device))
+
+
+def sampling_grid(
+    n: int,
+    in_size: tuple[int, int],
+    out_size: tuple[int, int],
+    settings: AugmentSettings,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Random sampling grids for :func:`torch.nn.functional.grid_sample`.
+
+    Output pixel ``p`` (relative to the output's centre) reads input position
+    ``c + A p + d(p)``, where ``c`` is the input's centre, ``A`` combines a random flip/90°
+    rotation, a small rotation and a zoom, and ``d`` is the elastic displacement field.
+
+    Parameters
+    ----------
+    n : int
+        Number of grids (the batch size).
+    in_size, out_size : tuple of int
+        ``(H, W)`` of the input and of the output.
+    settings : AugmentSettings
+        What to draw.
+    generator : torch.Generator, optional
+        Source of randomness, on ``device``.
+    device : torch.device or str
+        Where to build the grids.
+
+    Returns
+    -------
+    torch.Tensor
+        float32 ``(n, h, w, 2)`` in normalised coordinates (``align_corners=False``).
+    """
+    device = torch.device(device)
+    h_in, w_in = in_size
+    h, w = out_size
+    ys = torch.arange(h, device=device, dtype=torch.float32) - (h - 1) / 2
+    xs = torch.arange(w, device=device, dtype=torch.float32) - (w - 1) / 2
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    points = torch.stack([xx, yy], dim=-1).reshape(1, h * w, 2).expand(n, -1, -1)  # (x, y)
+
+    matrix = torch.eye(2, device=device).expand(n, 2, 2).clone()
+    if settings.flips:
+        k = torch.randint(0, 4, (n,), generator=generator, device=device)
+        flip = torch.randint(0, 2, (n,), generator=generator, device=device) * 2 - 1
+        # rotation by k * 90 degrees: exact integer cos/sin
+        cos = torch.tensor([1.0, 0.0, -1.0, 0.0], device=device)[k]
+        sin = torch.tensor([0.0, 1.0, 0.0, -1.0], device=device)[k]
+        rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+        mirror = torch.diag_embed(torch.stack([flip.float(), torch.ones(n, device=device)], -1))
+        matrix = rot @ mirror @ matrix
+    if settings.affine:
+        angle = _uniform(n, -settings.max_rotation, settings.max_rotation, generator, device)
+        angle = angle * (math.pi / 180)
+        zoom = _log_uniform(n, *settings.scale_range, generator, device)
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+        matrix = rot @ matrix
+    coords = points @ matrix.transpose(1, 2)  # (n, h*w, 2), input pixels relative to the centre
+    coords = coords.reshape(n, h, w, 2)
+    if settings.elastic and settings.elastic_std > 0:
+        m = settings.elastic_points
+        coarse = torch.randn(n, 2, m, m, generator=generator, device=device)
+        coarse = coarse * settings.elastic_std
+        field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)
+        coords = coords + field.permute(0, 2, 3, 1)
+    # input pixel offsets from the centre -> normalised coordinates (align_corners=False)
+    scale = torch.tensor([2.0 / w_in, 2.0 / h_in], device=device)
+    return coords * scale
+
+
+def _center_crop(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    h, w = t.shape[-2:]
+    top, left = (h - size[0]) // 2, (w - size[1]) // 2
+    return t[..., top : top + size[0], left : left + size[1]]
+
+
+def augment_batch(
+    images: torch.Tensor,
+    classes: torch.Tensor,
+    weights: torch.Tensor,
+    settings: AugmentSettings,
+    *,
+    out_size: int | tuple[int, int] | None = None,
+    target_size: int | tuple[int, int] | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Augment a batch of patches with one sampling grid for image, targets and weights.
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        float ``(N, C, H, W)`` normalised image patches, with context around the output.
+    classes : torch.Tensor
+        ``(N, H, W)`` target classes (uint8 or integer; :data:`~napari_unet.core.weights.IGNORE`
+        marks unannotated pixels).
+    weights : torch.Tensor
+        float ``(N, H, W)`` loss weights.
+    settings : AugmentSettings
+        What to do.
+    out_size : int or tuple of int, optional
+        ``(h, w)`` of the image patches returned (the network's input); default ``(H, W)``.
+        The output is centred on the input.
+    target_size : int or tuple of int, optional
+        ``(h', w')`` of the targets and weights returned, the centre of the output (the
+        network's output size with valid convolutions); default ``out_size``.
+    generator : torch.Generator, optional
+        Source of randomness, on the tensors' device.
+
+    Returns
+    -------
+    images : torch.Tensor
+        float32 ``(N, C, h, w)``.
+    classes : torch.Tensor
+        int64 ``(N, h', w')`` (nearest-neighbour sampled).
+    weights : torch.Tensor
+        float32 ``(N, h', w')`` (bilinear), 0 wherever the class is ``IGNORE``.
+
+    Examples
+    --------
+    >>> img = torch.rand(2, 1, 48, 48)
+    >>> cls = torch.randint(0, 2, (2, 48, 48), dtype=torch.uint8)
+    >>> x, y, w = augment_batch(img, cls, torch.ones(2, 48, 48), AugmentSettings(), out_size=32)
+    >>> tuple(x.shape), tuple(y.shape), y.dtype
+    ((2, 1, 32, 32), (2, 32, 32), torch.int64)
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    n, _, h_in, w_in = images.shape
+    if classes.shape != (n, h_in, w_in) or weights.shape != (n, h_in, w_in):
+        raise ValueError(
+            f"classes and weights must be (N, H, W) = {(n, h_in, w_in)}, got "
+            f"{tuple(classes.shape)} and {tuple(weights.shape)}"
+        )
+    out = (h_in, w_in) if out_size is None else _pair(out_size)
+    tgt = out if target_size is None else _pair(target_size)
+    if out[0] > h_in or out[1] > w_in:
+        raise ValueError(f"out_size {out} must not exceed the input size {(h_in, w_in)}")
+    if tgt[0] > out[0] or tgt[1] > out[1]:
+        raise ValueError(f"target_size {tgt} must not exceed out_size {out}")
+    images = images.float()
+    if settings.geometric:
+        grid = sampling_grid(
+            n, (h_in, w_in), out, settings, generator=generator, device=images.device
+        )
+        x = F.grid_sample(
+            images, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+        )
+        grid_t = _center_crop(grid.permute(0, 3, 1, 2), tgt).permute(0, 2, 3, 1)
+        # classes and weights in one nearest pass and one bilinear pass
+        y = F.grid_sample(
+            classes[:, None].float(),
+            grid_t,
+            mode="nearest",
+            padding_mode="reflection",
+            align_corners=False,
+        )[:, 0]
+        w = F.grid_sample(
+            weights[:, None].float(),
+            grid_t,
+            mode="bilinear",
+            padding_mode="reflection",
+            align_corners=False,
+        )[:, 0]
+        y = y.round_().long()
+    else:
+        x = _center_crop(images, out)
+        y = _center_crop(classes, tgt).long()
+        w = _center_crop(weights, tgt).float()
+    w = torch.where(y == IGNORE, torch.zeros((), device=w.device), w)
+    if settings.intensity:
+        x = _intensity(x, settings, generator)
+    return x.contiguous(), y.contiguous(), w.contiguous()
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    a, b = size
+    return int(a), int(b)
+
+
+def _intensity(
+    x: torch.Tensor, settings: AugmentSettings, generator: torch.Generator | None
+) -> torch.Tensor:
+    n = x.shape[0]
+    dev = x.device
+    shape = (n, 1, 1, 1)
+    gamma = _log_uniform(n, *settings.gamma_range, generator, dev).view(shape)
+    gain = _log_uniform(n, *settings.gain_range, generator, dev).view(shape)
+    offset = _uniform(n, -settings.max_offset, settings.max_offset, generator, dev).view(shape)
+    noise = _uniform(n, 0.0, settings.max_noise, generator, dev).view(shape)
+    # gamma acts on magnitudes so that values below 0 (under the 1st percentile) stay valid
+    x = torch.sign(x) * x.abs().pow(gamma)
+    x = x * gain + offset
+    if settings.max_noise > 0:
+        x = x + noise * torch.randn(x.shape, generator=generator, device=dev)
+    return x
