@@ -352,6 +352,11 @@ def test_incremental_update_equals_full_recompute(gap):
         if box is not None:  # a recomputed box is local, not the whole image
             assert (box[0].stop - box[0].start) * (box[1].stop - box[1].start) < labels.size
         np.testing.assert_array_equal(live.weights, full())
+    # two strokes far apart in one update (e.g. an undo): recomputed as two separate boxes
+    _paint_disc(labels, 10, 10, 4, 0)
+    _paint_disc(labels, 150, 140, 5, int(labels.max()) + 1)
+    live.update(labels)
+    np.testing.assert_array_equal(live.weights, full())
     # erase a whole cell, with a hint of where the change is
     k = int(labels[labels > 0][0])
     sl = ndi.find_objects(labels)[k - 1]
@@ -363,6 +368,16 @@ def test_incremental_update_equals_full_recompute(gap):
             out, training_targets(labels, region=region, gap=gap, sigma=4.0).weights
         )
     assert live.update(labels) is None  # nothing changed
+
+
+def test_change_clusters_merge_only_when_close():
+    mask = np.zeros((200, 200), bool)
+    mask[10:12, 10:12] = True
+    mask[10:12, 20:22] = True  # 8 px away: merged with the first
+    mask[150:160, 150:155] = True  # far: its own box
+    boxes = sorted(W._clusters(mask, reach=20), key=lambda b: b[0].start)
+    assert boxes == [(slice(10, 12), slice(10, 22)), (slice(150, 160), slice(150, 155))]
+    assert W._clusters(np.zeros((5, 5), bool), reach=3) == []
 
 
 def test_live_settings_changes_equal_full_recompute():

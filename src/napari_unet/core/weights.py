@@ -538,6 +538,43 @@ def _mask_box(mask: np.ndarray) -> Box | None:
     return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
 
+def _shift_box(local: Box, origin: Box) -> Box:
+    """A box given relative to the crop ``origin``, in image coordinates."""
+    return tuple(  # type: ignore[return-value]
+        slice(o.start + b.start, o.start + b.stop) for o, b in zip(origin, local, strict=True)
+    )
+
+
+def _clusters(mask: np.ndarray, reach: int, most: int = 64) -> list[Box]:
+    """Boxes of the True pixels, merged until no two boxes are within ``reach`` pixels."""
+    box = _mask_box(mask)
+    if box is None:
+        return []
+    parts, n = ndi.label(mask[box], structure=np.ones((3, 3), bool))
+    if n == 1 or n > most:  # one stroke, or scattered noise: one box
+        return [box]
+    boxes = [[s[0].start, s[0].stop, s[1].start, s[1].stop] for s in ndi.find_objects(parts)]
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                a, b = boxes[i], boxes[j]
+                if (
+                    a[0] - reach < b[1]
+                    and b[0] - reach < a[1]
+                    and a[2] - reach < b[3]
+                    and b[2] - reach < a[3]
+                ):
+                    boxes[i] = [min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])]
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return [_shift_box((slice(y0, y1), slice(x0, x1)), box) for y0, y1, x0, x1 in boxes]
+
+
 def _inner(outer: Box, inner: Box) -> Box:
     """``inner`` expressed in the coordinates of the crop ``outer``."""
     return tuple(  # type: ignore[return-value]
@@ -681,6 +718,10 @@ class BorderWeightMap:
     def update(self, labels: np.ndarray, changed: object = None) -> Box | None:
         """Take new labels and recompute the map where they changed.
 
+        Changed pixels are grouped into clusters whose zones of influence do not overlap, and
+        each cluster's box (grown by the gap and twice the border radius) is recomputed on its
+        own, so two brush strokes at opposite corners cost two small boxes, not the image.
+
         Parameters
         ----------
         labels : numpy.ndarray
@@ -692,21 +733,37 @@ class BorderWeightMap:
         Returns
         -------
         tuple of slice or None
-            The box in which the border term was recomputed, ``None`` when nothing changed.
+            A box covering every pixel whose weight was recomputed, ``None`` when nothing
+            changed.
         """
         labels = check_labels(labels)
         if labels.shape != self.shape:
             raise ValueError(f"labels must keep the shape {self.shape}, got {labels.shape}")
-        if changed is None:
-            box = _mask_box(labels != self._labels)
-        else:
-            box = _check_box(changed, self.shape)
-        if box is None:
+        full: Box = (slice(0, self.shape[0]), slice(0, self.shape[1]))
+        hint = full if changed is None else _check_box(changed, self.shape)
+        if hint is None:
             return None
-        if not np.array_equal(labels[box], self._labels[box]):
-            self._labels[box] = labels[box]
-        else:
+        diff = labels[hint] != self._labels[hint]
+        pad = int(np.ceil(border_radius(self._sigma)))
+        reach = 2 * (pad + self._gap) + 1  # clusters farther apart than this do not interact
+        done: list[Box] = []
+        for local in _clusters(diff, reach):
+            box = _shift_box(local, hint)
+            out = self._update_box(labels, box, pad)
+            if out is not None:
+                done.append(out)
+        if not done:
             return None
+        self._weights = None
+        union = tuple(
+            slice(min(b[i].start for b in done), max(b[i].stop for b in done)) for i in range(2)
+        )
+        logger.debug("border weights updated in %d box(es) within %s", len(done), union)
+        return union  # type: ignore[return-value]
+
+    def _update_box(self, labels: np.ndarray, box: Box, pad: int) -> Box | None:
+        """Copy ``labels[box]`` in and recompute what depends on it; the recomputed box."""
+        self._labels[box] = labels[box]
         if self._gap:
             # The cut at a pixel depends on the labels within `gap` of it.
             cut_box = _grow_box(box, self._gap, self.shape)
@@ -719,22 +776,17 @@ class BorderWeightMap:
         if diff is None:
             return None
         # Class counts: only the foreground inside the changed box moves.
-        region = None if self._region is None else self._region[cut_box]
         old_fg, new_fg = old_cut > 0, new_cut > 0
-        if region is not None:
+        if self._region is not None:
+            region = self._region[cut_box]
             old_fg, new_fg = old_fg & region, new_fg & region
         self._n_fg += int(np.count_nonzero(new_fg)) - int(np.count_nonzero(old_fg))
         self._cut[cut_box] = new_cut
-        # Border term: changed within `radius` of the changed pixels only (see _border_term).
-        changed_box = tuple(
-            slice(c.start + d.start, c.start + d.stop) for c, d in zip(cut_box, diff, strict=True)
-        )
-        pad = int(np.ceil(border_radius(self._sigma)))
-        out_box = _grow_box(changed_box, pad, self.shape)  # type: ignore[arg-type]
+        # Border term: it changes only within `radius` of changed pixels (see _border_term),
+        # and there it needs the labels within `radius` again.
+        out_box = _grow_box(_shift_box(diff, cut_box), pad, self.shape)
         ctx = _grow_box(out_box, pad, self.shape)
         self._border[out_box] = _border_term(self._cut[ctx], self._sigma)[_inner(ctx, out_box)]
-        self._weights = None
-        logger.debug("border weights updated in %s", out_box)
         return out_box
 
     def set_params(
