@@ -1,0 +1,130 @@
+"""``napari-unet weights``: the U-Net border-weight map of a label image, written to a file.
+
+A 2D label image gives a 2D map; a ``(Z, Y, X)`` stack is weighted slice by slice (each slice is
+an independent 2D image, see :func:`napari_unet.core.weights.border_weight_stack`). The map is
+that of the labels as given: no gap is cut (training cuts it before weighting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_unet.cli import UsageError
+
+__all__ = ["add_parser", "run"]
+
+logger = logging.getLogger(__name__)
+
+_WRITABLE = (".tif", ".tiff", ".npy")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``weights`` sub-command.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The command line's sub-parsers.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The ``weights`` parser.
+    """
+    parser = subparsers.add_parser(
+        "weights",
+        help="compute the U-Net border-weight map of a label image",
+        description=(
+            "Compute the border-weight map of Ronneberger et al. (2015, eq. 2), "
+            "w = w_c + w0 * exp(-(d1 + d2)^2 / (2 sigma^2)), of an integer label image "
+            "(0 = background, k > 0 = cell k) and write it as float32. A (Z, Y, X) stack is "
+            "weighted slice by slice."
+        ),
+    )
+    parser.add_argument(
+        "labels", type=Path, metavar="LABELS", help="label image (.tif, .png, .npy, .zarr)"
+    )
+    parser.add_argument(
+        "--out",
+        "-o",
+        type=Path,
+        required=True,
+        metavar="WEIGHTS",
+        help="where to write the float32 weight map (.tif, .tiff or .npy)",
+    )
+    parser.add_argument(
+        "--w0", type=float, default=10.0, help="height of the border term (default: 10)"
+    )
+    parser.add_argument(
+        "--sigma",
+        type=float,
+        default=5.0,
+        help="width of the border term in pixels (default: 5)",
+    )
+    parser.add_argument(
+        "--no-class-balance",
+        dest="class_balance",
+        action="store_false",
+        help="do not balance background and foreground (w_c = 1)",
+    )
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compute and write the weight map.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed arguments of the ``weights`` sub-command.
+
+    Returns
+    -------
+    int
+        0 on success.
+
+    Raises
+    ------
+    ValueError, UsageError, FileNotFoundError
+        On unreadable or unsuitable input, or an unwritable output path.
+    """
+    from napari_unet.cli.files import read_image, write_image
+    from napari_unet.core.weights import border_weight_map, border_weight_stack, check_labels
+
+    out = Path(args.out)
+    if out.suffix.lower() not in _WRITABLE:
+        raise UsageError(f"--out must end in {', '.join(_WRITABLE)}, got {out.name!r}")
+    if not out.parent.exists():
+        raise FileNotFoundError(f"folder for --out does not exist: {out.parent}")
+    labels = np.asarray(read_image(args.labels))  # a zarr store is read whole: labels are small
+    name = f"label image {args.labels}"
+    if labels.ndim not in (2, 3):
+        raise ValueError(
+            f"{name} must be 2D (Y, X) or a 3D (Z, Y, X) stack, "
+            f"got {labels.ndim}D with shape {labels.shape}"
+        )
+    labels = check_labels(labels, name=name, ndim=labels.ndim)
+    kwargs = {"w0": args.w0, "sigma": args.sigma, "class_balance": args.class_balance}
+    started = time.perf_counter()
+    if labels.ndim == 2:
+        weights = border_weight_map(labels, **kwargs)
+    else:
+        weights = border_weight_stack(labels, **kwargs)
+    logger.info(
+        "weights of %s (%s) in %.2f s",
+        args.labels,
+        " x ".join(map(str, labels.shape)),
+        time.perf_counter() - started,
+    )
+    write_image(out, weights)
+    print(
+        f"wrote {out}: {' x '.join(map(str, weights.shape))} float32, "
+        f"weights {float(weights.min()):.3g} to {float(weights.max()):.3g}"
+    )
+    return 0

@@ -1,0 +1,94 @@
+"""Tests for ``napari-unet weights``."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet import cli
+from napari_unet.cli import main
+from napari_unet.core.weights import border_weight_map
+from napari_unet.sample_data import make_touching_cells
+
+
+@pytest.fixture(autouse=True)
+def _existing_commands(monkeypatch):
+    """Build the parser from the sub-command modules present (others may be in the works)."""
+    present = {
+        name: module
+        for name, module in cli.COMMANDS.items()
+        if importlib.util.find_spec(f"napari_unet.cli.{module}") is not None
+    }
+    assert "weights" in present
+    monkeypatch.setattr(cli, "COMMANDS", present)
+
+
+@pytest.fixture
+def labels():
+    return make_touching_cells((64, 64), 10, seed=0)[1]
+
+
+def test_weights_2d_tif(tmp_path, labels, capsys):
+    src, dst = tmp_path / "labels.tif", tmp_path / "weights.tif"
+    tifffile.imwrite(src, labels)
+    assert main(["weights", str(src), "--out", str(dst)]) == 0
+    out = tifffile.imread(dst)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, border_weight_map(labels))
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_weights_options_and_npy(tmp_path, labels):
+    src, dst = tmp_path / "labels.npy", tmp_path / "weights.npy"
+    np.save(src, labels.astype(np.uint16))
+    argv = ["weights", str(src), "-o", str(dst), "--w0", "3", "--sigma", "2.5"]
+    assert main([*argv, "--no-class-balance"]) == 0
+    expected = border_weight_map(labels, w0=3.0, sigma=2.5, class_balance=False)
+    np.testing.assert_array_equal(np.load(dst), expected)
+
+
+def test_weights_stack_slice_by_slice(tmp_path, labels):
+    stack = np.stack([labels, np.zeros_like(labels), labels[::-1]])
+    src, dst = tmp_path / "stack.tif", tmp_path / "w.tif"
+    tifffile.imwrite(src, stack)
+    assert main(["weights", str(src), "--out", str(dst)]) == 0
+    out = tifffile.imread(dst)
+    assert out.shape == stack.shape
+    for z in range(3):
+        np.testing.assert_array_equal(out[z], border_weight_map(stack[z]))
+
+
+@pytest.mark.parametrize(
+    ("data", "extra", "message"),
+    [
+        (np.zeros((8, 8), np.float32), [], "must be an integer label image.*float32"),
+        (np.full((8, 8), -2, np.int16), [], "must be non-negative, got minimum -2"),
+        (np.zeros((2, 2, 8, 8), np.int32), [], r"must be 2D \(Y, X\) or a 3D.*got 4D"),
+        (np.zeros((8, 8), np.int32), ["--sigma", "0"], "sigma must be a finite number > 0"),
+    ],
+)
+def test_weights_bad_input_exits_2(tmp_path, capsys, data, extra, message):
+    src = tmp_path / "labels.npy"
+    np.save(src, data)
+    code = main(["weights", str(src), "--out", str(tmp_path / "w.tif"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("napari-unet weights: error:")
+    assert len(err.strip().splitlines()) == 1
+    assert re.search(message, err)
+    assert not (tmp_path / "w.tif").exists()
+
+
+def test_weights_bad_paths_exit_2(tmp_path, capsys, labels):
+    src = tmp_path / "labels.npy"
+    np.save(src, labels)
+    assert main(["weights", str(tmp_path / "missing.tif"), "--out", str(tmp_path / "w.tif")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["weights", str(src), "--out", str(tmp_path / "w.png")]) == 2
+    assert "--out must end in .tif, .tiff, .npy, got 'w.png'" in capsys.readouterr().err
+    assert main(["weights", str(src), "--out", str(tmp_path / "nope" / "w.tif")]) == 2
+    assert "folder for --out does not exist" in capsys.readouterr().err
