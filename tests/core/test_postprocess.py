@@ -1,0 +1,78 @@
+"""Tests of probabilities -> instance labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet.core.postprocess import DEFAULT_MIN_SIZE, probabilities_to_labels
+from napari_unet.core.weights import cut_gap
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two label images describe the same instances (up to renumbering)."""
+    if not np.array_equal(a > 0, b > 0):
+        return False
+    pairs = {(int(x), int(y)) for x, y in zip(a[a > 0], b[b > 0], strict=True)}
+    return len(pairs) == len({p[0] for p in pairs}) == len({p[1] for p in pairs})
+
+
+def test_touching_cells_come_back_separate_and_whole() -> None:
+    truth = np.zeros((30, 40), np.int32)
+    truth[5:20, 3:15] = 1
+    truth[5:20, 15:30] = 2  # touches cell 1 along a straight line
+    truth[25:29, 5:12] = 3  # free: more than 2 * gap from the others
+    for gap in (1, 2):
+        prob = (cut_gap(truth, gap) > 0).astype(np.float32) * 0.9
+        labels = probabilities_to_labels(prob, gap=gap, min_size=1)
+        assert labels.dtype == np.int32
+        assert _same_partition(labels, truth)
+        # Without growing back, the cells are smaller by the gap.
+        shrunk = probabilities_to_labels(prob, gap=0, min_size=1)
+        assert (shrunk > 0).sum() < (truth > 0).sum()
+        assert labels.max() == 3
+
+
+def test_small_objects_dropped_and_labels_consecutive_from_start() -> None:
+    prob = np.zeros((20, 20), np.float32)
+    prob[1:5, 1:5] = 1.0  # 16 px
+    prob[10:13, 10:13] = 1.0  # 9 px
+    prob[15:19, 2:7] = 1.0  # 20 px
+    labels = probabilities_to_labels(prob, gap=0, min_size=10, start_label=7)
+    assert sorted(np.unique(labels).tolist()) == [0, 7, 8]
+    assert labels[2, 2] == 7 and labels[16, 3] == 8 and labels[11, 11] == 0
+    assert probabilities_to_labels(prob, gap=0).max() == 2  # DEFAULT_MIN_SIZE = 16 keeps 16 px
+    assert DEFAULT_MIN_SIZE == 16
+
+
+def test_threshold_is_strict_and_connectivity() -> None:
+    prob = np.array([[0.5, 0.0, 0.0], [0.0, 0.6, 0.0], [0.0, 0.0, 0.7]], np.float32)
+    four = probabilities_to_labels(prob, gap=0, min_size=0)
+    assert four[0, 0] == 0  # exactly at the threshold: background
+    assert four[1, 1] == 1 and four[2, 2] == 2
+    eight = probabilities_to_labels(prob, gap=0, min_size=0, connectivity=2)
+    assert eight[1, 1] == eight[2, 2] == 1
+    assert probabilities_to_labels(prob, threshold=0.65, gap=0, min_size=0).max() == 1
+
+
+def test_empty_prediction() -> None:
+    labels = probabilities_to_labels(np.zeros((8, 9), np.float32), start_label=5)
+    assert labels.dtype == np.int32 and not labels.any()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"prob": np.zeros((2, 3, 4))}, "2D"),
+        ({"prob": np.array([[np.nan]])}, "NaN"),
+        ({"threshold": 1.0}, "threshold"),
+        ({"gap": -1}, "gap"),
+        ({"min_size": 2.5}, "min_size"),
+        ({"start_label": 0}, "start_label"),
+        ({"connectivity": 3}, "connectivity"),
+    ],
+)
+def test_bad_arguments(kwargs: dict, match: str) -> None:
+    prob = kwargs.pop("prob", np.zeros((4, 4), np.float32))
+    with pytest.raises(ValueError, match=match):
+        probabilities_to_labels(prob, **kwargs)
