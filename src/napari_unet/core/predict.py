@@ -16,7 +16,7 @@ slicing) are read tile by tile; results can be written into a zarr array tile by
 (``out=``). Normalisation uses each 2D slice's own percentiles, as in training; for slices of
 more than :data:`PERCENTILE_MAX_PIXELS` pixels the percentiles are taken on a regular strided
 subsample (every ``s``-th row and column, ``s`` the smallest step that brings the sample under
-that many pixels), read band by band.
+that many pixels), read in bands of at most that many pixels.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -416,6 +416,8 @@ class Plan:
         Number of 2D slices.
     device : torch.device
         Where the network runs.
+    stack : bool
+        Whether the image is a stack (the result is then ``(Z, Y, X)``, else ``(Y, X)``).
     """
 
     tile: tuple[int, int]
@@ -423,11 +425,18 @@ class Plan:
     layout: TileLayout
     n_slices: int
     device: torch.device
+    stack: bool = False
 
     @property
     def n_tiles(self) -> int:
         """Tiles over the whole image (all slices)."""
         return self.layout.count * self.n_slices
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the result: ``(Z, Y, X)`` for a stack, ``(Y, X)`` for a 2D image."""
+        yx = (self.layout.y.size, self.layout.x.size)
+        return (self.n_slices, *yx) if self.stack else yx
 
 
 def _memory_budget(device: torch.device) -> float:
@@ -467,7 +476,7 @@ def _plan(
         limit = budget / per_px if cuda else min(budget / per_px, CPU_MAX_BATCH_PIXELS)
         most = CUDA_MAX_BATCH if cuda else CPU_MAX_BATCH
         batch_size = int(max(1, min(limit // (ty * tx), most, layout.count * src.n)))
-    return Plan(layout.tile_shape, int(batch_size), layout, src.n, device)
+    return Plan(layout.tile_shape, int(batch_size), layout, src.n, device, src.is_stack)
 
 
 def prediction_plan(
@@ -640,7 +649,7 @@ class _Engine:
             torch.cuda.empty_cache()
         plan = self.plan
         if plan.batch_size > 1:
-            new = Plan(plan.tile, plan.batch_size // 2, plan.layout, plan.n_slices, plan.device)
+            new = replace(plan, batch_size=plan.batch_size // 2)
         else:
             smallest = minimum_tile(self.config)
             halved = tuple(max(smallest, self.config.admissible_size(t // 2)) for t in plan.tile)
@@ -651,7 +660,7 @@ class _Engine:
                     f"({plan.tile[0]}x{plan.tile[1]}) and batch 1"
                 ) from exc
             layout = tile_layout(self.config, (self.src.h, self.src.w), halved)
-            new = Plan(layout.tile_shape, 1, layout, plan.n_slices, plan.device)
+            new = replace(plan, tile=layout.tile_shape, batch_size=1, layout=layout)
         logger.warning(
             "out of memory on %s with %d tile(s) of %dx%d: going on with %d of %dx%d",
             plan.device,
