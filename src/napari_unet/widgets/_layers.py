@@ -1,0 +1,286 @@
+"""Reading napari layers the way the core expects them, and writing results back.
+
+The core takes an image as ``(Y, X)``, ``(C, Y, X)`` with a named channel axis, RGB
+``(Y, X, 3)`` or a stack ``(Z, ...)`` of such images. A napari Image layer does not say which of
+its axes holds channels (unless it is ``rgb``), so the widgets ask, and :func:`image_layout`
+checks what the user chose against the data. Errors are ``ValueError`` with a message written
+for the user; the widgets show them as notifications.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ImageLayout",
+    "auto_channel_axis",
+    "image_layout",
+    "labels_array",
+    "layer_array",
+    "region_mask",
+    "slice_index",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def layer_array(layer: Any) -> Any:
+    """The layer's data at full resolution (the first level of a multiscale layer)."""
+    data = layer.data
+    if getattr(layer, "multiscale", False):
+        data = data[0]
+    return data
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """Where the channels and the slices of an image layer are.
+
+    Attributes
+    ----------
+    name : str
+        The layer's name.
+    data : array-like
+        numpy, dask or zarr data at full resolution (never copied here).
+    channel_axis : int or None
+        Axis of ``data`` holding channels (None: one channel, or RGB).
+    rgb : bool
+        The last axis holds RGB(A).
+    spatial_shape : tuple of int
+        ``(Y, X)`` or ``(Z, Y, X)``: the shape annotations and results have.
+    n_channels : int
+        Channels the network reads.
+    z_axis : int or None
+        Axis of ``data`` that numbers the slices of a stack.
+    """
+
+    name: str
+    data: Any
+    channel_axis: int | None
+    rgb: bool
+    spatial_shape: tuple[int, ...]
+    n_channels: int
+    z_axis: int | None
+
+    @property
+    def is_stack(self) -> bool:
+        """Whether the image is a stack of 2D images."""
+        return self.z_axis is not None
+
+    @property
+    def n_slices(self) -> int:
+        """Number of 2D images (1 for a single image)."""
+        return self.spatial_shape[0] if self.is_stack else 1
+
+    def describe(self) -> str:
+        """A few words for messages, e.g. ``'a stack of 5 RGB images of 96 x 96'``."""
+        yx = f"{self.spatial_shape[-2]} x {self.spatial_shape[-1]}"
+        kind = "RGB" if self.rgb else f"{self.n_channels}-channel" if self.n_channels > 1 else ""
+        if self.is_stack:
+            return f"a stack of {self.n_slices} {kind + ' ' if kind else ''}images of {yx}"
+        return f"a {kind + ' ' if kind else ''}{yx} image"
+
+    def slice(self, z: int | None) -> tuple[Any, int | None]:
+        """One 2D image of the stack (or the image itself) and its channel axis.
+
+        Parameters
+        ----------
+        z : int or None
+            Slice index; ignored for a single image.
+
+        Returns
+        -------
+        image : array-like
+            ``(Y, X)``, ``(C, Y, X)``-like or ``(Y, X, 3)``, still lazy for dask and zarr.
+        channel_axis : int or None
+            The channel axis within ``image``.
+        """
+        if self.z_axis is None or z is None:
+            return self.data, self.channel_axis
+        key = (slice(None),) * self.z_axis + (int(z),)
+        axis = self.channel_axis
+        if axis is not None and axis > self.z_axis:
+            axis -= 1
+        return self.data[key], axis
+
+
+def image_layout(layer: Any, channel_axis: int | None = None) -> ImageLayout:
+    """Check what the user said about an Image layer against its data.
+
+    Parameters
+    ----------
+    layer : napari.layers.Image
+        The image.
+    channel_axis : int, optional
+        Axis holding channels; ignored for an ``rgb`` layer.
+
+    Returns
+    -------
+    ImageLayout
+        The layout.
+
+    Raises
+    ------
+    ValueError
+        If the data cannot be read as a 2D image, a multichannel image or a stack of them.
+    """
+    data = layer_array(layer)
+    shape = tuple(int(n) for n in data.shape)
+    ndim = len(shape)
+    name = layer.name
+    if getattr(layer, "rgb", False):
+        if ndim not in (3, 4):
+            raise ValueError(
+                f"The RGB image '{name}' has shape {shape}; expected (Y, X, 3) or a stack "
+                "(Z, Y, X, 3)."
+            )
+        spatial = shape[:-1]
+        return ImageLayout(name, data, None, True, spatial, shape[-1], 0 if ndim == 4 else None)
+    if channel_axis is not None:
+        if ndim not in (3, 4):
+            raise ValueError(
+                f"The image '{name}' has {ndim} dimensions {shape}; a channel axis needs "
+                "(C, Y, X) or a stack (Z, C, Y, X). Set 'channels' to 'none'."
+            )
+        axis = channel_axis % ndim
+        if axis >= ndim - 2:
+            raise ValueError(
+                f"Axis {channel_axis} of the image '{name}' {shape} is a spatial axis (Y or X); "
+                "the channel axis must come before the last two."
+            )
+        spatial = tuple(n for k, n in enumerate(shape) if k != axis)
+        z_axis = None if ndim == 3 else (1 if axis == 0 else 0)
+        return ImageLayout(name, data, axis, False, spatial, shape[axis], z_axis)
+    if ndim == 2:
+        return ImageLayout(name, data, None, False, shape, 1, None)
+    if ndim == 3:
+        return ImageLayout(name, data, None, False, shape, 1, 0)
+    raise ValueError(
+        f"The image '{name}' has {ndim} dimensions {shape}. Choose which axis holds the "
+        "channels ('channels'), or use a 2D image or a stack (Z, Y, X)."
+    )
+
+
+def auto_channel_axis(layer: Any, in_channels: int) -> int | None:
+    """Guess the channel axis of a non-RGB layer for a model that reads ``in_channels``.
+
+    Returns
+    -------
+    int or None
+        None for one channel (or RGB); otherwise the first non-spatial axis whose size is
+        ``in_channels``, or None when there is none (the mismatch is reported later).
+    """
+    if getattr(layer, "rgb", False) or in_channels == 1:
+        return None
+    shape = layer_array(layer).shape
+    if len(shape) == 3 and shape[0] == in_channels:
+        return 0
+    if len(shape) == 4:
+        for axis in (1, 0):
+            if shape[axis] == in_channels:
+                return axis
+    return None
+
+
+def labels_array(layer: Any, layout: ImageLayout, what: str = "annotation") -> np.ndarray:
+    """A copy of a Labels layer's data, checked against the image's spatial shape.
+
+    Parameters
+    ----------
+    layer : napari.layers.Labels
+        The labels (read, never written).
+    layout : ImageLayout
+        The image the labels belong to.
+    what : str
+        What to call the layer in messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        An independent copy, so that painting during training changes nothing in flight.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ.
+    """
+    data = np.array(layer_array(layer), copy=True)
+    if data.shape != layout.spatial_shape:
+        raise ValueError(
+            f"The {what} '{layer.name}' has shape {data.shape} but the image "
+            f"'{layout.name}' is {layout.describe()} (spatial shape {layout.spatial_shape}); "
+            "they must match pixel for pixel."
+        )
+    return data
+
+
+def region_mask(layer: Any, spatial_shape: tuple[int, ...]) -> np.ndarray:
+    """The annotated region marked by a Shapes or Labels layer, as a bool mask.
+
+    A 2D region over a stack applies to every slice.
+
+    Parameters
+    ----------
+    layer : napari.layers.Shapes or napari.layers.Labels
+        Shapes (rectangles, polygons, ellipses...) or labels (every pixel > 0 is annotated).
+    spatial_shape : tuple of int
+        ``(Y, X)`` or ``(Z, Y, X)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool mask of ``spatial_shape``.
+
+    Raises
+    ------
+    ValueError
+        If the layer marks nothing or its shape does not fit.
+    """
+    yx = tuple(spatial_shape[-2:])
+    kind = type(layer).__name__
+    if kind == "Shapes":
+        if len(layer.data) == 0:
+            raise ValueError(f"The region layer '{layer.name}' holds no shapes.")
+        if layer.ndim == 2 or len(spatial_shape) == 2:
+            if layer.ndim != 2 and len(spatial_shape) == 2:
+                raise ValueError(
+                    f"The region layer '{layer.name}' has {layer.ndim}D shapes but the image is "
+                    "2D; draw the region on a 2D Shapes layer."
+                )
+            mask = np.asarray(layer.to_masks(mask_shape=yx)).any(axis=0)
+        elif layer.ndim == len(spatial_shape):
+            mask = np.asarray(layer.to_masks(mask_shape=tuple(spatial_shape))).any(axis=0)
+        else:
+            raise ValueError(
+                f"The region layer '{layer.name}' is {layer.ndim}D; expected 2D or "
+                f"{len(spatial_shape)}D shapes."
+            )
+    elif kind == "Labels":
+        mask = np.asarray(layer_array(layer)) > 0
+    else:
+        raise ValueError(
+            f"The region layer '{layer.name}' is a {kind} layer; use Shapes or Labels."
+        )
+    if mask.shape == yx and len(spatial_shape) == 3:
+        mask = np.broadcast_to(mask, tuple(spatial_shape)).copy()
+    if mask.shape != tuple(spatial_shape):
+        raise ValueError(
+            f"The region layer '{layer.name}' has shape {mask.shape}; expected "
+            f"{tuple(spatial_shape)} like the image."
+        )
+    if not mask.any():
+        raise ValueError(f"The region layer '{layer.name}' marks no pixel of the image.")
+    return mask
+
+
+def slice_index(viewer: Any, layer: Any, layout: ImageLayout) -> int | None:
+    """Index of the slice of ``layout`` the viewer shows now (None for a single image)."""
+    if not layout.is_stack:
+        return None
+    coords = layer.world_to_data(viewer.dims.point)
+    z = int(np.round(coords[layout.z_axis]))
+    return int(np.clip(z, 0, layout.n_slices - 1))

@@ -1,0 +1,557 @@
+"""The Segment widget: run a U-Net over an image or a stack and write instance labels.
+
+Inference runs in a napari thread worker, one 2D slice after another; each finished slice comes
+back to the main thread and is written into the Labels layer ``'<image> segmentation'`` (and,
+if asked, the probability layer), so results appear while the rest of a stack is still being
+computed. Tiles report progress to napari's activity dock. Labels are unique across a stack.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    RadioButtons,
+    SpinBox,
+)
+from napari.layers import Image, Labels
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info, show_warning
+from psygnal import Signal
+
+from napari_unet.widgets._controls import (
+    ViewerWidget,
+    button_row,
+    device_picker,
+    form,
+    layer_picker,
+)
+from napari_unet.widgets._docs import set_tooltips
+from napari_unet.widgets._layers import ImageLayout, auto_channel_axis, image_layout, slice_index
+from napari_unet.widgets._session import session_for
+from napari_unet.widgets._workers import Failure, Job, notify_error
+
+if TYPE_CHECKING:
+    import napari.viewer
+
+__all__ = ["SegmentWidget"]
+
+logger = logging.getLogger(__name__)
+
+CHANNEL_CHOICES = [("auto", "auto"), ("none", None), ("axis 0", 0), ("axis 1", 1)]
+MODEL_CHOICES = [("this session's model", "session"), ("model file", "file")]
+SCOPE_CHOICES = ["current slice", "whole stack"]
+#: marks the layers this widget made (layer.metadata key)
+OUTPUT_KEY = "napari_unet_output"
+
+
+def _segment_job(
+    image: Any,
+    channel_axis: int | None,
+    rgb: bool,
+    model: Any,
+    params: dict[str, Any],
+    want_probabilities: bool,
+    *,
+    stop: Any,
+):  # type: ignore[no-untyped-def]
+    """Worker thread: run core ``segment`` and pass on what it reports, as it reports it.
+
+    ``segment`` reports through callbacks (tiles done, slices labelled); it runs in a helper
+    thread and its callbacks fill a queue that this generator empties, so that each report
+    reaches the main thread as a value of the napari worker. Yields ``('tiles', done, total)``
+    and ``('slice', z, labels, probability or None)``; returns the number of slices finished,
+    or ``None`` when stopped.
+    """
+    from napari_unet.core.predict import Cancelled, segment
+
+    reports: queue.Queue[tuple[Any, ...]] = queue.Queue()
+    shape = _spatial_shape(image, channel_axis, rgb)
+    prob = np.zeros(shape, np.float32) if want_probabilities else None
+
+    def on_slice(z: int, labels: np.ndarray) -> None:
+        p = None if prob is None else np.array(prob[z] if len(shape) == 3 else prob)
+        reports.put(("slice", z, labels, p))
+
+    def work() -> None:
+        try:
+            segment(
+                model,
+                image,
+                channel_axis=channel_axis,
+                rgb=rgb,
+                progress=lambda done, total: reports.put(("tiles", done, total)),
+                stop=stop,
+                probabilities_out=prob,
+                on_slice=on_slice,
+                **params,
+            )
+        except Cancelled:
+            reports.put(("stopped",))
+        except BaseException as exc:  # handed to the generator, which raises it
+            reports.put(("error", exc))
+        else:
+            reports.put(("done",))
+
+    helper = threading.Thread(target=work, name="napari-unet segment", daemon=True)
+    helper.start()
+    finished = 0
+    try:
+        while True:
+            item = reports.get()
+            kind = item[0]
+            if kind == "error":
+                raise item[1]
+            if kind == "stopped":
+                return None
+            if kind == "done":
+                return finished
+            if kind == "slice":
+                finished += 1
+            yield item
+    finally:
+        if helper.is_alive():  # the worker was closed early (napari quit): end the helper too
+            stop.set()
+            helper.join()
+
+
+def _spatial_shape(image: Any, channel_axis: int | None, rgb: bool) -> tuple[int, ...]:
+    shape = tuple(int(n) for n in image.shape)
+    if rgb:
+        return shape[:-1]
+    if channel_axis is not None:
+        axis = channel_axis % len(shape)
+        return shape[:axis] + shape[axis + 1 :]
+    return shape
+
+
+class SegmentWidget(ViewerWidget):
+    """Segment cells with a U-Net: this session's model or a model file.
+
+    The result goes into the Labels layer ``'<image> segmentation'``, slice by slice as slices
+    finish; a result layer you have edited is never overwritten (a new layer is made instead).
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer whose layers are offered.
+
+    Attributes
+    ----------
+    image : napari.layers.Image
+        The image to segment: 2D, multichannel, RGB or a stack; numpy, dask or zarr data (read
+        tile by tile).
+    channels : str or int or None
+        Axis holding the channels; 'auto' finds the axis whose size matches the model's channels.
+    model_source : str
+        The model trained or loaded in this session (see Train), or a model file.
+    model_file : pathlib.Path
+        A napari-unet model file (``.pt``).
+    tile : int
+        Input tile edge in pixels, halo included (0: chosen automatically from the memory at
+        hand). Results do not depend on it.
+    threshold : float
+        Foreground probability above which a pixel belongs to a cell.
+    min_size : int
+        Objects smaller than this many pixels are dropped.
+    tta : bool
+        Test-time augmentation: average over the 8 flips and rotations (8x slower, smoother).
+    scope : str
+        Segment only the slice shown now, or every slice of a stack.
+    probabilities : bool
+        Also show the foreground probability as an Image layer.
+    """
+
+    #: emitted on the main thread when a run ends: the Labels layer, or None if it failed
+    segmentation_done = Signal(object)
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(viewer)
+        from napari_unet.core.postprocess import DEFAULT_MIN_SIZE
+        from napari_unet.core.predict import segment
+
+        self._session = session_for(viewer)
+        self._job: Job | None = None
+        self._pbar: Any = None
+        self._run: dict[str, Any] = {}
+        self._file_cache: tuple[str, float, Any] | None = None
+        self.tile_progress: tuple[int, int] = (0, 0)
+
+        self.image = layer_picker(viewer, "image", (Image,))
+        self.channels = ComboBox(name="channels", choices=CHANNEL_CHOICES, value="auto")
+        self.model_source = ComboBox(
+            name="model_source", label="model", choices=MODEL_CHOICES, value="session"
+        )
+        self.model_file = FileEdit(name="model_file", label="model file", mode="r", filter="*.pt")
+        self.model_info = Label(name="model_info", value="")
+        self.tile = SpinBox(name="tile", label="tile (0: auto)", min=0, max=16384, step=16)
+        self.threshold = FloatSpinBox(name="threshold", min=0.01, max=0.99, step=0.05, value=0.5)
+        self.min_size = SpinBox(name="min_size", label="minimum size", min=0, max=10_000_000)
+        self.min_size.value = DEFAULT_MIN_SIZE
+        self.tta = CheckBox(name="tta", text="test-time augmentation", value=False)
+        self.device, self.device_readout = device_picker()
+        self.scope = RadioButtons(
+            name="scope",
+            label="segment",
+            choices=SCOPE_CHOICES,
+            value="whole stack",
+            orientation="horizontal",
+        )
+        self.probabilities = CheckBox(
+            name="probabilities", text="add a probability layer", value=False
+        )
+        self.run_button = PushButton(name="run_button", text="Run")
+        self.stop_button = PushButton(name="stop_button", text="Stop")
+        self.status = Label(name="status", value="")
+        self.extend(
+            [
+                form(
+                    self.image,
+                    self.channels,
+                    self.model_source,
+                    self.model_file,
+                ),
+                self.model_info,
+                form(
+                    self.tile,
+                    self.threshold,
+                    self.min_size,
+                    self.tta,
+                    self.scope,
+                    self.probabilities,
+                    self.device,
+                    name="options",
+                ),
+                self.device_readout,
+                button_row(self.run_button, self.stop_button),
+                self.status,
+            ]
+        )
+        self.run_button.tooltip = "Segment the image with the chosen model."
+        self.stop_button.tooltip = "Stop after the current tile; finished slices are kept."
+        set_tooltips(self, type(self), segment)
+
+        self.model_source.changed.connect(self._on_model_source)
+        self.model_file.changed.connect(self._on_model_source)
+        self.run_button.changed.connect(self._on_run_clicked)
+        self.stop_button.changed.connect(self.stop)
+        self._session.connect(self._on_model_source)
+        self._on_model_source()
+        self._set_busy(False)
+
+    # -- public API ----------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        """Whether a segmentation is running."""
+        return self._job is not None and self._job.running
+
+    def run(self) -> bool:
+        """Start segmenting, as the Run button does.
+
+        Returns
+        -------
+        bool
+            True if the run started; otherwise a notification said why not.
+        """
+        if self.busy:
+            show_info("A segmentation is already running; press Stop to end it first.")
+            return False
+        try:
+            plan = self._plan()
+        except ValueError as exc:
+            show_error(str(exc))
+            return False
+        layout: ImageLayout = plan["layout"]
+        out = self._output_layer(layout)
+        prob = self._probability_layer(layout) if self.probabilities.value else None
+        z0 = plan["z"]
+        if z0 is None:  # the whole image or stack: this run's result replaces the last one
+            offset = 0
+            out.data[...] = 0
+            out.refresh()
+        else:  # one slice of a stack: labels stay unique across the stack
+            offset = int(np.max(out.data)) if np.size(out.data) else 0
+        self._run = {
+            "layout": layout,
+            "labels": out,
+            "prob": prob,
+            "n": 1 if z0 is not None else layout.n_slices,
+            "z0": z0,
+            "offset": offset,
+            "done": 0,
+            "name": layout.name,
+            "result": None,
+        }
+        self.tile_progress = (0, 0)
+        self._pbar = progress(total=0, desc=f"Segmenting {layout.name}")
+        self._job = Job(
+            _segment_job,
+            plan["image"],
+            plan["channel_axis"],
+            layout.rgb,
+            plan["model"],
+            plan["params"],
+            prob is not None,
+            on_yield=self._on_report,
+            on_return=self._on_return,
+            on_finish=self._on_finish,
+        )
+        if z0 is not None:
+            where = f"slice {z0} of {layout.name}"
+        elif layout.is_stack:
+            where = f"{layout.n_slices} slices of {layout.name}"
+        else:
+            where = layout.name
+        self.status.value = f"Segmenting {where}…"
+        self._set_busy(True)
+        self._job.start()
+        return True
+
+    def stop(self, *_args: Any) -> None:
+        """Ask the run to end after the current tile (the Stop button)."""
+        if not self.busy or self._job is None:
+            show_info("Nothing to stop: no segmentation is running.")
+            return
+        if not self._job.stop():
+            show_info("The segmentation is already stopping.")
+            return
+        self.status.value = "Stopping…"
+
+    # -- planning ------------------------------------------------------------------------------
+    def _model(self) -> Any:
+        from napari_unet.core.io import ModelFileError, load_model
+
+        if self.model_source.value == "session":
+            model = self._session.model
+            if model is None:
+                raise ValueError(
+                    "There is no model in this session yet: train one with the Train widget, "
+                    "or choose 'model file'."
+                )
+            return model
+        path = str(self.model_file.value or "")
+        if not path or path == "." or not os.path.isfile(path):
+            raise ValueError(f"Choose a model file (.pt) to segment with; '{path}' is not a file.")
+        mtime = os.path.getmtime(path)
+        if self._file_cache and self._file_cache[:2] == (path, mtime):
+            return self._file_cache[2]
+        try:
+            model = load_model(path)
+        except ModelFileError as exc:
+            raise ValueError(
+                f"'{Path(path).name}' is not a napari-unet model file we can read: {exc}"
+            ) from exc
+        except OSError as exc:
+            raise ValueError(f"Could not read '{path}': {exc}") from exc
+        self._file_cache = (path, mtime, model)
+        return model
+
+    def _plan(self) -> dict[str, Any]:
+        layer = self.image.value
+        if layer is None:
+            raise ValueError("Choose the image to segment: open an image first.")
+        model = self._model()
+        in_channels = model.config.in_channels
+        axis = self.channels.value
+        if axis == "auto":
+            axis = auto_channel_axis(layer, in_channels)
+        layout = image_layout(layer, axis)
+        if layout.n_channels != in_channels:
+            raise ValueError(
+                f"The model reads {in_channels} channel(s) but the image '{layout.name}' is "
+                f"{layout.describe()} with {layout.n_channels}. Choose the image's channel axis "
+                "under 'channels', or a model trained on such images."
+            )
+        z = None
+        image, channel_axis = layout.data, layout.channel_axis
+        if layout.is_stack and self.scope.value == "current slice":
+            z = slice_index(self.viewer, layer, layout)
+            image, channel_axis = layout.slice(z)
+        params = {
+            "tile": int(self.tile.value) or None,
+            "device": self.device.value,
+            "tta": bool(self.tta.value),
+            "threshold": float(self.threshold.value),
+            "min_size": int(self.min_size.value),
+        }
+        return {
+            "layout": layout,
+            "model": model,
+            "image": image,
+            "channel_axis": channel_axis,
+            "z": z,
+            "params": params,
+        }
+
+    # -- output layers (main thread) -----------------------------------------------------------
+    def _spatial_transform(self, layout: ImageLayout) -> dict[str, Any]:
+        layer = self.image.value
+        scale, translate = list(layer.scale), list(layer.translate)
+        if layout.channel_axis is not None:
+            del scale[layout.channel_axis], translate[layout.channel_axis]
+        return {"scale": scale, "translate": translate}
+
+    def _find_output(self, name: str, kind: type, shape: tuple[int, ...]) -> Any:
+        if name not in self.viewer.layers:
+            return None
+        layer = self.viewer.layers[name]
+        meta = layer.metadata.get(OUTPUT_KEY, {})
+        if (
+            isinstance(layer, kind)
+            and isinstance(meta, dict)
+            and not meta.get("edited", False)
+            and tuple(layer.data.shape) == tuple(shape)
+            and isinstance(layer.data, np.ndarray)
+        ):
+            return layer
+        return None
+
+    def _output_layer(self, layout: ImageLayout) -> Any:
+        name = f"{layout.name} segmentation"
+        layer = self._find_output(name, Labels, layout.spatial_shape)
+        if layer is None:
+            layer = self.viewer.add_labels(
+                np.zeros(layout.spatial_shape, np.int32),
+                name=name,
+                metadata={OUTPUT_KEY: {"kind": "segmentation", "edited": False}},
+                **self._spatial_transform(layout),
+            )
+
+            def edited(_event: Any = None, layer: Any = layer) -> None:
+                layer.metadata[OUTPUT_KEY]["edited"] = True
+
+            layer.events.paint.connect(edited)
+            layer.events.data.connect(edited)
+        return layer
+
+    def _probability_layer(self, layout: ImageLayout) -> Any:
+        name = f"{layout.name} probability"
+        layer = self._find_output(name, Image, layout.spatial_shape)
+        if layer is None:
+            layer = self.viewer.add_image(
+                np.zeros(layout.spatial_shape, np.float32),
+                name=name,
+                colormap="magma",
+                contrast_limits=(0.0, 1.0),
+                blending="additive",
+                opacity=0.6,
+                metadata={OUTPUT_KEY: {"kind": "probability"}},
+                **self._spatial_transform(layout),
+            )
+        return layer
+
+    # -- worker callbacks (main thread) --------------------------------------------------------
+    def _on_report(self, item: tuple[Any, ...]) -> None:
+        if item[0] == "tiles":
+            self._on_tiles(item[1], item[2])
+        elif item[0] == "slice":
+            self._on_slice(*item[1:])
+
+    def _on_tiles(self, done: int, total: int) -> None:
+        self.tile_progress = (done, total)
+        run, pbar = self._run, self._pbar
+        if pbar is None or not run:
+            return
+        if self.alive:
+            part = f"{run['done']}/{run['n']} slices, " if run["n"] > 1 else ""
+            self.status.value = f"Segmenting {run['name']}: {part}tile {done}/{total}"
+        # Last: napari's progress bar may process events, and so run _on_finish, right here.
+        if total > 0 and pbar.total != total:
+            pbar.total = total
+        pbar.update(max(done - pbar.n, 0))
+
+    def _on_slice(self, z: int, labels: np.ndarray, prob: np.ndarray | None) -> None:
+        run = self._run
+        run["done"] += 1
+        layout: ImageLayout = run["layout"]
+        if run["z0"] is not None:
+            z = run["z0"]
+        key = (z,) if layout.is_stack else (...,)
+        if run["offset"]:
+            labels = np.where(labels > 0, labels + run["offset"], 0).astype(labels.dtype)
+        out = run["labels"]
+        if out in self.viewer.layers:
+            out.data[key] = labels
+            out.refresh()
+        prob_layer = run["prob"]
+        if prob is not None and prob_layer is not None and prob_layer in self.viewer.layers:
+            prob_layer.data[key] = prob
+            prob_layer.refresh()
+
+    def _on_return(self, result: Any) -> None:
+        run = self._run
+        if isinstance(result, Failure):
+            notify_error("Segmentation failed", result.error)
+            if self.alive:
+                self.status.value = "Segmentation failed; see the notification."
+            return
+        out = run["labels"]
+        if result is None:
+            msg = (
+                f"Segmentation stopped after {run['done']} of {run['n']} slice(s); finished "
+                f"slices are in '{out.name}'."
+            )
+            show_info(msg)
+        else:
+            n_cells = int(np.count_nonzero(np.bincount(np.ravel(out.data))[1:]))
+            where = "" if run["n"] == 1 else f" ({run['n']} slices)"
+            msg = f"Segmented {run['name']}{where}: {n_cells} cells in '{out.name}'."
+            show_info(msg)
+            run["result"] = out
+        if self.alive:
+            self.status.value = msg
+
+    def _on_finish(self) -> None:
+        job, self._job = self._job, None
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        result = self._run.get("result")
+        if job is not None and job.aborted:
+            show_warning("The segmentation was stopped because its napari window closed.")
+        if self.alive:
+            self._set_busy(False)
+        self._run = {}
+        self.segmentation_done.emit(result)
+
+    # -- state ---------------------------------------------------------------------------------
+    def _on_run_clicked(self, *_args: Any) -> None:
+        self.run()
+
+    def _on_model_source(self, *_args: Any) -> None:
+        if not self.alive:
+            return
+        from_file = self.model_source.value == "file"
+        self.model_file.visible = from_file
+        if from_file:
+            self.model_info.value = ""
+            self.model_info.visible = False
+            return
+        self.model_info.visible = True
+        current = self._session.current
+        self.model_info.value = (
+            "No model yet: train one with Train, or load one."
+            if current is None
+            else f"Model: {current.description}"
+        )
+
+    def _set_busy(self, busy: bool) -> None:
+        self.run_button.enabled = not busy
+        self.stop_button.enabled = busy
+
+    def on_close(self) -> None:
+        """The window is closing: stop the run."""
+        if self._job is not None and self._job.running:
+            self._job.stop()

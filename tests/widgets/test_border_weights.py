@@ -1,0 +1,114 @@
+"""The Border weights widget: the map as a layer, live while painting and changing settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from napari_unet.core.weights import border_weight_map, cut_gap
+
+
+def _open(viewer: Any, dock: Any, labels: np.ndarray, **settings: Any) -> Any:
+    viewer.add_image(np.zeros(labels.shape, np.float32), name="image")
+    layer = viewer.add_labels(labels.copy(), name="cells")
+    widget = dock("Border weights")
+    widget.labels_layer.value = layer
+    for name, value in settings.items():
+        getattr(widget, name).value = value
+    return widget, layer
+
+
+def _expected(labels: np.ndarray, gap: int, **kwargs: Any) -> np.ndarray:
+    return border_weight_map(cut_gap(labels, gap) if gap else labels, **kwargs)
+
+
+def test_show_adds_the_map_below_the_labels(viewer, dock, wait_idle, notes, cells) -> None:
+    _, labels = cells
+    widget, layer = _open(viewer, dock, labels, gap=0)
+    assert widget.show_weights()
+    wait_idle(widget)
+    weights = widget.weights_layer
+    assert weights.name == "cells border weights"
+    names = [lay.name for lay in viewer.layers]
+    assert names.index("cells border weights") == names.index("cells") - 1
+    np.testing.assert_allclose(weights.data, border_weight_map(labels), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(layer.data, labels)  # the labels are only read
+    assert notes.messages("error") == []
+
+
+def test_painting_updates_the_map_incrementally(viewer, dock, wait_idle, cells) -> None:
+    _, labels = cells
+    widget, layer = _open(viewer, dock, labels)
+    widget.show_weights()
+    wait_idle(widget)
+    before = widget.weights_layer.data.copy()
+    # A user paints a new cell into the background with the brush.
+    layer.brush_size = 7
+    layer.paint((5, 5), int(labels.max()) + 1)
+    layer.paint((80, 8), int(labels.max()) + 2)
+    wait_idle(widget)
+    assert widget.updates >= 1
+    after = widget.weights_layer.data
+    assert not np.array_equal(after, before)
+    gap = int(widget.gap.value)
+    np.testing.assert_allclose(after, _expected(layer.data, gap), rtol=1e-5, atol=1e-5)
+    # Undo-able history edits (data_setitem) fire the same event.
+    layer.data_setitem((np.array([50]), np.array([50])), 0)
+    wait_idle(widget)
+    np.testing.assert_allclose(
+        widget.weights_layer.data, _expected(layer.data, gap), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_settings_update_the_map(viewer, dock, wait_idle, cells) -> None:
+    _, labels = cells
+    widget, _ = _open(viewer, dock, labels, gap=0)
+    widget.show_weights()
+    wait_idle(widget)
+    widget.w0.value = 3.0
+    wait_idle(widget)
+    np.testing.assert_allclose(
+        widget.weights_layer.data, border_weight_map(labels, w0=3.0), rtol=1e-5, atol=1e-5
+    )
+    widget.sigma.value = 2.0
+    widget.class_balance.value = False
+    wait_idle(widget)
+    expected = border_weight_map(labels, w0=3.0, sigma=2.0, class_balance=False)
+    np.testing.assert_allclose(widget.weights_layer.data, expected, rtol=1e-5, atol=1e-5)
+    widget.gap.value = 1
+    wait_idle(widget)
+    expected = _expected(labels, 1, w0=3.0, sigma=2.0, class_balance=False)
+    np.testing.assert_allclose(widget.weights_layer.data, expected, rtol=1e-5, atol=1e-5)
+    assert widget.weights_layer.contrast_limits[1] == float(expected.max())
+
+
+def test_region_and_stack(viewer, dock, wait_idle, cells) -> None:
+    _, labels = cells
+    stack = np.stack([labels, np.zeros_like(labels), labels[::-1]])
+    widget, _ = _open(viewer, dock, stack, gap=0)
+    region = viewer.add_shapes(
+        [np.array([[0, 0], [0, 60], [60, 60], [60, 0]])], shape_type="rectangle", name="area"
+    )
+    widget.region.value = region
+    widget.show_weights()
+    wait_idle(widget)
+    mask = np.zeros(labels.shape, bool)
+    mask[:61, :61] = True
+    for z in range(3):
+        expected = border_weight_map(stack[z], region=mask)
+        np.testing.assert_allclose(widget.weights_layer.data[z], expected, rtol=1e-5, atol=1e-5)
+    assert widget.weights_layer.data.shape == stack.shape
+
+
+def test_bad_inputs_are_notified(viewer, dock, wait_idle, notes) -> None:
+    widget = dock("Border weights")
+    assert not widget.show_weights()
+    assert any("Choose the Labels layer" in m for m in notes.messages("error"))
+    layer = viewer.add_labels(np.zeros((32, 32), np.int32), name="empty")
+    widget.labels_layer.value = layer
+    viewer.add_labels(np.ones((16, 16), np.int32), name="small region")
+    widget.region.value = viewer.layers["small region"]
+    widget.show_weights()
+    wait_idle(widget)
+    assert any("small region" in m for m in notes.messages("error"))

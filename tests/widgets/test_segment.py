@@ -1,0 +1,172 @@
+"""The Segment widget: labels written as slices finish, equal to core segment's output."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.core.io import save_model
+from napari_unet.core.predict import predict_probabilities, segment
+from napari_unet.widgets._session import session_for
+
+
+@pytest.fixture
+def seg(viewer: Any, dock: Any) -> Any:
+    widget = dock("Segment")
+    widget.device.value = "cpu"
+    return widget
+
+
+def _model(viewer: Any, model: Any) -> Any:
+    session_for(viewer).set_model(model, "trained", "test model")
+    return model
+
+
+def _run(widget: Any, wait_idle: Any) -> Any:
+    done: list[Any] = []
+    widget.segmentation_done.connect(done.append)
+    widget.run_button.native.click()
+    wait_idle(widget)
+    assert len(done) == 1
+    return done[0]
+
+
+def test_segments_a_2d_image_like_core(viewer, seg, threshold_model, wait_idle, notes, cells):
+    image, truth = cells
+    model = _model(viewer, threshold_model())
+    viewer.add_image(image, name="cells")
+    seg.tile.value = 64  # several tiles, reported one by one
+    layer = _run(seg, wait_idle)
+    assert layer.name == "cells segmentation"
+    expected = segment(model, image, device="cpu", tile=64)
+    np.testing.assert_array_equal(layer.data, expected)
+    n_cells = int(expected.max())
+    assert 3 <= n_cells <= truth.max()
+    assert seg.tile_progress[0] == seg.tile_progress[1] > 1
+    assert any(f"{n_cells} cells in 'cells segmentation'" in m for m in notes.messages("info"))
+    assert "Model: test model" in seg.model_info.value
+
+
+def test_whole_stack_and_current_slice(viewer, seg, threshold_model, wait_idle, cells) -> None:
+    image, _ = cells
+    stack = np.stack([image, image[::-1], image[:, ::-1]])
+    model = _model(viewer, threshold_model())
+    viewer.add_image(stack, name="stack")
+    seg.probabilities.value = True
+    layer = _run(seg, wait_idle)
+    expected = segment(model, stack, device="cpu")
+    np.testing.assert_array_equal(layer.data, expected)
+    assert len(np.unique(layer.data)) - 1 == expected.max()  # unique across the stack
+    prob = viewer.layers["stack probability"].data
+    np.testing.assert_allclose(prob, predict_probabilities(model, stack, device="cpu"), atol=1e-6)
+
+    # The current slice only, into the same layer: labels stay unique across the stack.
+    layer.data[...] = 0
+    viewer.dims.set_current_step(0, 1)
+    seg.scope.value = "current slice"
+    again = _run(seg, wait_idle)
+    assert again is layer or again.name == layer.name
+    assert not layer.data[0].any() and not layer.data[2].any()
+    one = segment(model, stack[1], device="cpu")
+    np.testing.assert_array_equal(layer.data[1] > 0, one > 0)
+
+
+def test_dask_backed_image(viewer, seg, threshold_model, wait_idle, cells) -> None:
+    image, _ = cells
+    stack = np.stack([image, image.T])
+    model = _model(viewer, threshold_model())
+    viewer.add_image(da.from_array(stack, chunks=(1, 48, 48)), name="lazy")
+    layer = _run(seg, wait_idle)
+    np.testing.assert_array_equal(layer.data, segment(model, stack, device="cpu"))
+
+
+def test_rgb_and_multichannel_images(viewer, seg, threshold_model, wait_idle, cells) -> None:
+    image, _ = cells
+    rgb = np.stack([image // 257] * 3, axis=-1).astype(np.uint8)
+    model = _model(viewer, threshold_model(3))
+    viewer.add_image(rgb, rgb=True, name="colour")
+    layer = _run(seg, wait_idle)
+    assert layer.data.shape == image.shape
+    np.testing.assert_array_equal(layer.data, segment(model, rgb, rgb=True, device="cpu"))
+
+    two = np.stack([image, image[::-1]])  # (C, Y, X), channels found by 'auto'
+    model = _model(viewer, threshold_model(2))
+    viewer.add_image(two, name="two channels")
+    seg.image.value = viewer.layers["two channels"]
+    layer = _run(seg, wait_idle)
+    assert layer.data.shape == image.shape
+    np.testing.assert_array_equal(layer.data, segment(model, two, channel_axis=0, device="cpu"))
+
+
+def test_model_from_a_file(viewer, seg, threshold_model, wait_idle, notes, cells, tmp_path):
+    image, _ = cells
+    model = threshold_model()
+    save_model(model, tmp_path / "m.pt")
+    viewer.add_image(image, name="cells")
+    seg.model_source.value = "file"
+    assert not seg.model_file.native.isHidden() and seg.model_info.native.isHidden()
+    seg.model_file.value = tmp_path / "m.pt"
+    layer = _run(seg, wait_idle)
+    np.testing.assert_array_equal(layer.data, segment(model, image, device="cpu"))
+
+
+def test_edited_results_are_never_overwritten(viewer, seg, threshold_model, wait_idle, cells):
+    image, _ = cells
+    _model(viewer, threshold_model())
+    viewer.add_image(image, name="cells")
+    first = _run(seg, wait_idle)
+    first.paint((3, 3), 99)  # the user corrects the result
+    edited = first.data.copy()
+    second = _run(seg, wait_idle)
+    assert second.name != first.name and second.name.startswith("cells segmentation")
+    np.testing.assert_array_equal(first.data, edited)
+
+
+def test_stop_keeps_finished_slices(viewer, seg, threshold_model, wait_idle, notes, cells):
+    image, _ = cells
+    _model(viewer, threshold_model())
+    viewer.add_image(np.stack([image] * 6), name="stack")
+    seg.tile.value = 56
+    done: list[Any] = []
+    seg.segmentation_done.connect(done.append)
+    assert seg.run()
+    seg.stop_button.native.click()
+    seg.stop_button.native.click()
+    wait_idle(seg)
+    assert done == [None]
+    infos = notes.messages("info")
+    assert any("already stopping" in m for m in infos)
+    assert any("Segmentation stopped after" in m for m in infos)
+    assert "stack segmentation" in viewer.layers
+
+
+def test_bad_inputs_end_in_notifications(viewer, seg, threshold_model, notes, cells, tmp_path):
+    image, _ = cells
+
+    def error_after() -> str:
+        count = len(notes.messages("error"))
+        assert seg.run() is False
+        assert not seg.busy
+        errors = notes.messages("error")
+        assert len(errors) == count + 1
+        return errors[-1]
+
+    assert "Choose the image" in error_after()
+    viewer.add_image(image, name="cells")
+    assert "no model in this session" in error_after()
+
+    seg.model_source.value = "file"
+    seg.model_file.value = tmp_path / "missing.pt"
+    assert "Choose a model file" in error_after()
+    torch.save({"something": torch.ones(2)}, tmp_path / "foreign.pt")
+    seg.model_file.value = tmp_path / "foreign.pt"
+    assert "is not a napari-unet model file" in error_after()
+
+    seg.model_source.value = "session"
+    _model(viewer, threshold_model(3))
+    assert "The model reads 3 channel(s)" in error_after()
+    assert len(viewer.layers) == 1  # nothing was added or changed
