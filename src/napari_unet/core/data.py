@@ -1,0 +1,573 @@
+"""Training data: (images, labels, regions) -> normalised 2D samples, patches and a held-out part.
+
+:func:`prepare_samples` checks everything a user can get wrong before any heavy work (shapes,
+dtypes, NaN/inf, annotations without a single cell) and turns each annotated 2D image into an
+:class:`AnnotatedImage`: the image normalised by its own percentiles, target classes and loss
+weights from :func:`napari_unet.core.weights.training_targets`. Slices of a stack without any
+annotation are skipped. :func:`hold_out` sets aside square blocks of the annotations for
+validation, and :class:`PatchSampler` draws batches of patches centred on annotated pixels,
+with enough context around them for :func:`napari_unet.core.augment.augment_batch`.
+
+Small images are mirrored up to the patch size (the mirrored pixels carry no loss); only an
+image with a side below :data:`MIN_SIDE` pixels is refused, as no cell fits in it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_unet.core.model import UNetConfig
+from napari_unet.core.normalize import as_nchw, check_finite, normalization_spec, normalize_image
+from napari_unet.core.weights import IGNORE, check_labels, check_region, training_targets
+
+__all__ = [
+    "MIN_SIDE",
+    "AnnotatedImage",
+    "PatchSampler",
+    "ValidationTiles",
+    "as_list",
+    "hold_out",
+    "patch_geometry",
+    "prepare_samples",
+    "validation_block",
+    "validation_tiles",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Images with a side shorter than this many pixels are refused (mirrored up otherwise).
+MIN_SIDE = 8
+
+
+@dataclass
+class AnnotatedImage:
+    """One annotated 2D image, ready for training.
+
+    Attributes
+    ----------
+    image : numpy.ndarray
+        float32 ``(C, Y, X)``, normalised by its own percentiles.
+    classes : numpy.ndarray
+        uint8 ``(Y, X)`` target classes (background, foreground, ignore).
+    weights : numpy.ndarray
+        float32 ``(Y, X)`` loss weights, 0 where ignored.
+    source : tuple of int
+        ``(index of the input, slice index)`` it came from.
+    """
+
+    image: np.ndarray
+    classes: np.ndarray
+    weights: np.ndarray
+    source: tuple[int, int]
+
+    @property
+    def annotated(self) -> np.ndarray:
+        """bool mask of the pixels that carry loss."""
+        return self.weights > 0
+
+    @property
+    def n_annotated(self) -> int:
+        """Number of pixels that carry loss."""
+        return int(np.count_nonzero(self.weights > 0))
+
+
+def as_list(value: Any, name: str) -> list[Any]:
+    """A single array, or a sequence of arrays, as a list of arrays.
+
+    Parameters
+    ----------
+    value : array or sequence of arrays
+        What the caller gave.
+    name : str
+        Argument name for error messages.
+
+    Returns
+    -------
+    list
+        The arrays.
+    """
+    if value is None:
+        raise ValueError(f"{name} must be an array or a sequence of arrays, got None")
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return [value]
+    if isinstance(value, list | tuple):
+        return list(value)
+    raise ValueError(f"{name} must be an array or a sequence of arrays, got {type(value).__name__}")
+
+
+def _spatial_labels(labels: Any, n: int, yx: tuple[int, int], i: int) -> np.ndarray:
+    """Labels of input ``i`` as ``(N, Y, X)``, checked against the image's layout."""
+    name = f"labels[{i}]"
+    arr = check_labels(labels, name=name, ndim=None)
+    given = arr.shape
+    if arr.ndim == 2 and n == 1:
+        arr = arr[None]
+    expected = (n, *yx)
+    if arr.shape != expected:
+        want = f"{yx}" if n == 1 else f"{expected}"
+        raise ValueError(
+            f"{name} has shape {given}, expected the image's spatial shape {want}; "
+            f"images[{i}] has {n} 2D image(s) of {yx} once laid out as (N, C, Y, X)"
+        )
+    return arr
+
+
+def prepare_samples(
+    images: Any,
+    labels: Any,
+    regions: Any = None,
+    *,
+    channel_axis: int | None = None,
+    rgb: bool = False,
+    normalization: dict[str, Any] | None = None,
+    in_channels: int | None = None,
+    gap: int = 1,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    class_balance: bool = True,
+    border_weights: bool = True,
+) -> list[AnnotatedImage]:
+    """Check and prepare training data.
+
+    Parameters
+    ----------
+    images : array or sequence of arrays
+        2D ``(Y, X)``, multichannel (with ``channel_axis``), RGB (with ``rgb``) images, or
+        stacks ``(Z, Y, X)`` of 2D images; any numeric dtype; numpy or dask.
+    labels : array or sequence of arrays
+        Integer instance labels of each image's spatial shape: ``(Y, X)`` or ``(Z, Y, X)``.
+    regions : array, sequence of (array or None), or None
+        Boolean masks of the annotated area, same shape as the labels; ``None`` means: the
+        whole 2D image, and in a stack every slice that holds at least one label.
+    channel_axis : int, optional
+        Channel axis of the images (see :func:`napari_unet.core.normalize.as_nchw`).
+    rgb : bool
+        The images' last axis holds RGB(A).
+    normalization : dict, optional
+        From :func:`napari_unet.core.normalize.normalization_spec` (default percentiles 1, 99.8).
+    in_channels : int, optional
+        Number of channels the images must have (a model's input channels).
+    gap, w0, sigma, class_balance, border_weights
+        Passed to :func:`napari_unet.core.weights.training_targets`.
+
+    Returns
+    -------
+    list of AnnotatedImage
+        One per annotated 2D image.
+
+    Raises
+    ------
+    ValueError
+        On mismatched numbers of images/labels/regions, mismatched shapes, non-integer labels,
+        non-numeric images, NaN or infinity in an annotated image, channel counts that differ,
+        an image side below :data:`MIN_SIDE`, or annotations without any foreground pixel.
+    """
+    image_list = as_list(images, "images")
+    label_list = as_list(labels, "labels")
+    if not image_list:
+        raise ValueError("images must hold at least one image, got an empty sequence")
+    if len(label_list) != len(image_list):
+        raise ValueError(
+            f"labels must hold one label image per image: got {len(image_list)} image(s) and "
+            f"{len(label_list)} label image(s)"
+        )
+    if regions is None:
+        region_list: list[Any] = [None] * len(image_list)
+    elif hasattr(regions, "shape"):
+        region_list = [regions]
+    else:
+        region_list = list(regions)
+    if len(region_list) != len(image_list):
+        raise ValueError(
+            f"regions must hold one mask (or None) per image: got {len(image_list)} image(s) and "
+            f"{len(region_list)} region(s)"
+        )
+    spec = normalization or normalization_spec()
+
+    # -- 1. cheap checks of every input, nothing heavy -----------------------------------------
+    plan: list[tuple[int, Any, np.ndarray, np.ndarray | None, list[int]]] = []
+    channels = in_channels
+    n_fg = 0
+    for i, (img, lab, reg) in enumerate(zip(image_list, label_list, region_list, strict=True)):
+        if not hasattr(img, "shape") or not hasattr(img, "dtype"):
+            img = np.asarray(img)
+        dtype = np.dtype(img.dtype)
+        numeric = np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)
+        if not numeric or np.issubdtype(dtype, np.complexfloating):
+            raise ValueError(f"images[{i}] must be numeric, got dtype {dtype}")
+        try:
+            nchw = as_nchw(img, channel_axis=channel_axis, rgb=rgb)
+        except ValueError as exc:
+            raise ValueError(f"images[{i}]: {exc}") from exc
+        n, c, y, x = nchw.shape
+        if channels is None:
+            channels = c
+        elif c != channels:
+            what = "the model expects" if in_channels is not None else "images[0] has"
+            raise ValueError(
+                f"images[{i}] has {c} channel(s) but {what} {channels}; all images must have "
+                "the same channels"
+            )
+        lab3 = _spatial_labels(lab, n, (y, x), i)
+        reg3 = None
+        if reg is not None:
+            reg3 = check_region(
+                reg[None] if np.ndim(reg) == 2 and n == 1 else reg, lab3.shape, f"regions[{i}]"
+            )
+        if reg3 is not None:
+            used = [z for z in range(n) if reg3[z].any()]
+        else:
+            used = [z for z in range(n) if lab3[z].any()]
+        if not used:
+            continue
+        if min(y, x) < MIN_SIDE:
+            raise ValueError(
+                f"images[{i}] is {y} x {x} pixels; training needs images of at least "
+                f"{MIN_SIDE} x {MIN_SIDE} pixels (smaller ones are mirrored up to the patch size)"
+            )
+        for z in used:
+            fg = lab3[z] > 0 if reg3 is None else (lab3[z] > 0) & reg3[z]
+            n_fg += int(np.count_nonzero(fg))
+        plan.append((i, nchw, lab3, reg3, used))
+    if not plan or n_fg == 0:
+        raise ValueError(
+            "labels hold no annotated cell: paint at least one cell (label > 0) inside the "
+            "annotated region before training"
+        )
+    # -- 2. read and check the annotated slices, then normalise and compute targets ------------
+    reads = []
+    for i, nchw, lab3, reg3, used in plan:
+        for z in used:
+            data = np.asarray(nchw[z])
+            check_finite(data, name=f"images[{i}]" + (f" slice {z}" if nchw.shape[0] > 1 else ""))
+            reads.append((i, z, data, lab3[z], None if reg3 is None else reg3[z]))
+    samples = []
+    for i, z, data, lab, reg in reads:
+        image = normalize_image(data, spec)
+        targets = training_targets(
+            lab,
+            region=reg,
+            gap=gap,
+            w0=w0,
+            sigma=sigma,
+            class_balance=class_balance,
+            border_weights=border_weights,
+        )
+        samples.append(AnnotatedImage(image, targets.classes, targets.weights, (i, z)))
+    logger.info(
+        "prepared %d annotated 2D image(s), %d annotated pixels",
+        len(samples),
+        sum(s.n_annotated for s in samples),
+    )
+    return samples
+
+
+# --------------------------------------------------------------------------------------------
+# Hold-out for validation
+# --------------------------------------------------------------------------------------------
+
+
+def hold_out(
+    samples: Sequence[AnnotatedImage],
+    fraction: float,
+    block: int,
+    rng: np.random.Generator,
+) -> tuple[list[AnnotatedImage], list[tuple[int, int, int]]]:
+    """Set aside square blocks of the annotations for validation.
+
+    Blocks of ``block`` x ``block`` pixels that are at least half annotated are drawn at random
+    until they hold ``fraction`` of the annotated pixels. Their pixels are then ignored in the
+    training samples (the image stays: it is context, as at inference). Nothing is held out
+    (an empty list is returned) when the blocks would take more than twice ``fraction`` of the
+    annotations, or when either part would be left without foreground.
+
+    Parameters
+    ----------
+    samples : sequence of AnnotatedImage
+        The training data.
+    fraction : float
+        Share of the annotated pixels to hold out, in [0, 0.5).
+    block : int
+        Edge of the blocks in pixels.
+    rng : numpy.random.Generator
+        Source of randomness.
+
+    Returns
+    -------
+    training : list of AnnotatedImage
+        Copies of the samples with the held-out blocks ignored (the samples themselves when
+        nothing is held out).
+    blocks : list of tuple of int
+        ``(sample index, y0, x0)`` of each held-out block.
+    """
+    if not 0.0 <= fraction < 0.5:
+        raise ValueError(f"validation_fraction must be in [0, 0.5), got {fraction!r}")
+    if fraction == 0 or not samples:
+        return list(samples), []
+    total = sum(s.n_annotated for s in samples)
+    total_fg = sum(int(np.count_nonzero(s.classes == 1)) for s in samples)
+    candidates = []
+    for k, s in enumerate(samples):
+        ann = s.annotated
+        ny, nx = s.classes.shape
+        for y0 in range(0, ny - block + 1, block):
+            for x0 in range(0, nx - block + 1, block):
+                if ann[y0 : y0 + block, x0 : x0 + block].sum() >= block * block / 2:
+                    candidates.append((k, y0, x0))
+    if not candidates:
+        return list(samples), []
+    order = rng.permutation(len(candidates))
+    chosen, held, held_fg = [], 0, 0
+    for j in order:
+        if held >= fraction * total:
+            break
+        k, y0, x0 = candidates[j]
+        box = (slice(y0, y0 + block), slice(x0, x0 + block))
+        held += int(samples[k].annotated[box].sum())
+        held_fg += int(np.count_nonzero(samples[k].classes[box] == 1))
+        chosen.append((k, y0, x0))
+    if held > 2 * fraction * total or held_fg == 0 or held_fg == total_fg:
+        return list(samples), []
+    out = []
+    for k, s in enumerate(samples):
+        mine = [(y0, x0) for kk, y0, x0 in chosen if kk == k]
+        if not mine:
+            out.append(s)
+            continue
+        classes, weights = s.classes.copy(), s.weights.copy()
+        for y0, x0 in mine:
+            classes[y0 : y0 + block, x0 : x0 + block] = IGNORE
+            weights[y0 : y0 + block, x0 : x0 + block] = 0
+        out.append(AnnotatedImage(s.image, classes, weights, s.source))
+    return out, chosen
+
+
+@dataclass
+class ValidationTiles:
+    """Network inputs and targets of the held-out blocks.
+
+    Attributes
+    ----------
+    images : torch.Tensor
+        float32 ``(M, C, S, S)`` inputs, each a held-out block with the context the network
+        needs around it (mirrored at image borders).
+    classes : torch.Tensor
+        int64 ``(M, B, B)`` target classes of the blocks (IGNORE where not annotated).
+    offset : int
+        Where the block starts in the network's output.
+    """
+
+    images: torch.Tensor
+    classes: torch.Tensor
+    offset: int
+
+
+def validation_tiles(
+    samples: Sequence[AnnotatedImage],
+    blocks: Sequence[tuple[int, int, int]],
+    block: int,
+    config: UNetConfig,
+) -> ValidationTiles:
+    """Cut the network inputs for the held-out blocks.
+
+    Parameters
+    ----------
+    samples : sequence of AnnotatedImage
+        The *original* samples (with the held-out targets).
+    blocks : sequence of tuple of int
+        From :func:`hold_out`.
+    block : int
+        Block edge in pixels.
+    config : UNetConfig
+        The network, for its geometry.
+
+    Returns
+    -------
+    ValidationTiles
+        Inputs and targets.
+    """
+    if config.padding == "same":
+        n_in = config.admissible_size(block + 2 * config.halo)
+    else:
+        n_in = config.input_size_for_output(block)
+    loss = (n_in - config.output_size(n_in)) // 2  # pixels lost per side (valid padding)
+    start = (n_in - block) // 2  # block start within the input
+    images, classes = [], []
+    for k, y0, x0 in blocks:
+        s = samples[k]
+        images.append(_crop_mirror(s.image, y0 - start, x0 - start, n_in))
+        classes.append(s.classes[y0 : y0 + block, x0 : x0 + block])
+    return ValidationTiles(
+        images=torch.from_numpy(np.stack(images)),
+        classes=torch.from_numpy(np.stack(classes).astype(np.int64)),
+        offset=start - loss,
+    )
+
+
+def _crop_mirror(image: np.ndarray, y0: int, x0: int, size: int) -> np.ndarray:
+    """``image[:, y0:y0+size, x0:x0+size]``, mirrored where it leaves the image."""
+    _, ny, nx = image.shape
+    pad = (
+        (0, 0),
+        (max(-y0, 0), max(y0 + size - ny, 0)),
+        (max(-x0, 0), max(x0 + size - nx, 0)),
+    )
+    crop = image[:, max(y0, 0) : y0 + size, max(x0, 0) : x0 + size]
+    if any(p != (0, 0) for p in pad):
+        crop = _pad(crop, pad, "reflect")
+    return np.ascontiguousarray(crop, dtype=np.float32)
+
+
+def _pad(array: np.ndarray, pad: Any, mode: str, **kwargs: Any) -> np.ndarray:
+    """np.pad that also mirrors arrays of one pixel (reflect needs two)."""
+    if mode == "reflect" and min(array.shape[-2:]) < 2:
+        mode = "symmetric"
+    return np.pad(array, pad, mode=mode, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Patch sampling
+# --------------------------------------------------------------------------------------------
+
+
+class PatchSampler:
+    """Draw batches of patches centred on annotated pixels.
+
+    Each sample is padded once (image mirrored, targets ignored, weights 0), moved to the
+    training device, and cut there: a batch costs a few tensor slices and one stack.
+
+    Parameters
+    ----------
+    samples : sequence of AnnotatedImage
+        The training data.
+    size : int
+        Edge of the patches returned (the network input plus the augmentation's margin).
+    device : torch.device or str
+        Where the data lives and patches are cut.
+    rng : numpy.random.Generator
+        Source of randomness for the patch positions.
+
+    Examples
+    --------
+    >>> s = AnnotatedImage(np.zeros((1, 20, 20), np.float32), np.zeros((20, 20), np.uint8),
+    ...                    np.ones((20, 20), np.float32), (0, 0))
+    >>> x, y, w = PatchSampler([s], 32, "cpu", np.random.default_rng(0)).sample(2)
+    >>> tuple(x.shape), tuple(y.shape), tuple(w.shape)
+    ((2, 1, 32, 32), (2, 32, 32), (2, 32, 32))
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[AnnotatedImage],
+        size: int,
+        device: torch.device | str,
+        rng: np.random.Generator,
+    ) -> None:
+        if not samples:
+            raise ValueError("samples must hold at least one annotated image")
+        self.size = int(size)
+        self.device = torch.device(device)
+        self.rng = rng
+        half = self.size // 2
+        self._pad = half + 1
+        self._images, self._classes, self._weights, self._where = [], [], [], []
+        counts = []
+        for s in samples:
+            p = self._pad
+            pad2 = ((p, p), (p, p))
+            self._images.append(
+                torch.from_numpy(_pad(s.image, ((0, 0), *pad2), "reflect")).to(self.device)
+            )
+            self._classes.append(
+                torch.from_numpy(
+                    np.pad(s.classes, pad2, mode="constant", constant_values=IGNORE)
+                ).to(self.device)
+            )
+            self._weights.append(
+                torch.from_numpy(np.pad(s.weights, pad2, mode="constant")).to(self.device)
+            )
+            where = np.flatnonzero(s.weights > 0)
+            self._where.append((where, s.weights.shape[1]))
+            counts.append(where.size)
+        total = float(sum(counts))
+        if total == 0:
+            raise ValueError("samples hold no annotated pixel to centre patches on")
+        self._p = np.asarray(counts, dtype=np.float64) / total
+
+    def centres(self, n: int) -> list[tuple[int, int, int]]:
+        """``n`` random ``(sample, y, x)`` annotated pixels, samples weighted by their size."""
+        ks = self.rng.choice(len(self._p), size=n, p=self._p)
+        out = []
+        for k in ks:
+            where, width = self._where[k]
+            flat = int(where[self.rng.integers(where.size)])
+            out.append((int(k), flat // width, flat % width))
+        return out
+
+    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Cut a batch of ``n`` patches.
+
+        Returns
+        -------
+        images : torch.Tensor
+            float32 ``(n, C, size, size)``.
+        classes : torch.Tensor
+            uint8 ``(n, size, size)``.
+        weights : torch.Tensor
+            float32 ``(n, size, size)``.
+        """
+        xs, ys, ws = [], [], []
+        half = self.size // 2
+        for k, cy, cx in self.centres(n):
+            # (cy, cx) in the unpadded sample -> top-left corner in the padded one
+            y0 = cy + self._pad - half
+            x0 = cx + self._pad - half
+            sl = (slice(y0, y0 + self.size), slice(x0, x0 + self.size))
+            xs.append(self._images[k][(slice(None), *sl)])
+            ys.append(self._classes[k][sl])
+            ws.append(self._weights[k][sl])
+        return torch.stack(xs), torch.stack(ys), torch.stack(ws)
+
+
+def patch_geometry(config: UNetConfig, patch_size: int) -> tuple[int, int]:
+    """Network input and output edge for a training patch of ``patch_size`` output pixels.
+
+    Parameters
+    ----------
+    config : UNetConfig
+        The network.
+    patch_size : int
+        Requested edge of the area the loss is computed on.
+
+    Returns
+    -------
+    in_size, out_size : int
+        The smallest admissible input whose output is at least ``patch_size`` (same padding:
+        ``patch_size`` rounded up to a multiple of ``2**depth``), and its output size.
+
+    Examples
+    --------
+    >>> from napari_unet.core.model import preset_config
+    >>> patch_geometry(preset_config("paper"), 388)
+    (572, 388)
+    >>> patch_geometry(preset_config("fast"), 100)
+    (112, 112)
+    """
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int | np.integer):
+        raise ValueError(f"patch_size must be an integer number of pixels, got {patch_size!r}")
+    if patch_size < 1:
+        raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+    n_in = config.input_size_for_output(int(patch_size))
+    return n_in, config.output_size(n_in)
+
+
+def validation_block(out_size: int, grid: int) -> int:
+    """Edge of the held-out blocks: half a training patch, on the network's grid, >= 32."""
+    return max(32, int(math.ceil(out_size / 2 / grid) * grid))

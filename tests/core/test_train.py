@@ -1,0 +1,300 @@
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.core.io import load_model, save_model
+from napari_unet.core.model import TrainedModel, UNet, UNetConfig
+from napari_unet.core.train import (
+    TrainEvent,
+    TrainSettings,
+    run_training,
+    train,
+    weighted_cross_entropy,
+)
+from napari_unet.core.weights import IGNORE
+from napari_unet.sample_data import make_touching_cells
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The nets here are tiny: one thread is faster than two and immune to oversubscription
+    # when the CI machine is shared.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tiny(seed: int = 0, **config) -> TrainedModel:
+    torch.manual_seed(seed)
+    return TrainedModel(UNet(UNetConfig(**{"depth": 2, "base_channels": 4, **config})))
+
+
+def _settings(**kw) -> TrainSettings:
+    base = {"iterations": 4, "patch_size": 32, "batch_size": 2, "device": "cpu", "seed": 0}
+    return TrainSettings(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def cells():
+    return make_touching_cells((64, 64), n_cells=8, seed=3)
+
+
+def _drain(gen):
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as done:
+            return events, done.value
+
+
+def _params(model: TrainedModel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.net.named_parameters()}
+
+
+def test_weighted_cross_entropy_ignores_unannotated_pixels():
+    logits = torch.tensor([[[[2.0, 0.0, 5.0]], [[0.0, 1.0, -5.0]]]])  # (1, 2, 1, 3)
+    classes = torch.tensor([[[0, 1, IGNORE]]])
+    weights = torch.tensor([[[1.0, 3.0, 0.0]]])
+    loss = weighted_cross_entropy(logits, classes, weights)
+    p0 = torch.softmax(logits[0, :, 0, 0], 0)[0]
+    p1 = torch.softmax(logits[0, :, 0, 1], 0)[1]
+    expected = (-torch.log(p0) - 3 * torch.log(p1)) / 2
+    torch.testing.assert_close(loss, expected)
+    # whatever the logits at the ignored pixel, the loss and its gradient there are 0
+    logits.requires_grad_(True)
+    weighted_cross_entropy(logits, classes, weights).backward()
+    assert torch.all(logits.grad[..., 2] == 0)
+
+
+def test_events_and_result(cells):
+    image, labels = cells
+    events, model = _drain(train(image, labels, settings=_settings(iterations=5), model=_tiny()))
+    assert [e.iteration for e in events] == [1, 2, 3, 4, 5]
+    e = events[-1]
+    assert isinstance(e, TrainEvent)
+    assert e.iterations == 5 and e.progress == 1.0
+    assert e.device.startswith("CPU")
+    assert e.loss > 0 and e.learning_rate > 0 and e.elapsed > 0 and e.samples_per_second > 0
+    assert [x.elapsed for x in events] == sorted(x.elapsed for x in events)
+    assert isinstance(model, TrainedModel)
+    assert not model.net.training
+    assert next(model.net.parameters()).device.type == "cpu"
+    assert model.config == _tiny().config
+    assert model.normalization == {"method": "percentile", "low": 1.0, "high": 99.8}
+    assert model.gap == 1
+    summary = model.training["summary"]
+    assert summary["iterations_done"] == 5 and summary["stopped"] is False
+    assert model.training["settings"]["patch_size"] == 32
+    with torch.no_grad():
+        out = model.net(torch.zeros(1, 1, 64, 64))
+    assert out.shape == (1, 2, 64, 64)
+
+
+def test_loss_falls():
+    image, labels = make_touching_cells((64, 64), n_cells=8, seed=1)
+    settings = _settings(
+        iterations=60,
+        batch_size=4,
+        learning_rate=1e-2,
+        schedule="constant",
+        elastic=False,
+        affine=False,
+        intensity=False,
+        validation_fraction=0.0,
+    )
+    events, _ = _drain(train(image, labels, settings=settings, model=_tiny(base_channels=8)))
+    losses = np.array([e.loss for e in events])
+    assert losses[-10:].mean() < 0.6 * losses[:5].mean()
+
+
+def test_stop_request_ends_with_a_usable_model(cells):
+    image, labels = cells
+    stop = threading.Event()
+    settings = _settings(iterations=None)  # no limit: only the stop request ends it
+    gen = train(image, labels, settings=settings, model=_tiny(), stop=stop)
+    seen = []
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as done:
+            model = done.value
+            break
+        seen.append(event.iteration)
+        assert event.iterations is None and event.progress is None
+        if event.iteration == 3:
+            stop.set()
+    assert seen == [1, 2, 3]
+    assert model.training["summary"] == {**model.training["summary"], "iterations_done": 3}
+    assert model.training["summary"]["stopped"] is True
+    with torch.no_grad():
+        assert torch.isfinite(model.net(torch.zeros(1, 1, 32, 32))).all()
+    # asked to stop before the first step: no step, still a model
+    stop = threading.Event()
+    stop.set()
+    events, model = _drain(train(image, labels, settings=settings, model=_tiny(), stop=stop))
+    assert events == [] and isinstance(model, TrainedModel)
+
+
+def test_minutes_limit(cells):
+    image, labels = cells
+    settings = _settings(iterations=None, minutes=1e-9)
+    events, model = _drain(train(image, labels, settings=settings, model=_tiny()))
+    assert events == [] and model.training["summary"]["iterations_done"] == 0
+
+
+def test_fine_tuning_starts_from_the_given_weights(cells):
+    image, labels = cells
+    given = _tiny(seed=5)
+    given.gap = 2
+    given.normalization = {"method": "percentile", "low": 2.0, "high": 99.0}
+    before = _params(given)
+    _, tuned = _drain(train(image, labels, settings=_settings(learning_rate=0.0), model=given))
+    after = _params(tuned)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # lr 0: still the given weights
+    assert tuned.gap == 2 and tuned.normalization == given.normalization
+    assert tuned.config == given.config
+    # with a real learning rate the weights move, and the given model is left as it was
+    _, tuned = _drain(train(image, labels, settings=_settings(learning_rate=1e-2), model=given))
+    assert not all(torch.equal(before[k], v) for k, v in _params(tuned).items())
+    assert all(torch.equal(before[k], v) for k, v in _params(given).items())
+    assert "fine_tuned_from" in tuned.training
+    # a model trained further beats a fresh one on its first batch
+    settings = _settings(iterations=40, learning_rate=1e-2, validation_fraction=0.0)
+    trained = run_training(image, labels, settings=settings, model=_tiny(seed=1))
+    first = _settings(iterations=1, schedule="constant", learning_rate=0.0, seed=7)
+    (cont,), _ = _drain(train(image, labels, settings=first, model=trained))
+    (fresh,), _ = _drain(train(image, labels, settings=first, model=_tiny(seed=1)))
+    assert cont.loss < fresh.loss
+
+
+def test_fine_tuning_checks_channels(cells):
+    image, labels = cells
+    with pytest.raises(ValueError, match="the model expects 2"):
+        next(train(image, labels, settings=_settings(), model=_tiny(in_channels=2)))
+
+
+def test_same_seed_same_weights_on_cpu(cells):
+    image, labels = cells
+    settings = _settings(seed=11, preset="fast", patch_size=16)
+    runs = [run_training(image, labels, settings=settings) for _ in range(2)]
+    a, b = (r.net.state_dict() for r in runs)
+    assert runs[0].config.base_channels == 16  # the fast preset, initialised from the seed
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    settings.seed = 12
+    c = run_training(image, labels, settings=settings).net.state_dict()
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_seeded_run_with_dropout_is_reproducible_and_leaves_global_rng_alone(cells):
+    image, labels = cells
+    model = _tiny(dropout=0.5)
+    state = torch.get_rng_state()
+    runs = [run_training(image, labels, settings=_settings(seed=2), model=model) for _ in range(2)]
+    a, b = (r.net.state_dict() for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(torch.get_rng_state(), state)
+    run_training(image, labels, settings=_settings(seed=None), model=model)
+    run_training(image, labels, settings=_settings(seed=None, iterations=1, patch_size=16))
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_validation_score_and_best_model():
+    image, labels = make_touching_cells((128, 128), n_cells=24, seed=4)
+    settings = _settings(iterations=6, validate_every=2, learning_rate=1e-2)
+    events, model = _drain(train(image, labels, settings=settings, model=_tiny()))
+    scores = [e.validation for e in events]
+    assert scores[0] is None and scores[2] is None
+    assert all(0.0 <= s <= 1.0 for s in scores[1::2])
+    summary = model.training["summary"]
+    assert summary["validation_blocks"] >= 1
+    assert summary["validation"] == max(scores[1::2])
+    assert events[-1].best_validation == summary["validation"]
+    assert summary["best_iteration"] in (2, 4, 6)
+    # too little annotation to hold any out: no score
+    small_image, small_labels = make_touching_cells((40, 40), n_cells=4, seed=4)
+    events, model = _drain(train(small_image, small_labels, settings=_settings(), model=_tiny()))
+    assert all(e.validation is None for e in events)
+    assert model.training["summary"]["validation"] is None
+
+
+def test_valid_padding_multichannel_stack_with_region():
+    image, labels = make_touching_cells((64, 64), n_cells=8, seed=2)
+    two = np.stack([image, image // 2])  # (C, Y, X)
+    stack = np.stack([two, two])  # (Z, C, Y, X)
+    lab = np.stack([labels, np.zeros_like(labels)])
+    region = np.zeros(lab.shape, bool)
+    region[0, 8:56, 8:56] = True
+    model = _tiny(in_channels=2, padding="valid", batch_norm=False)
+    settings = _settings(channel_axis=1, patch_size=16)
+    events, result = _drain(train(stack, lab, region, settings=settings, model=model))
+    assert len(events) == 4 and all(np.isfinite(e.loss) for e in events)
+    summary = result.training["summary"]
+    assert summary["n_images"] == 1
+    assert summary["output_size"] >= 16
+    assert result.config.output_size(summary["input_size"]) == summary["output_size"]
+
+
+def test_small_image_is_mirrored_up_to_the_patch():
+    image, labels = make_touching_cells((24, 20), n_cells=2, seed=0)
+    events, model = _drain(train(image, labels, settings=_settings(patch_size=64), model=_tiny()))
+    assert len(events) == 4
+    # reduced to what the image needs: 24 px on the depth-2 net's grid of 4
+    assert model.training["summary"]["input_size"] == 24
+
+
+def test_bad_inputs_fail_before_training(cells):
+    image, labels = cells
+    bad = image.astype(np.float32)
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        next(train(bad, labels, settings=_settings()))
+    with pytest.raises(ValueError, match="no annotated cell"):
+        next(train(image, np.zeros_like(labels), settings=_settings()))
+    with pytest.raises(ValueError, match="shape"):
+        next(train(image, labels[:10], settings=_settings()))
+    with pytest.raises(ValueError, match="optimizer"):
+        next(train(image, labels, settings=_settings(optimizer="rmsprop")))
+    with pytest.raises(ValueError, match="iterations"):
+        next(train(image, labels, settings=_settings(iterations=0)))
+    with pytest.raises(ValueError, match="preset"):
+        next(train(image, labels, settings=_settings(preset="huge")))
+    with pytest.raises(ValueError, match="device"):
+        next(train(image, labels, settings=_settings(device="tpu")))
+    with pytest.raises(ValueError, match="never end"):
+        run_training(image, labels, settings=_settings(iterations=None))
+
+
+def test_sgd_and_presets(cells):
+    image, labels = cells
+    paper = TrainSettings.for_preset("paper")
+    assert (paper.optimizer, paper.batch_size, paper.patch_size) == ("sgd", 1, 388)
+    assert TrainSettings.for_preset("fast") == TrainSettings()
+    settings = _settings(optimizer="sgd", learning_rate=1e-2)
+    events, _ = _drain(train(image, labels, settings=settings, model=_tiny()))
+    assert len(events) == 4
+
+
+def test_trained_model_saves_and_loads(cells, tmp_path):
+    image, labels = cells
+    model = run_training(image, labels, settings=_settings(), model=_tiny())
+    loaded = load_model(save_model(model, tmp_path / "m.pt"))
+    assert loaded.training == model.training
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.net(x), model.net(x))
+    assert TrainSettings.from_dict(loaded.training["settings"]).seed == 0
+
+
+def test_run_training_callback(cells):
+    image, labels = cells
+    seen = []
+    run_training(
+        image, labels, settings=_settings(iterations=3), model=_tiny(), callback=seen.append
+    )
+    assert [e.iteration for e in seen] == [1, 2, 3]
