@@ -506,6 +506,13 @@ def train(
     largest = max(max(s.classes.shape) for s in samples)
     patch = min(int(settings.patch_size), config.admissible_size(largest))
     in_size, out_size = patch_geometry(config, patch)
+    deepest = (in_size - 2 * config.halo if config.padding == "valid" else in_size) // config.grid
+    if config.batch_norm and settings.batch_size * max(deepest, 1) ** 2 < 2:
+        raise ValueError(
+            f"batch_size={settings.batch_size} with a {in_size} px input leaves one value per "
+            "channel at the deepest level of the network, which batch normalisation cannot "
+            "train on; use batch_size >= 2 or a larger patch_size"
+        )
     aug = settings.augment_settings()
     crop = in_size + 2 * context_margin(in_size, aug)
 
