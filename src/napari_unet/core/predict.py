@@ -324,8 +324,12 @@ def _check_model(model: TrainedModel, src: _Source) -> UNetConfig:
     return config
 
 
+#: CUDA's out-of-memory error (``torch.OutOfMemoryError`` since torch 2.5).
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
 def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
+    if isinstance(exc, _OUT_OF_MEMORY):
         return True
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
