@@ -730,8 +730,8 @@ class _Engine:
                         break
                     chunk, batch = item
                     x = torch.as_tensor(batch)
-                    if cuda:
-                        x = x.to(plan.device, non_blocking=True)
+                    if plan.device.type != "cpu":
+                        x = x.to(plan.device, non_blocking=cuda)
                     prob = self.runner(x)
                     if cuda:
                         host = torch.empty(prob.shape, dtype=prob.dtype, pin_memory=True)
@@ -739,7 +739,7 @@ class _Engine:
                         event = torch.cuda.Event()
                         event.record()
                     else:
-                        host, event = prob, None
+                        host, event = prob.cpu(), None
                     if pending is not None:
                         finish(pending)
                     pending = (chunk, host, event)
