@@ -1,0 +1,297 @@
+"""The tile engine: a reader thread feeds batches to the network, outputs are cropped and written.
+
+:class:`_Engine` runs a :class:`~napari_unet.core._plan.Plan` over the slices of a source: a
+:class:`_Reader` thread reads and normalises the next batches of tiles while the current batch
+runs; each tile's output is cropped by its halo and handed to a writer. When the device runs
+out of memory the batch and then the tile are halved and the unfinished slices start again.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_unet.core._plan import Plan
+from napari_unet.core._runner import _cudnn_benchmark, _is_oom, _Runner
+from napari_unet.core._source import _Source
+from napari_unet.core.model import TrainedModel
+from napari_unet.core.normalize import check_finite
+from napari_unet.core.tiling import TileLayout, minimum_tile, reflect_indices, tile_layout
+
+__all__ = ["Cancelled", "Progress", "Writer"]
+
+# The engine is an implementation detail of napari_unet.core.predict: log under that name.
+logger = logging.getLogger("napari_unet.core.predict")
+
+Progress = Callable[[int, int], None]
+#: ``write(z, (y0, y1), (x0, x1), probabilities)``: where a cropped tile output goes.
+Writer = Callable[[int, tuple[int, int], tuple[int, int], np.ndarray], None]
+
+
+class Cancelled(Exception):
+    """Raised when prediction stops because the caller set its ``stop`` event.
+
+    Work finished before the stop (tiles already written to ``out``) stays written. The GUI
+    catches this to tell a user's stop from a failure.
+    """
+
+
+_Item = tuple[int, int, int]  # (z, iy, ix)
+
+
+class _Reader(threading.Thread):
+    """Reads and normalises batches of tiles ahead of the network, in a background thread."""
+
+    def __init__(
+        self,
+        src: _Source,
+        items: list[_Item],
+        layout: TileLayout,
+        batch: int,
+        norm: Callable[[int], tuple[np.ndarray, np.ndarray]],
+        pin: bool,
+        stop: threading.Event | None,
+        depth: int = 2,
+    ) -> None:
+        super().__init__(name="napari-unet-tile-reader", daemon=True)
+        self.src, self.items, self.layout, self.batch = src, items, layout, batch
+        self.norm, self.pin, self.user_stop = norm, pin, stop
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.halt = threading.Event()
+
+    def _put(self, item: Any) -> bool:
+        while not self.halt.is_set():
+            try:
+                self.queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        try:
+            for start in range(0, len(self.items), self.batch):
+                if self.halt.is_set() or (self.user_stop is not None and self.user_stop.is_set()):
+                    break
+                chunk = self.items[start : start + self.batch]
+                if not self._put((chunk, self._read_batch(chunk))):
+                    return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._put(exc)
+            return
+        self._put(None)
+
+    def _read_batch(self, chunk: list[_Item]) -> np.ndarray | torch.Tensor:
+        ty, tx = self.layout.tile_shape
+        shape = (len(chunk), self.src.c, ty, tx)
+        if self.pin:
+            buf = torch.empty(shape, dtype=torch.float32, pin_memory=True)
+            arr = buf.numpy()
+        else:
+            buf = arr = np.empty(shape, np.float32)
+        for i, (z, iy, ix) in enumerate(chunk):
+            offset, scale = self.norm(z)
+            block = self._read_tile(z, iy, ix)
+            arr[i] = (block.astype(np.float32, copy=False) - offset) / scale
+        return buf
+
+    def _read_tile(self, z: int, iy: int, ix: int) -> np.ndarray:
+        lay, src = self.layout, self.src
+        y0 = iy * lay.y.stride - lay.halo
+        x0 = ix * lay.x.stride - lay.halo
+        ty, tx = lay.tile_shape
+        ry = reflect_indices(y0, ty, src.h)
+        rx = reflect_indices(x0, tx, src.w)
+        ya, yb = int(ry.min()), int(ry.max()) + 1
+        xa, xb = int(rx.min()), int(rx.max()) + 1
+        block = src.read(z, slice(ya, yb), slice(xa, xb))
+        check_finite(block, f"image slice {z}" if src.is_stack else "image")
+        inside_y = y0 >= 0 and y0 + ty <= src.h
+        inside_x = x0 >= 0 and x0 + tx <= src.w
+        if not inside_y:
+            block = block[:, ry - ya]
+        if not inside_x:
+            block = block[:, :, rx - xa]
+        return block
+
+
+class _Engine:
+    """Runs a tile layout over the slices of a source and hands out cropped tile outputs.
+
+    ``normalize(z)`` gives slice ``z``'s ``(offset, scale)`` where ``norm`` does not hold it
+    already; the results are cached while the slice is in use.
+    """
+
+    def __init__(
+        self,
+        model: TrainedModel,
+        src: _Source,
+        plan: Plan,
+        runner: _Runner,
+        normalize: Callable[[int], tuple[np.ndarray, np.ndarray]],
+        *,
+        norm: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+        rows: tuple[int, int] | None = None,
+        cols: tuple[int, int] | None = None,
+        progress: Progress | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.model, self.src, self.plan, self.runner = model, src, plan, runner
+        self._normalize = normalize
+        self.config = model.config
+        self._norm: dict[int, tuple[np.ndarray, np.ndarray]] = dict(norm or {})
+        self._norm_lock = threading.Lock()
+        self.rows, self.cols = rows, cols
+        self.progress, self.stop = progress, stop
+
+    def normalization(self, z: int) -> tuple[np.ndarray, np.ndarray]:
+        with self._norm_lock:
+            if z not in self._norm:
+                self._norm = {k: v for k, v in self._norm.items() if k >= z - 1}
+                self._norm[z] = self._normalize(z)
+            return self._norm[z]
+
+    def run(
+        self,
+        slices: Sequence[int],
+        write: Writer,
+        slice_done: Callable[[int], None] | None = None,
+    ) -> None:
+        """Compute every tile of ``slices``; on running out of memory, shrink and go on."""
+        remaining = list(slices)
+        while remaining:
+            finished: list[int] = []
+            try:
+                self._run_once(remaining, write, slice_done, finished)
+                return
+            except Exception as exc:
+                if not _is_oom(exc):
+                    raise
+                remaining = [z for z in remaining if z not in set(finished)]
+                self._shrink(exc)
+
+    def _shrink(self, exc: BaseException) -> None:
+        if self.plan.device.type == "cuda":
+            torch.cuda.empty_cache()
+        plan = self.plan
+        if plan.batch_size > 1:
+            new = replace(plan, batch_size=plan.batch_size // 2)
+        else:
+            smallest = minimum_tile(self.config)
+            halved = tuple(max(smallest, self.config.admissible_size(t // 2)) for t in plan.tile)
+            halved = tuple(min(h, t) for h, t in zip(halved, plan.tile, strict=True))
+            if halved == plan.tile:
+                raise MemoryError(
+                    f"out of memory on {plan.device} even with the smallest tile "
+                    f"({plan.tile[0]}x{plan.tile[1]}) and batch 1"
+                ) from exc
+            layout = tile_layout(self.config, (self.src.h, self.src.w), halved)
+            new = replace(plan, tile=layout.tile_shape, batch_size=1, layout=layout)
+        logger.warning(
+            "out of memory on %s with %d tile(s) of %dx%d: going on with %d of %dx%d",
+            plan.device,
+            plan.batch_size,
+            *plan.tile,
+            new.batch_size,
+            *new.tile,
+        )
+        self.plan = new
+
+    def _run_once(
+        self,
+        slices: list[int],
+        write: Writer,
+        slice_done: Callable[[int], None] | None,
+        finished: list[int],
+    ) -> None:
+        plan, layout = self.plan, self.plan.layout
+        per_slice = layout.tiles(self.rows, self.cols)
+        items = [(z, iy, ix) for z in slices for iy, ix in per_slice]
+        left = {z: len(per_slice) for z in slices}
+        total, done = len(items), 0
+        logger.info(
+            "predicting %d tile(s) of %dx%d in batches of %d on %s",
+            total,
+            *plan.tile,
+            plan.batch_size,
+            plan.device,
+        )
+        cuda = plan.device.type == "cuda"
+        reader = _Reader(
+            self.src, items, layout, plan.batch_size, self.normalization, cuda, self.stop
+        )
+        pending: tuple[list[_Item], torch.Tensor, Any] | None = None
+
+        def finish(entry: tuple[list[_Item], torch.Tensor, Any]) -> None:
+            nonlocal done
+            chunk, host, event = entry
+            if event is not None:
+                event.synchronize()
+            probs = host.numpy()
+            for (z, iy, ix), prob in zip(chunk, probs, strict=True):
+                self._write_tile(z, iy, ix, prob, write)
+                done += 1
+                left[z] -= 1
+                if left[z] == 0:
+                    finished.append(z)
+                    if slice_done is not None:
+                        slice_done(z)
+                if self.progress is not None:
+                    self.progress(done, total)
+
+        reader.start()
+        try:
+            with torch.inference_mode(), _cudnn_benchmark(plan.device):
+                while True:
+                    item = reader.queue.get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    if self.stop is not None and self.stop.is_set():
+                        raise Cancelled(f"prediction stopped after {done} of {total} tiles")
+                    if item is None:
+                        break
+                    chunk, batch = item
+                    x = torch.as_tensor(batch)
+                    if plan.device.type != "cpu":
+                        x = x.to(plan.device, non_blocking=cuda)
+                    prob = self.runner(x)
+                    if cuda:
+                        host = torch.empty(prob.shape, dtype=prob.dtype, pin_memory=True)
+                        host.copy_(prob, non_blocking=True)
+                        event = torch.cuda.Event()
+                        event.record()
+                    else:
+                        host, event = prob.cpu(), None
+                    if pending is not None:
+                        finish(pending)
+                    pending = (chunk, host, event)
+                if pending is not None:
+                    finish(pending)
+                    pending = None
+        finally:
+            if pending is not None:
+                # A batch that finished before an error or a stop is good: keep it.
+                try:
+                    finish(pending)
+                except Exception:  # pragma: no cover - the first error is the one to report
+                    logger.debug("could not keep the last finished batch", exc_info=True)
+            reader.halt.set()
+            reader.join()
+
+    def _write_tile(self, z: int, iy: int, ix: int, prob: np.ndarray, write: Writer) -> None:
+        lay = self.plan.layout
+        (ya, yb), (xa, xb) = lay.y.extent(iy), lay.x.extent(ix)
+        if self.rows is not None:
+            ya, yb = max(ya, self.rows[0]), min(yb, self.rows[1])
+        if self.cols is not None:
+            xa, xb = max(xa, self.cols[0]), min(xb, self.cols[1])
+        oy = ya - iy * lay.y.stride + lay.crop
+        ox = xa - ix * lay.x.stride + lay.crop
+        write(z, (ya, yb), (xa, xb), prob[oy : oy + yb - ya, ox : ox + xb - xa])

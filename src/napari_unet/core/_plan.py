@@ -1,0 +1,108 @@
+"""Planning tiled inference: tile shape, batch size and layout from the memory at hand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from napari_unet.core._source import _Source
+from napari_unet.core.model import UNetConfig
+from napari_unet.core.tiling import (
+    TileLayout,
+    activation_bytes_per_pixel,
+    auto_tile,
+    available_memory_bytes,
+    tile_layout,
+)
+
+__all__ = ["Plan"]
+
+#: Share of the memory at hand one forward pass may use (CPU: available RAM; CUDA: free memory).
+CPU_MEMORY_SHARE = 0.35
+CUDA_MEMORY_SHARE = 0.5
+#: Largest automatic batch.
+CPU_MAX_BATCH = 4
+CUDA_MAX_BATCH = 16
+#: On the CPU, batch small tiles only: past about 2 M pixels a batch gains nothing.
+CPU_MAX_BATCH_PIXELS = 2**21
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How an image will be tiled.
+
+    Attributes
+    ----------
+    tile : tuple of int
+        Input tile shape ``(ty, tx)``, halo included.
+    batch_size : int
+        Tiles per forward pass.
+    layout : TileLayout
+        Tile positions over one 2D slice.
+    n_slices : int
+        Number of 2D slices.
+    device : torch.device
+        Where the network runs.
+    stack : bool
+        Whether the image is a stack (the result is then ``(Z, Y, X)``, else ``(Y, X)``).
+    """
+
+    tile: tuple[int, int]
+    batch_size: int
+    layout: TileLayout
+    n_slices: int
+    device: torch.device
+    stack: bool = False
+
+    @property
+    def n_tiles(self) -> int:
+        """Tiles over the whole image (all slices)."""
+        return self.layout.count * self.n_slices
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the result: ``(Z, Y, X)`` for a stack, ``(Y, X)`` for a 2D image."""
+        yx = (self.layout.y.size, self.layout.x.size)
+        return (self.n_slices, *yx) if self.stack else yx
+
+
+def _memory_budget(device: torch.device) -> float:
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return CUDA_MEMORY_SHARE * free
+    return CPU_MEMORY_SHARE * available_memory_bytes()
+
+
+def _plan(
+    config: UNetConfig,
+    src: _Source,
+    device: torch.device,
+    tile: int | tuple[int, int] | None,
+    batch_size: int | None,
+    autocast: torch.dtype | None,
+) -> Plan:
+    bad_batch = isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer)
+    if batch_size is not None and (bad_batch or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    shape = (src.h, src.w)
+    cuda = device.type == "cuda"
+    budget = _memory_budget(device)
+    if tile is None:
+        tile_shape, _ = auto_tile(config, shape, budget, dtype_bytes=2 if autocast else 4)
+    else:
+        sizes = (tile, tile) if np.isscalar(tile) else tuple(tile)
+        if len(sizes) != 2 or any(
+            isinstance(t, bool) or not isinstance(t, int | np.integer) or t < 1 for t in sizes
+        ):
+            raise ValueError(f"tile must be a positive integer or a pair of them, got {tile!r}")
+        tile_shape = (int(sizes[0]), int(sizes[1]))
+    layout = tile_layout(config, shape, tile_shape)
+    if batch_size is None:
+        ty, tx = layout.tile_shape
+        per_px = activation_bytes_per_pixel(config, 2 if autocast else 4)
+        limit = budget / per_px if cuda else min(budget / per_px, CPU_MAX_BATCH_PIXELS)
+        most = CUDA_MAX_BATCH if cuda else CPU_MAX_BATCH
+        batch_size = int(max(1, min(limit // (ty * tx), most, layout.count * src.n)))
+    return Plan(layout.tile_shape, int(batch_size), layout, src.n, device, src.is_stack)

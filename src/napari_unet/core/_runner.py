@@ -1,0 +1,121 @@
+"""The network ready for inference: eval copy, precision, test-time augmentation, OOM test.
+
+:func:`_runner` makes a private eval-mode copy of a model's network on a device (channels-last
+on CPU and CUDA, bfloat16 autocast on CUDA by default); calling the :class:`_Runner` on a batch
+``(N, C, H, W)`` gives the foreground probability ``(N, H, W)`` (:func:`foreground_probability`),
+optionally as the mean over the 8 flips and 90-degree rotations.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from napari_unet.core.model import TrainedModel
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["foreground_probability"]
+
+
+def foreground_probability(logits: torch.Tensor) -> torch.Tensor:
+    """Foreground probability from class logits ``(N, K, H, W)``: ``1 - softmax[:, 0]``.
+
+    For two classes this is ``sigmoid(l1 - l0)``, computed in float32.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        Network output.
+
+    Returns
+    -------
+    torch.Tensor
+        float32 ``(N, H, W)``.
+    """
+    logits = logits.float()
+    if logits.shape[1] == 2:
+        return torch.sigmoid(logits[:, 1] - logits[:, 0])
+    return 1.0 - torch.softmax(logits, dim=1)[:, 0]
+
+
+@dataclass(frozen=True)
+class _Runner:
+    """A network ready for inference on one device."""
+
+    net: nn.Module
+    device: torch.device
+    autocast: torch.dtype | None
+    channels_last: bool
+    tta: bool
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.tta:
+            return self._one(x)
+        total = None
+        for k in range(4):
+            for flip in (False, True):
+                xt = torch.rot90(x.flip(-1) if flip else x, k, dims=(-2, -1))
+                p = torch.rot90(self._one(xt), -k, dims=(-2, -1))
+                p = p.flip(-1) if flip else p
+                total = p if total is None else total + p
+        return total / 8.0
+
+    def _one(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx = (
+            torch.autocast(self.device.type, dtype=self.autocast)
+            if self.autocast is not None
+            else nullcontext()
+        )
+        with ctx:
+            logits = self.net(x)
+        return foreground_probability(logits)
+
+
+def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision == "float32":
+        return None
+    if precision == "bfloat16":
+        return torch.bfloat16
+    raise ValueError(f"precision must be 'auto', 'float32' or 'bfloat16', got {precision!r}")
+
+
+def _runner(model: TrainedModel, device: torch.device, tta: bool, precision: str) -> _Runner:
+    """A private copy of the network in eval mode on ``device`` (the model is left untouched)."""
+    net = copy.deepcopy(model.net).to(device).eval()
+    channels_last = device.type in ("cuda", "cpu")
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return _Runner(net, device, _resolve_precision(precision, device), channels_last, bool(tta))
+
+
+@contextmanager
+def _cudnn_benchmark(device: torch.device):
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True  # one tile shape: the fastest kernel is found once
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+#: CUDA's out-of-memory error (``torch.OutOfMemoryError`` since torch 2.5).
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, _OUT_OF_MEMORY):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
