@@ -174,6 +174,11 @@ def test_hold_out_blocks():
     train, blocks = hold_out(small, 0.1, 32, np.random.default_rng(0))
     assert blocks == [] and train[0] is small[0]
     assert hold_out(samples, 0.0, 32, np.random.default_rng(0))[1] == []
+    # large annotations: at most max_blocks blocks
+    big = prepare_samples(*_cells((256, 256)))
+    big[0].classes[:] = FOREGROUND  # every block holds foreground
+    big[0].classes[:, :8] = 0
+    assert len(hold_out(big, 0.4, 16, np.random.default_rng(0), max_blocks=5)[1]) == 5
     with pytest.raises(ValueError, match="validation_fraction"):
         hold_out(samples, 0.6, 32, np.random.default_rng(0))
 

@@ -279,11 +279,13 @@ def hold_out(
     fraction: float,
     block: int,
     rng: np.random.Generator,
+    max_blocks: int = 16,
 ) -> tuple[list[AnnotatedImage], list[tuple[int, int, int]]]:
     """Set aside square blocks of the annotations for validation.
 
     Blocks of ``block`` x ``block`` pixels that are at least half annotated are drawn at random
-    until they hold ``fraction`` of the annotated pixels. Their pixels are then ignored in the
+    until they hold ``fraction`` of the annotated pixels, or ``max_blocks`` of them are drawn
+    (which keeps a validation pass cheap on large annotations). Their pixels are then ignored in the
     training samples (the image stays: it is context, as at inference). Nothing is held out
     (an empty list is returned) when the blocks would take more than twice ``fraction`` of the
     annotations, or when either part would be left without foreground.
@@ -298,6 +300,8 @@ def hold_out(
         Edge of the blocks in pixels.
     rng : numpy.random.Generator
         Source of randomness.
+    max_blocks : int
+        Most blocks held out.
 
     Returns
     -------
@@ -326,7 +330,7 @@ def hold_out(
     order = rng.permutation(len(candidates))
     chosen, held, held_fg = [], 0, 0
     for j in order:
-        if held >= fraction * total:
+        if held >= fraction * total or len(chosen) >= max_blocks:
             break
         k, y0, x0 = candidates[j]
         box = (slice(y0, y0 + block), slice(x0, x0 + block))
