@@ -112,3 +112,15 @@ def test_bad_inputs_are_notified(viewer, dock, wait_idle, notes) -> None:
     widget.show_weights()
     wait_idle(widget)
     assert any("small region" in m for m in notes.messages("error"))
+
+
+def test_removing_the_labels_stops_following(viewer, dock, wait_idle, cells) -> None:
+    _, labels = cells
+    widget, layer = _open(viewer, dock, labels)
+    widget.show_weights()
+    wait_idle(widget)
+    viewer.layers.remove(layer)
+    assert "removed" in widget.status.value
+    layer.paint((5, 5), 3)  # no longer followed: nothing happens
+    assert not widget.busy
+    assert "cells border weights" in viewer.layers  # what was shown stays

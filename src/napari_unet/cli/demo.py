@@ -131,6 +131,7 @@ class Demo:
         self.on_done = on_done
         self.exit_code = 0
         self.widgets: dict[str, Any] = {}
+        self._log_timer: Any = None
 
     def start(self) -> None:
         """Open the sample, dock the widgets, and start what was asked for."""
@@ -160,11 +161,17 @@ class Demo:
             if weights_layer is not None:
                 weights_layer.visible = False
             train.training_done.connect(self._trained)
+            self._log_timer = QTimer()
+            self._log_timer.setInterval(15_000)
+            self._log_timer.timeout.connect(lambda: logger.info("demo: %s", train.status.value))
+            self._log_timer.start()
             train.train()
         else:
             self._finish_later()
 
     def _trained(self, model: Any) -> None:
+        if self._log_timer is not None:
+            self._log_timer.stop()
         if model is None:
             logger.error("demo: training did not produce a model")
             self._done(1)

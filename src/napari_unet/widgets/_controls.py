@@ -157,6 +157,11 @@ class ViewerWidget(Container):
         if event is not None and getattr(event, "type", "") == "inserted":
             self._hook(event.value.events.name, self._refresh_choices)
         self._refresh_choices()
+        if self._alive:
+            self.on_layers_changed()
+
+    def on_layers_changed(self) -> None:
+        """Called after layers were added, removed or moved; subclasses may react."""
 
     def _refresh_choices(self, _event: Any = None) -> None:
         if not self._alive:

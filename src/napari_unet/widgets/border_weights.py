@@ -342,6 +342,12 @@ class BorderWeightsWidget(ViewerWidget):
             if not _same(self.labels_layer.value, self._source):
                 self.show_weights()
 
+    def on_layers_changed(self) -> None:
+        """Stop following labels that were removed from the viewer."""
+        if self._source is not None and self._source not in self.viewer.layers:
+            self._unfollow()
+            self.status.value = "The labels were removed; choose a Labels layer and press Show."
+
     def _on_show_clicked(self, *_args: Any) -> None:
         self.show_weights()
 
