@@ -84,6 +84,18 @@ def test_dask_backed_image(viewer, seg, threshold_model, wait_idle, cells) -> No
     np.testing.assert_array_equal(layer.data, segment(model, stack, device="cpu"))
 
 
+def test_zarr_backed_image(viewer, seg, threshold_model, wait_idle, cells) -> None:
+    zarr = pytest.importorskip("zarr")
+    image, _ = cells
+    stack = np.stack([image, image.T])
+    store = zarr.create_array(store={}, shape=stack.shape, chunks=(1, 48, 48), dtype=stack.dtype)
+    store[:] = stack
+    model = _model(viewer, threshold_model())
+    viewer.add_image(store, name="on disk", contrast_limits=(0, 65535))
+    layer = _run(seg, wait_idle)
+    np.testing.assert_array_equal(layer.data, segment(model, stack, device="cpu"))
+
+
 def test_rgb_and_multichannel_images(viewer, seg, threshold_model, wait_idle, cells) -> None:
     image, _ = cells
     rgb = np.stack([image // 257] * 3, axis=-1).astype(np.uint8)

@@ -197,8 +197,10 @@ class Demo:
             return
         from qtpy.QtCore import QTimer
 
-        # Let the window lay itself out and draw before the screenshot.
-        QTimer.singleShot(1500, self._take_screenshot)
+        # Let the window lay itself out (the docks narrow the canvas), fit the image to the
+        # canvas, and draw before the screenshot.
+        QTimer.singleShot(1000, self.viewer.reset_view)
+        QTimer.singleShot(2000, self._take_screenshot)
 
     def _take_screenshot(self) -> None:
         assert self.screenshot is not None
@@ -235,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     from qtpy.QtCore import QTimer
 
     viewer = napari.Viewer(title="napari-unet demo")
-    viewer.window.resize(1500, 950)
+    viewer.window.resize(1600, 1000)
 
     def quit_when_done(code: int) -> None:
         if args.screenshot is not None:

@@ -13,7 +13,14 @@ from typing import Any
 
 from magicgui.widgets import ComboBox, Container, Label, PushButton
 
-__all__ = ["ViewerWidget", "button_row", "device_picker", "form", "layer_picker"]
+__all__ = [
+    "ViewerWidget",
+    "button_row",
+    "device_picker",
+    "form",
+    "layer_picker",
+    "message",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +74,7 @@ def device_picker(name: str = "device") -> tuple[ComboBox, Label]:
     from napari_unet.core.device import available_devices
 
     picker = ComboBox(name=name, label="device", choices=available_devices(), value="auto")
-    readout = Label(name=f"{name}_readout", value="")
+    readout = message(f"{name}_readout")
     readout.tooltip = "Where the computation runs (the device's name and kind)."
 
     def update(_value: Any = None) -> None:
@@ -98,6 +105,13 @@ def _same(a: Any, b: Any) -> bool:
     if a is None or b is None:
         return a is b
     return bool(a == b)
+
+
+def message(name: str, value: str = "") -> Label:
+    """A full-width line of text that wraps instead of widening the dock (status, model)."""
+    label = Label(name=name, value=value)
+    label.native.setWordWrap(True)
+    return label
 
 
 def form(*widgets: Any, name: str = "settings") -> Container:

@@ -13,13 +13,20 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, FloatSpinBox, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, FloatSpinBox, PushButton, SpinBox
 from napari.layers import Image, Labels, Shapes
 from napari.utils import progress
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
-from napari_unet.widgets._controls import ViewerWidget, _same, button_row, form, layer_picker
+from napari_unet.widgets._controls import (
+    ViewerWidget,
+    _same,
+    button_row,
+    form,
+    layer_picker,
+    message,
+)
 from napari_unet.widgets._docs import set_tooltips
 from napari_unet.widgets._layers import layer_array, region_mask
 from napari_unet.widgets._workers import Failure, Job, notify_error
@@ -164,7 +171,7 @@ class BorderWeightsWidget(ViewerWidget):
         )
         self.gap = SpinBox(name="gap", min=0, max=20, value=int(defaults.gap))
         self.show_button = PushButton(name="show_button", text="Show weight map")
-        self.status = Label(name="status", value="Choose a Labels layer and press Show.")
+        self.status = message("status", "Choose a Labels layer and press Show.")
         self.extend(
             [
                 form(

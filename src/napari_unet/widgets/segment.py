@@ -21,7 +21,6 @@ from magicgui.widgets import (
     ComboBox,
     FileEdit,
     FloatSpinBox,
-    Label,
     PushButton,
     RadioButtons,
     SpinBox,
@@ -37,6 +36,7 @@ from napari_unet.widgets._controls import (
     device_picker,
     form,
     layer_picker,
+    message,
 )
 from napari_unet.widgets._docs import set_tooltips
 from napari_unet.widgets._layers import ImageLayout, auto_channel_axis, image_layout, slice_index
@@ -195,7 +195,7 @@ class SegmentWidget(ViewerWidget):
             name="model_source", label="model", choices=MODEL_CHOICES, value="session"
         )
         self.model_file = FileEdit(name="model_file", label="model file", mode="r", filter="*.pt")
-        self.model_info = Label(name="model_info", value="")
+        self.model_info = message("model_info", "")
         self.tile = SpinBox(name="tile", label="tile (0: auto)", min=0, max=16384, step=16)
         self.threshold = FloatSpinBox(name="threshold", min=0.01, max=0.99, step=0.05, value=0.5)
         self.min_size = SpinBox(name="min_size", label="minimum size", min=0, max=10_000_000)
@@ -214,7 +214,7 @@ class SegmentWidget(ViewerWidget):
         )
         self.run_button = PushButton(name="run_button", text="Run")
         self.stop_button = PushButton(name="stop_button", text="Stop")
-        self.status = Label(name="status", value="")
+        self.status = message("status", "")
         self.extend(
             [
                 form(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton, SpinBox
 from napari.layers import Image, Labels, Shapes
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -28,6 +28,7 @@ from napari_unet.widgets._controls import (
     device_picker,
     form,
     layer_picker,
+    message,
 )
 from napari_unet.widgets._docs import set_tooltips
 from napari_unet.widgets._layers import image_layout, labels_array, region_mask
@@ -168,12 +169,12 @@ class TrainWidget(ViewerWidget):
         self.train_button = PushButton(name="train_button", text="Train")
         self.again_button = PushButton(name="again_button", text="Train again")
         self.stop_button = PushButton(name="stop_button", text="Stop")
-        self.status = Label(name="status", value="Paint cells in a Labels layer, then Train.")
+        self.status = message("status", "Paint cells in a Labels layer, then Train.")
         self.plot = LossPlot()
         plot_box = Container(name="plot", labels=False)
         plot_box.margins = (0, 0, 0, 0)
         plot_box.native.layout().addWidget(self.plot)
-        self.model_info = Label(name="model_info", value="")
+        self.model_info = message("model_info", "")
         self.save_button = PushButton(name="save_button", text="Save model…")
         self.load_button = PushButton(name="load_button", text="Load model…")
 
