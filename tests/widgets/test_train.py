@@ -229,3 +229,21 @@ def test_closing_napari_while_training(make_napari_viewer, qtbot, tiny_model, no
 def test_controls_have_tooltips(train_widget) -> None:
     for control in ("image", "annotation_layer", "region", "iterations", "patch_size", "w0"):
         assert len(getattr(train_widget, control).tooltip) > 20, control
+
+
+def test_time_limited_training(viewer, train_widget, tiny_model, wait_idle, notes) -> None:
+    """Iterations 0 and a time limit: training ends by itself when the time is up."""
+    _use_tiny(viewer, tiny_model)
+    widget = train_widget
+    widget.iterations.value = 0
+    widget.minutes.value = 0.05
+    assert widget.settings().iterations is None and widget.settings().minutes == 0.05
+    assert widget.train(fine_tune=True)
+    wait_idle(widget)
+    summary = session_for(viewer).model.training["summary"]
+    assert summary["stopped"] is False  # it ended by itself
+    assert summary["iterations_done"] == len(widget.plot.loss)
+    if summary["iterations_done"]:
+        assert any("Training finished" in m for m in notes.messages("info"))
+    else:  # preparing the data took longer than the limit (a slow or busy machine)
+        assert any("before its first step" in m for m in notes.messages("warning"))

@@ -471,7 +471,12 @@ class TrainWidget(ViewerWidget):
         description = f"{source} here{what}: {n} iterations{loss}{validation}"
         self._session.set_model(model, source, description)
         self._result = model
-        if self._stopped_by_user:
+        if n == 0:
+            show_warning(
+                "Training ended before its first step (stopped, or the time limit was shorter "
+                "than preparing the data); the model has not learnt anything yet."
+            )
+        elif self._stopped_by_user:
             show_info(f"Training stopped at iteration {n}; the model so far is kept{loss}.")
         else:
             show_info(f"Training finished: {n} iterations{loss}{validation}.")
