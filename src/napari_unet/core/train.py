@@ -407,6 +407,10 @@ def train(
 ) -> Generator[TrainEvent, None, TrainedModel]:
     """Train a U-Net on annotated images, yielding progress; return the best model.
 
+    Like every generator, this runs nothing until the first ``next()``; the inputs and
+    settings are checked there, before any heavy work, so that a worker thread reports bad
+    input at once.
+
     Parameters
     ----------
     images : array or sequence of arrays
