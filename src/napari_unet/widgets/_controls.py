@@ -74,7 +74,7 @@ def device_picker(name: str = "device") -> tuple[ComboBox, Label]:
     from napari_unet.core.device import available_devices
 
     picker = ComboBox(name=name, label="device", choices=available_devices(), value="auto")
-    readout = message(f"{name}_readout")
+    readout = Label(name=f"{name}_readout", value="")
     readout.tooltip = "Where the computation runs (the device's name and kind)."
 
     def update(_value: Any = None) -> None:
@@ -109,8 +109,12 @@ def _same(a: Any, b: Any) -> bool:
 
 def message(name: str, value: str = "") -> Label:
     """A full-width line of text that wraps instead of widening the dock (status, model)."""
+    from qtpy.QtWidgets import QSizePolicy
+
     label = Label(name=name, value=value)
     label.native.setWordWrap(True)
+    # Take the width the dock gives (a wrapping label otherwise asks for a narrow one).
+    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
     return label
 
 
