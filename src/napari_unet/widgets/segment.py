@@ -22,7 +22,6 @@ from magicgui.widgets import (
     FileEdit,
     FloatSpinBox,
     PushButton,
-    RadioButtons,
     SpinBox,
 )
 from napari.layers import Image, Labels
@@ -202,12 +201,8 @@ class SegmentWidget(ViewerWidget):
         self.min_size.value = DEFAULT_MIN_SIZE
         self.tta = CheckBox(name="tta", text="test-time augmentation", value=False)
         self.device, self.device_readout = device_picker()
-        self.scope = RadioButtons(
-            name="scope",
-            label="segment",
-            choices=SCOPE_CHOICES,
-            value="whole stack",
-            orientation="horizontal",
+        self.scope = ComboBox(
+            name="scope", label="segment", choices=SCOPE_CHOICES, value="whole stack"
         )
         self.probabilities = CheckBox(
             name="probabilities", text="add a probability layer", value=False
