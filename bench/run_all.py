@@ -17,6 +17,7 @@ import argparse
 import importlib
 import sys
 import time
+import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -40,13 +41,19 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/run_all.py" + (" --quick" if args.quick else "")
     if args.only:
         command += " --only " + " ".join(args.only)
-    sections = []
+    sections: list[str] = []
+    failed: list[str] = []
     started = time.perf_counter()
     for topic in topics:
         module = importlib.import_module(f"bench_{topic}")
         t0 = time.perf_counter()
         print(f"[bench] {topic} ...", file=sys.stderr, flush=True)
-        sections.append(module.run(quick=args.quick).strip())
+        try:
+            sections.append(module.run(quick=args.quick).strip())
+        except Exception as exc:  # report the others, then fail
+            failed.append(topic)
+            traceback.print_exc()
+            sections.append(f"## {topic}\n\nThis benchmark failed: {exc!r}")
         print(f"[bench] {topic} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     total = time.perf_counter() - started
     report = "\n\n".join(
@@ -64,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(report + "\n")
     tmp.replace(args.out)
     print(report)
-    return 0
+    if failed:
+        print(f"[bench] failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
