@@ -106,12 +106,17 @@ class _Trainer:
         return t1 - t0, time.perf_counter() - t1
 
 
-def _rounds(trainers: dict[str, _Trainer], rounds: int, steps: int) -> dict[str, list[float]]:
-    """Interleave: each round runs ``steps`` steps of each variant; per-step seconds per round."""
+def _rounds(
+    trainers: dict[str, _Trainer], rounds: int, steps: dict[str, int]
+) -> dict[str, list[tuple[float, float]]]:
+    """Interleave: each round runs ``steps[name]`` steps of each variant.
+
+    Returns, per variant and round, the median (data seconds, network seconds) of its steps.
+    """
     out: dict[str, list[tuple[float, float]]] = {name: [] for name in trainers}
     for _ in range(rounds):
         for name, t in trainers.items():
-            times = [t.timed() for _ in range(steps)]
+            times = [t.timed() for _ in range(steps[name])]
             out[name].append(
                 (
                     statistics.median(a for a, _ in times),
@@ -159,31 +164,44 @@ def _measure(quick: bool) -> str:
         "## Training speed (bench/bench_training.py)",
         "",
         f"Command: `python bench/bench_training.py{' --quick' if quick else ''}`. Device: "
-        f"{describe_device('cpu')}. Synthetic sample 384 x 384, all augmentations on. Variants "
-        f"run interleaved ({rounds} rounds of {steps} steps after warm-up); medians. Everything "
+        f"{describe_device('cpu')}. Synthetic sample 384 x 384, all augmentations on. All "
+        f"variants run interleaved ({rounds} rounds of {steps} steps each, 1 for the paper "
+        "preset, after warm-up); figures are medians over rounds. Everything "
         "runs in a worker thread, as in the Train widget. The CPU was shared with other jobs "
         "while this ran: absolute figures are pessimistic, ratios measured side by side hold "
         "better.",
         "",
     ]
 
+    # Every variant, both presets included, runs in one interleaved loop.
+    variants: dict[str, tuple[str, int, int, dict]] = {
+        "fast": ("fast", 4, 128, {}),
+        "paper": ("paper", 1, 388, {}),
+        "channels_last": ("fast", 4, 128, {"channels_last": True}),
+        "bf16 autocast": ("fast", 4, 128, {"amp": True}),
+    }
+    if not quick:
+        variants["torch.compile"] = ("fast", 4, 128, {"compile": True})
+    trainers: dict[str, _Trainer] = {}
+    compile_note = ""
+    for name, (preset, batch, patch, kw) in variants.items():
+        trainers[name] = _Trainer(preset, batch=batch, patch=patch, **kw)
+        warm = _warm(trainers[name], 1 if preset == "paper" else 2)
+        if kw.get("compile"):
+            compile_note = f" torch.compile's first two steps (compilation) took {warm:.0f} s."
+    steps_of = {name: 1 if name == "paper" else steps for name in trainers}
+    res = _rounds(trainers, rounds, steps_of)
+
     # -- 1. data share and samples/s of both presets ------------------------------------------
-    fast = _Trainer("fast", batch=4, patch=128)
-    paper = _Trainer("paper", batch=1, patch=388)
-    _warm(fast)
-    _warm(paper, 1)
-    presets = {"fast": fast}
-    res = _rounds(presets, rounds, steps)
-    paper_times = [paper.timed() for _ in range(1 if quick else 2)]
-    rows = [("fast", fast, res["fast"]), ("paper", paper, paper_times)]
     lines += [
         "| preset | input -> output | batch | data + augmentation (ms) | network step (ms) "
         "| data share | samples/s |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, t, times in rows:
-        data = statistics.median(a for a, _ in times)
-        net = statistics.median(b for _, b in times)
+    for name in ("fast", "paper"):
+        t = trainers[name]
+        data = statistics.median(a for a, _ in res[name])
+        net = statistics.median(b for _, b in res[name])
         lines.append(
             f"| {name} | {t.in_size} -> {t.out_size} px | {t.batch} | {data * 1e3:.1f} | "
             f"{net * 1e3:.0f} | {100 * data / (data + net):.1f}% | {t.batch / (data + net):.2f} |"
@@ -192,28 +210,13 @@ def _measure(quick: bool) -> str:
     rate, device = _engine_rate("fast", engine_its)
     lines += [
         "",
-        f"`train()` itself, fast preset defaults, {engine_its} iterations: "
-        f"{rate:.1f} samples/s as reported by its last TrainEvent ({device}).",
+        f"`train()` itself, fast preset defaults, {engine_its} iterations (run after the loop "
+        f"above): {rate:.1f} samples/s as reported by its last TrainEvent ({device}).",
         "",
     ]
 
     # -- 2. CPU levers one by one --------------------------------------------------------------
-    variants = {
-        "fp32, contiguous (default)": {},
-        "channels_last": {"channels_last": True},
-        "bf16 autocast": {"amp": True},
-    }
-    if not quick:
-        variants["torch.compile"] = {"compile": True}
-    trainers = {}
-    compile_note = ""
-    for name, kw in variants.items():
-        trainers[name] = _Trainer("fast", batch=4, patch=128, **kw)
-        warm = _warm(trainers[name])
-        if kw.get("compile"):
-            compile_note = f" torch.compile's first two steps (compilation) took {warm:.0f} s."
-    res = _rounds(trainers, rounds, steps)
-    base = statistics.median(a + b for a, b in res["fp32, contiguous (default)"])
+    base = statistics.median(a + b for a, b in res["fast"])
     lines += [
         "CPU levers, fast preset, batch 4, 128 x 128 patches, one at a time:",
         "",
@@ -221,8 +224,11 @@ def _measure(quick: bool) -> str:
         "| --- | ---: | ---: | ---: |",
     ]
     for name, times in res.items():
+        if name == "paper":
+            continue
+        label = "fp32, contiguous (default)" if name == "fast" else name
         step = statistics.median(a + b for a, b in times)
-        lines.append(f"| {name} | {step * 1e3:.0f} | {4 / step:.2f} | {base / step:.2f}x |")
+        lines.append(f"| {label} | {step * 1e3:.0f} | {4 / step:.2f} | {base / step:.2f}x |")
     lines += [
         "",
         "Kept on the CPU only where the ratio is clearly above 1 (TrainSettings `amp`, "
