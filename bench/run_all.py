@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp = args.out.with_suffix(".md.tmp")
     tmp.write_text(report + "\n")
     tmp.replace(args.out)
+    if "quality" in topics and args.out == ROOT / "docs" / "benchmarks.md":
+        import plot_quality
+
+        plot_quality.main()
     print(report)
     if failed:
         print(f"[bench] failed: {', '.join(failed)}", file=sys.stderr)
