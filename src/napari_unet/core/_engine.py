@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_unet.core._plan import Plan
-from napari_unet.core._runner import _cudnn_benchmark, _is_oom, _Runner
-from napari_unet.core._source import _Source
-from napari_unet.core.model import TrainedModel
-from napari_unet.core.normalize import check_finite
-from napari_unet.core.tiling import TileLayout, minimum_tile, reflect_indices, tile_layout
+from ._plan import Plan
+from ._runner import _cudnn_benchmark, _is_oom, _Runner
+from ._source import _Source
+from .model import TrainedModel
+from .normalize import check_finite
+from .tiling import TileLayout, minimum_tile, reflect_indices, tile_layout
 
 __all__ = ["Cancelled", "Progress", "Writer"]
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from napari_unet.core._source import _Source
-from napari_unet.core.model import UNetConfig
-from napari_unet.core.tiling import (
+from ._source import _Source
+from .model import UNetConfig
+from .tiling import (
     TileLayout,
     activation_bytes_per_pixel,
     auto_tile,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from napari_unet.core.model import TrainedModel
+from .model import TrainedModel
 
 if TYPE_CHECKING:
     from torch import nn

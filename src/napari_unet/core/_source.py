@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.core.normalize import as_nchw
+from .normalize import as_nchw
 
 
 class _Source:

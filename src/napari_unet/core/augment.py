@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from napari_unet.core.weights import IGNORE
+from .weights import IGNORE
 
 __all__ = ["AugmentSettings", "augment_batch", "context_margin", "sampling_grid"]
 

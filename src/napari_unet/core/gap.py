@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_unet.core.labels import _as_work, check_labels
+from .labels import _as_work, check_labels
 
 __all__ = ["cut_gap", "grow_instances", "touching_gap"]
 

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_unet import __version__
-from napari_unet.core.model import TrainedModel, UNet, UNetConfig
+from .. import __version__
+from .model import TrainedModel, UNet, UNetConfig
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelFileError", "load_model", "save_model"]
 
@@ -227,7 +227,7 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
         raise ModelFileError(f"{p}: training must be a dictionary, got {type(training).__name__}")
     net.eval()
     if device is not None:
-        from napari_unet.core.device import select_device
+        from .device import select_device
 
         net.to(select_device(device))
     return TrainedModel(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_unet.core.weights import grow_instances
+from .weights import grow_instances
 
 __all__ = ["DEFAULT_MIN_SIZE", "probabilities_to_labels"]
 

@@ -35,26 +35,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_unet.core._engine import Cancelled, Progress, _Engine
-from napari_unet.core._engine import Writer as Writer
-from napari_unet.core._plan import CPU_MAX_BATCH as CPU_MAX_BATCH
-from napari_unet.core._plan import CPU_MAX_BATCH_PIXELS as CPU_MAX_BATCH_PIXELS
-from napari_unet.core._plan import CPU_MEMORY_SHARE as CPU_MEMORY_SHARE
-from napari_unet.core._plan import CUDA_MAX_BATCH as CUDA_MAX_BATCH
-from napari_unet.core._plan import CUDA_MEMORY_SHARE as CUDA_MEMORY_SHARE
-from napari_unet.core._plan import Plan, _plan
-from napari_unet.core._runner import (
+from ._engine import Cancelled, Progress, _Engine
+from ._engine import Writer as Writer
+from ._plan import CPU_MAX_BATCH as CPU_MAX_BATCH
+from ._plan import CPU_MAX_BATCH_PIXELS as CPU_MAX_BATCH_PIXELS
+from ._plan import CPU_MEMORY_SHARE as CPU_MEMORY_SHARE
+from ._plan import CUDA_MAX_BATCH as CUDA_MAX_BATCH
+from ._plan import CUDA_MEMORY_SHARE as CUDA_MEMORY_SHARE
+from ._plan import Plan, _plan
+from ._runner import (
     _cudnn_benchmark,
     _resolve_precision,
     _Runner,
     _runner,
     foreground_probability,
 )
-from napari_unet.core._source import _Source
-from napari_unet.core.device import select_device
-from napari_unet.core.model import TrainedModel, UNetConfig
-from napari_unet.core.normalize import check_finite, normalize_image, percentile_range
-from napari_unet.core.postprocess import DEFAULT_MIN_SIZE, probabilities_to_labels
+from ._source import _Source
+from .device import select_device
+from .model import TrainedModel, UNetConfig
+from .normalize import check_finite, normalize_image, percentile_range
+from .postprocess import DEFAULT_MIN_SIZE, probabilities_to_labels
 
 # Also importable from here, as before the code was split: Writer, Progress and the CPU_* /
 # CUDA_* planning constants (re-exported above with ``X as X``).

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_unet.core.model import UNetConfig
+from .model import UNetConfig
 
 __all__ = [
     "AxisLayout",

@@ -31,9 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_unet import __version__
-from napari_unet.core.augment import AugmentSettings, augment_batch, context_margin
-from napari_unet.core.data import (
+from .. import __version__
+from .augment import AugmentSettings, augment_batch, context_margin
+from .data import (
     PatchSampler,
     ValidationTiles,
     hold_out,
@@ -42,10 +42,10 @@ from napari_unet.core.data import (
     validation_block,
     validation_tiles,
 )
-from napari_unet.core.device import describe_device, select_device
-from napari_unet.core.model import PRESETS, TrainedModel, UNet, UNetConfig, preset_config
-from napari_unet.core.normalize import normalization_spec
-from napari_unet.core.weights import FOREGROUND, IGNORE
+from .device import describe_device, select_device
+from .model import PRESETS, TrainedModel, UNet, UNetConfig, preset_config
+from .normalize import normalization_spec
+from .weights import FOREGROUND, IGNORE
 
 __all__ = [
     "TrainEvent",

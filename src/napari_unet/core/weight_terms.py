@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_unet.core.labels import _as_work
+from .labels import _as_work
 
 __all__ = ["BORDER_TOLERANCE", "border_radius", "class_weights"]
 

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_unet.core.gap import cut_gap, grow_instances, touching_gap
-from napari_unet.core.labels import check_labels, check_region
-from napari_unet.core.weight_terms import (
+from .gap import cut_gap, grow_instances, touching_gap
+from .labels import check_labels, check_region
+from .weight_terms import (
     BORDER_TOLERANCE,
     _assemble,
     _border_term,
@@ -41,9 +41,9 @@ from napari_unet.core.weight_terms import (
     border_radius,
     class_weights,
 )
-from napari_unet.core.weights_live import BorderWeightMap, update_border_weights
-from napari_unet.core.weights_live import Box as Box
-from napari_unet.core.weights_live import _clusters as _clusters
+from .weights_live import BorderWeightMap, update_border_weights
+from .weights_live import Box as Box
+from .weights_live import _clusters as _clusters
 
 # Also importable from here, as before the code was split: Box and _clusters (used by the
 # tests), re-exported above with ``X as X``.

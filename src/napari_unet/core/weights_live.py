@@ -12,9 +12,9 @@ import logging
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_unet.core.gap import _check_gap, cut_gap
-from napari_unet.core.labels import check_labels, check_region
-from napari_unet.core.weight_terms import (
+from .gap import _check_gap, cut_gap
+from .labels import check_labels, check_region
+from .weight_terms import (
     _assemble,
     _balance,
     _border_term,
