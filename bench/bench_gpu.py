@@ -59,7 +59,7 @@ def run(quick: bool = False) -> str:
         return "\n".join(head)
 
     from napari_unet.core.device import describe_device
-    from napari_unet.core.predict import predict_probabilities, predict_whole
+    from napari_unet.core.inference import predict_probabilities, predict_whole
 
     device = torch.device("cuda")
     name = describe_device(device)

@@ -4,7 +4,7 @@ Measured side by side in one run, with the fast preset (untrained weights: speed
 do not depend on training) on a 2048² image of the sample data (512² with ``--quick``):
 
 1. tiled at the automatic tile size and at a forced small tile, against one whole-image pass
-   (:func:`~napari_unet.core.predict.predict_whole`): time ratio, the halo cost the small tile
+   (:func:`~napari_unet.core.inference.predict_whole`): time ratio, the halo cost the small tile
    cannot avoid, and the largest difference in probability;
 2. MONAI's ``sliding_window_inference`` with the same network, the same normalised image and
    the same batch size (overlap 0.25, gaussian blending) with a 512-pixel window and with our
@@ -27,15 +27,15 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from napari_unet.core.model import TrainedModel, UNet, preset_config
-from napari_unet.core.normalize import normalize_image
-from napari_unet.core.predict import (
+from napari_unet.core.inference import (
     foreground_probability,
     predict_probabilities,
     predict_whole,
     prediction_plan,
 )
-from napari_unet.core.tiling import available_memory_bytes
+from napari_unet.core.inference.tiling import available_memory_bytes
+from napari_unet.core.model import TrainedModel, UNet, preset_config
+from napari_unet.core.normalize import normalize_image
 from napari_unet.sample_data import make_touching_cells
 
 

@@ -8,12 +8,13 @@ Usage::
 Training data: the synthetic touching-cells sample of the plugin (File -> Open Sample: 384 x 384,
 80 cells, seed 0) and its ground truth, all of it annotated, as a user would after painting the
 cells. Test data: images made with seeds never used in training. Every model is the ``fast``
-preset with the default :class:`~napari_unet.core.train.TrainSettings` (Adam, patch 128, batch
+preset with the default :class:`~napari_unet.core.training.TrainSettings` (Adam, patch 128, batch
 4, all augmentations, cosine learning-rate decay over the run), each run given its number of
 iterations (so that the AP does not depend on how busy the machine is; the wall-clock time is
 reported next to it), and segmented with
-:func:`napari_unet.core.predict.segment` (threshold 0.5, instances grown back by the gap).
-AP = TP / (TP + FP + FN) at IoU 0.5 and 0.75 (:mod:`napari_unet.core.metrics`), counts summed
+:func:`napari_unet.core.inference.segment` (threshold 0.5, instances grown back by the gap).
+AP = TP / (TP + FP + FN) at IoU 0.5 and 0.75 (:mod:`napari_unet.core.training.metrics`),
+counts summed
 over the test images. The classical baseline is Otsu's threshold and a distance-transform
 watershed (scikit-image) on the same test images.
 """
@@ -31,8 +32,7 @@ from skimage.feature import peak_local_max
 from skimage.filters import gaussian, threshold_otsu
 from skimage.segmentation import watershed
 
-from napari_unet.core.metrics import average_precision
-from napari_unet.core.train import TrainSettings, run_training
+from napari_unet.core.training import TrainSettings, average_precision, run_training
 from napari_unet.sample_data import make_touching_cells
 
 TRAIN = {"shape": (384, 384), "n_cells": 80, "seed": 0}  # the napari sample
@@ -48,7 +48,7 @@ def test_set() -> list[tuple[np.ndarray, np.ndarray]]:
 
 def segment_images(model, images: list[np.ndarray]) -> list[np.ndarray]:
     """Instance labels of each test image with the model."""
-    from napari_unet.core.predict import segment
+    from napari_unet.core.inference import segment
 
     return [np.asarray(segment(model, image, device="cpu")) for image in images]
 

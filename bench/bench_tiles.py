@@ -1,7 +1,7 @@
 """Inference throughput against the tile size, with the halo cost it cannot beat, as a plot.
 
 For the fast preset on a 1024² image (512² with ``--quick``), on the CPU: pixels/s of
-:func:`~napari_unet.core.predict.predict_probabilities` at several forced input tile sizes and at
+:func:`~napari_unet.core.inference.predict_probabilities` at several forced input tile sizes and at
 the automatic one, beside one whole-image pass and the bound set by the halo
 (``(input tile / output tile)²`` x one pass). Writes docs/images/throughput_vs_tile.png.
 
@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from napari_unet.core.inference import predict_probabilities, predict_whole, prediction_plan
 from napari_unet.core.model import TrainedModel, UNet, preset_config
-from napari_unet.core.predict import predict_probabilities, predict_whole, prediction_plan
 from napari_unet.sample_data import make_touching_cells
 
 PLOT = Path(__file__).resolve().parent.parent / "docs" / "images" / "throughput_vs_tile.png"

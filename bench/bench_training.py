@@ -5,9 +5,9 @@ Usage::
     python bench/bench_training.py            # full run (~6 minutes on a 2-core CPU)
     python bench/bench_training.py --quick    # fewer steps, no torch.compile
 
-A training step is what :func:`napari_unet.core.train.train` does per iteration: cut a batch of
-patches (:class:`~napari_unet.core.data.PatchSampler`), augment it on the device with one
-sampling grid (:func:`~napari_unet.core.augment.augment_batch`), forward, weighted
+A training step is what :func:`napari_unet.core.training.train` does per iteration: cut a batch of
+patches (:class:`~napari_unet.core.training.PatchSampler`), augment it on the device with one
+sampling grid (:func:`~napari_unet.core.training.augment_batch`), forward, weighted
 cross-entropy, backward, optimiser step. The pieces are timed separately here, from the same
 core functions. The variants of each table run interleaved, round after round, and each figure
 is the median over rounds, so that other work on a shared machine hits them alike.
@@ -24,11 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from napari_unet.core.augment import AugmentSettings, augment_batch, context_margin
-from napari_unet.core.data import PatchSampler, patch_geometry, prepare_samples
 from napari_unet.core.device import describe_device
 from napari_unet.core.model import UNet, preset_config
-from napari_unet.core.train import TrainSettings, train, weighted_cross_entropy
+from napari_unet.core.training.augment import AugmentSettings, augment_batch, context_margin
+from napari_unet.core.training.data import PatchSampler, patch_geometry, prepare_samples
+from napari_unet.core.training.loop import TrainSettings, train, weighted_cross_entropy
 from napari_unet.sample_data import make_touching_cells
 
 

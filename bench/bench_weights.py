@@ -19,12 +19,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_unet.core.weights import (
-    BorderWeightMap,
-    border_weight_map,
-    cut_gap,
-    training_targets,
-)
+from napari_unet.core.targets import BorderWeightMap, border_weight_map, cut_gap, training_targets
 from napari_unet.sample_data import make_touching_cells
 
 SHAPE = (1024, 1024)

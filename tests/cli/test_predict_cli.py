@@ -13,9 +13,9 @@ import zarr
 from napari_unet import cli
 from napari_unet.cli import main
 from napari_unet.cli import predict as predict_cli
-from napari_unet.core.io import save_model
+from napari_unet.core.inference import predict_probabilities, segment
 from napari_unet.core.model import TrainedModel, UNet, UNetConfig
-from napari_unet.core.predict import predict_probabilities, segment
+from napari_unet.core.model_files import save_model
 from napari_unet.sample_data import make_touching_cells
 
 TILE = 64  # several tiles per slice of the test images

@@ -14,9 +14,9 @@ import torch
 from napari_unet import cli
 from napari_unet.cli import main
 from napari_unet.cli import train as train_cli
-from napari_unet.core.io import load_model, save_model
 from napari_unet.core.model import TrainedModel, UNet, UNetConfig
-from napari_unet.core.train import TrainEvent
+from napari_unet.core.model_files import load_model, save_model
+from napari_unet.core.training import TrainEvent
 from napari_unet.sample_data import make_touching_cells
 
 

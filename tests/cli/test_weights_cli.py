@@ -11,7 +11,7 @@ import tifffile
 
 from napari_unet import cli
 from napari_unet.cli import main
-from napari_unet.core.weights import border_weight_map
+from napari_unet.core.targets import border_weight_map
 from napari_unet.sample_data import make_touching_cells
 
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.augment import (
+from napari_unet.core.targets import IGNORE
+from napari_unet.core.training.augment import (
     AugmentSettings,
     augment_batch,
     context_margin,
     sampling_grid,
 )
-from napari_unet.core.weights import IGNORE
 
 NONE = AugmentSettings(elastic=False, flips=False, affine=False, intensity=False)
 

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.data import (
+from napari_unet.core.model import UNetConfig, preset_config
+from napari_unet.core.normalize import normalize_image
+from napari_unet.core.targets import BACKGROUND, FOREGROUND, IGNORE, training_targets
+from napari_unet.core.training.data import (
     MIN_SIDE,
     AnnotatedImage,
     PatchSampler,
@@ -13,9 +16,6 @@ from napari_unet.core.data import (
     prepare_samples,
     validation_tiles,
 )
-from napari_unet.core.model import UNetConfig, preset_config
-from napari_unet.core.normalize import normalize_image
-from napari_unet.core.weights import BACKGROUND, FOREGROUND, IGNORE, training_targets
 
 
 def _cells(shape=(40, 40)):

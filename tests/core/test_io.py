@@ -9,8 +9,14 @@ import pytest
 import torch
 
 from napari_unet import __version__
-from napari_unet.core.io import FORMAT, FORMAT_VERSION, ModelFileError, load_model, save_model
 from napari_unet.core.model import TrainedModel, UNet, UNetConfig
+from napari_unet.core.model_files import (
+    FORMAT,
+    FORMAT_VERSION,
+    ModelFileError,
+    load_model,
+    save_model,
+)
 
 
 def _model(seed: int = 0, **config) -> TrainedModel:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.core.metrics import (
+from napari_unet.core.training.metrics import (
     average_precision,
     iou,
     iou_matrix,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.core.postprocess import DEFAULT_MIN_SIZE, probabilities_to_labels
-from napari_unet.core.weights import cut_gap
+from napari_unet.core.inference import DEFAULT_MIN_SIZE, probabilities_to_labels
+from napari_unet.core.targets import cut_gap
 
 
 def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:

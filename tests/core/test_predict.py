@@ -12,18 +12,18 @@ import torch
 import zarr
 from torch import nn
 
-import napari_unet.core.predict as predict_module
-from napari_unet.core.model import TrainedModel, UNet, UNetConfig
-from napari_unet.core.postprocess import probabilities_to_labels
-from napari_unet.core.predict import (
+import napari_unet.core.inference.predict as predict_module
+from napari_unet.core.inference import (
     Cancelled,
     predict_probabilities,
     predict_region,
     predict_whole,
     prediction_plan,
+    probabilities_to_labels,
     segment,
     slice_normalization,
 )
+from napari_unet.core.model import TrainedModel, UNet, UNetConfig
 
 ATOL = 1e-4
 
@@ -320,19 +320,19 @@ def test_out_of_memory_halves_and_goes_on(caplog: pytest.LogCaptureFixture) -> N
     model = TrainedModel(wrapped)
     # The runner works on a private copy of the network: look at the sizes it recorded there.
     seen: list[tuple[int, ...]] = []
-    original = predict_module._runner
+    original = predict_module.make_runner
 
     def spy(*args, **kwargs):
         runner = original(*args, **kwargs)
         seen.append(runner.net.sizes)
         return runner
 
-    predict_module._runner = spy
+    predict_module.make_runner = spy
     try:
-        with caplog.at_level(logging.WARNING, logger="napari_unet.core.predict"):
+        with caplog.at_level(logging.WARNING, logger="napari_unet.core.inference.predict"):
             prob = predict_probabilities(model, image, tile=200, batch_size=4, device="cpu")
     finally:
-        predict_module._runner = original
+        predict_module.make_runner = original
     for z in range(2):
         np.testing.assert_allclose(prob[z], whole[z], atol=ATOL, rtol=0)
     sizes = seen[0]

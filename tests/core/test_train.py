@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.io import load_model, save_model
 from napari_unet.core.model import TrainedModel, UNet, UNetConfig
-from napari_unet.core.train import (
+from napari_unet.core.model_files import load_model, save_model
+from napari_unet.core.targets import IGNORE
+from napari_unet.core.training.loop import (
     TrainEvent,
     TrainSettings,
     run_training,
     train,
     weighted_cross_entropy,
 )
-from napari_unet.core.weights import IGNORE
 from napari_unet.sample_data import make_touching_cells
 
 

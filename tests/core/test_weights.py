@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_unet.core import weights as W
-from napari_unet.core.weights import (
+from napari_unet.core import targets as W
+from napari_unet.core.targets import (
     BACKGROUND,
     FOREGROUND,
     IGNORE,
@@ -18,6 +18,7 @@ from napari_unet.core.weights import (
     check_labels,
     cut_gap,
     grow_instances,
+    live,
     touching_gap,
     training_targets,
     update_border_weights,
@@ -375,9 +376,9 @@ def test_change_clusters_merge_only_when_close():
     mask[10:12, 10:12] = True
     mask[10:12, 20:22] = True  # 8 px away: merged with the first
     mask[150:160, 150:155] = True  # far: its own box
-    boxes = sorted(W._clusters(mask, reach=20), key=lambda b: b[0].start)
+    boxes = sorted(live.clusters(mask, reach=20), key=lambda b: b[0].start)
     assert boxes == [(slice(10, 12), slice(10, 22)), (slice(150, 160), slice(150, 155))]
-    assert W._clusters(np.zeros((5, 5), bool), reach=3) == []
+    assert live.clusters(np.zeros((5, 5), bool), reach=3) == []
 
 
 def test_live_settings_changes_equal_full_recompute():

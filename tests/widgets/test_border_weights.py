@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.core.weights import border_weight_map, cut_gap
+from napari_unet.core.targets import border_weight_map, cut_gap
 
 
 def _open(viewer: Any, dock: Any, labels: np.ndarray, **settings: Any) -> Any:

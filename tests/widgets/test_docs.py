@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from magicgui.widgets import Container, FloatSpinBox, SpinBox
 
-from napari_unet.widgets._docs import numpydoc_params, set_tooltips
+from napari_unet.widgets.docs import numpydoc_params, set_tooltips
 
 
 def _documented(low: float, high: float, size: int) -> None:

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from napari.layers import Image, Labels, Shapes
 
-from napari_unet.widgets._layers import (
+from napari_unet.widgets.border_weights import paint_boxes
+from napari_unet.widgets.layers import (
     auto_channel_axis,
     image_layout,
     labels_array,
     region_mask,
 )
-from napari_unet.widgets.border_weights import paint_boxes
 
 
 def test_layout_of_2d_stack_rgb_and_channels() -> None:

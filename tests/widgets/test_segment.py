@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.io import save_model
-from napari_unet.core.predict import predict_probabilities, segment
-from napari_unet.widgets._session import session_for
+from napari_unet.core.inference import predict_probabilities, segment
+from napari_unet.core.model_files import save_model
+from napari_unet.widgets.session import session_for
 
 
 @pytest.fixture

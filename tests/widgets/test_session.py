@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from napari_unet.widgets._session import Session, session_for
+from napari_unet.widgets.session import Session, session_for
 
 
 class _Viewer:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.io import load_model
-from napari_unet.widgets._session import session_for
+from napari_unet.core.model_files import load_model
+from napari_unet.widgets.session import session_for
 
 #: TrainSettings for tests: tiny patches, CPU, seeded
 TINY = {"patch_size": 32, "batch_size": 2, "device": "cpu", "seed": 0, "validation_fraction": 0.0}
@@ -85,7 +85,7 @@ def test_train_again_fine_tunes_the_session_model(
 def test_stop_mid_training_leaves_a_usable_model(
     viewer, train_widget, tiny_model, qtbot, wait_idle, notes, cells
 ) -> None:
-    from napari_unet.core.predict import predict_probabilities
+    from napari_unet.core.inference import predict_probabilities
 
     _use_tiny(viewer, tiny_model)
     widget = train_widget

@@ -105,7 +105,7 @@ class Demo:
     device : str
         Device for training and inference.
     settings : dict, optional
-        Further :class:`~napari_unet.core.train.TrainSettings` fields for ``run`` (tests use
+        Further :class:`~napari_unet.core.training.TrainSettings` fields for ``run`` (tests use
         tiny patches).
     on_done : callable, optional
         Called with the exit code (0 on success) once everything asked for is done.

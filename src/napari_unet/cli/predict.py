@@ -1,12 +1,12 @@
 """``napari-unet predict``: segment an image or a stack with a trained model, headless.
 
-The image is tiled exactly (see :mod:`napari_unet.core.predict`): the result equals one
+The image is tiled exactly (see :mod:`napari_unet.core.inference.predict`): the result equals one
 whole-image pass. A zarr input is read lazily, tile by tile; a ``.zarr`` output is written chunk
 by chunk (its chunks follow the tile layout), into a temporary store that is renamed into place
 at the end, so a crash never leaves half an output.
 
 With ``--scheduler ADDRESS`` the work runs on a dask.distributed cluster: every output chunk of
-the probability map is a task (:func:`napari_unet.core.predict.predict_region`, with the tile
+the probability map is a task (:func:`napari_unet.core.inference.predict_region`, with the tile
 layout and each slice's normalisation fixed up front, so the chunks put together equal the
 local run), and the client labels each slice as its chunks arrive. Workers read a zarr input
 from its path (it must be reachable from them); other inputs are sent to them.
@@ -205,7 +205,7 @@ def _open_on_worker(ref: Any) -> Any:
 
 
 def _normalization_task(model: Any, ref: Any, z: int, options: dict[str, Any]) -> Any:
-    from napari_unet.core.predict import slice_normalization
+    from napari_unet.core.inference import slice_normalization
 
     return slice_normalization(
         model, _open_on_worker(ref), z, channel_axis=options["channel_axis"], rgb=options["rgb"]
@@ -221,7 +221,7 @@ def _region_task(
     normalization: Any,
     options: dict[str, Any],
 ) -> np.ndarray:
-    from napari_unet.core.predict import predict_region
+    from napari_unet.core.inference import predict_region
 
     return predict_region(
         model,
@@ -314,9 +314,13 @@ def run(args: argparse.Namespace) -> int:
         On unreadable or unsuitable input, or an unwritable output path.
     """
     from napari_unet.cli.files import read_image
-    from napari_unet.core.io import load_model
-    from napari_unet.core.postprocess import DEFAULT_MIN_SIZE, probabilities_to_labels
-    from napari_unet.core.predict import prediction_plan, segment
+    from napari_unet.core.inference import (
+        DEFAULT_MIN_SIZE,
+        prediction_plan,
+        probabilities_to_labels,
+        segment,
+    )
+    from napari_unet.core.model_files import load_model
 
     _check_out_path(args.out, "--out")
     if args.probabilities is not None:

@@ -115,7 +115,7 @@ def _read_all(paths: list[str]) -> list[Any]:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from napari_unet.core.train import TrainSettings
+    from napari_unet.core.training import TrainSettings
 
     overrides: dict[str, Any] = {"device": args.device, "seed": args.seed, "rgb": args.rgb}
     if args.channel_axis is not None:
@@ -171,7 +171,7 @@ class ProgressLine:
         self._drawn = False
 
     def text(self, event: Any) -> str:
-        """The line for a :class:`~napari_unet.core.train.TrainEvent`."""
+        """The line for a :class:`~napari_unet.core.training.TrainEvent`."""
         progress = event.progress
         if progress is None:
             bar = f"iteration {event.iteration}"
@@ -245,8 +245,8 @@ def run(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise UsageError(f"--out must be a file name, got a folder: {out}")
     settings = _settings(args)
-    from napari_unet.core.io import load_model, save_model
-    from napari_unet.core.train import describe_run, train
+    from napari_unet.core.model_files import load_model, save_model
+    from napari_unet.core.training import describe_run, train
 
     model = load_model(args.init) if args.init is not None else None
     images = _read_all(args.images)

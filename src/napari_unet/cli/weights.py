@@ -1,7 +1,7 @@
 """``napari-unet weights``: the U-Net border-weight map of a label image, written to a file.
 
 A 2D label image gives a 2D map; a ``(Z, Y, X)`` stack is weighted slice by slice (each slice is
-an independent 2D image, see :func:`napari_unet.core.weights.border_weight_stack`). The map is
+an independent 2D image, see :func:`napari_unet.core.targets.border_weight_stack`). The map is
 that of the labels as given: no gap is cut (training cuts it before weighting).
 """
 
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         On unreadable or unsuitable input, or an unwritable output path.
     """
     from napari_unet.cli.files import read_image, write_image
-    from napari_unet.core.weights import border_weight_map, border_weight_stack, check_labels
+    from napari_unet.core.targets import border_weight_map, border_weight_stack, check_labels
 
     out = Path(args.out)
     if out.suffix.lower() not in _WRITABLE:

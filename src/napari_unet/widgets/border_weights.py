@@ -2,7 +2,7 @@
 
 The map (Ronneberger et al. 2015, eq. 2) is shown as an Image layer just below the Labels layer
 it belongs to. Painting updates it incrementally: each brush stroke's box (from napari's
-``paint`` event) is recomputed by :class:`~napari_unet.core.weights.BorderWeightMap`, debounced
+``paint`` event) is recomputed by :class:`~napari_unet.core.targets.BorderWeightMap`, debounced
 so that a fast stroke costs one update. ``w0`` and class balance only re-assemble the map;
 ``sigma``, the gap or a new labels layer recompute it in a napari thread worker, slice by slice.
 """
@@ -19,17 +19,17 @@ from napari.utils import progress
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
-from napari_unet.widgets._controls import (
+from napari_unet.widgets.controls import (
     ViewerWidget,
-    _same,
     button_row,
     form,
     layer_picker,
     message,
+    same_value,
 )
-from napari_unet.widgets._docs import set_tooltips
-from napari_unet.widgets._layers import layer_array, region_mask
-from napari_unet.widgets._workers import Failure, Job, notify_error
+from napari_unet.widgets.docs import set_tooltips
+from napari_unet.widgets.layers import layer_array, region_mask
+from napari_unet.widgets.workers import Failure, Job, notify_error
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -103,7 +103,7 @@ def paint_boxes(atoms: Any, ndim: int) -> dict[int | None, Box] | None:
 
 def _full_job(labels: np.ndarray, region: np.ndarray | None, params: dict[str, Any], *, stop: Any):  # type: ignore[no-untyped-def]
     """Worker thread: one BorderWeightMap per slice; yields ``(z, map)``."""
-    from napari_unet.core.weights import BorderWeightMap
+    from napari_unet.core.targets import BorderWeightMap
 
     zs: list[int | None] = [None] if labels.ndim == 2 else list(range(labels.shape[0]))
     for z in zs:
@@ -144,8 +144,8 @@ class BorderWeightsWidget(ViewerWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer)
-        from napari_unet.core.train import TrainSettings
-        from napari_unet.core.weights import border_weight_map
+        from napari_unet.core.targets import border_weight_map
+        from napari_unet.core.training import TrainSettings
 
         defaults = TrainSettings()
         self._maps: dict[int | None, Any] = {}
@@ -248,7 +248,7 @@ class BorderWeightsWidget(ViewerWidget):
 
     # -- following a labels layer --------------------------------------------------------------
     def _follow(self, source: Any) -> None:
-        if _same(self._source, source):
+        if same_value(self._source, source):
             return
         self._unfollow()
         self._source = source
@@ -346,7 +346,7 @@ class BorderWeightsWidget(ViewerWidget):
 
     def _on_labels_choice(self, *_args: Any) -> None:
         if self._source is not None and self.labels_layer.value is not None:
-            if not _same(self.labels_layer.value, self._source):
+            if not same_value(self.labels_layer.value, self._source):
                 self.show_weights()
 
     def on_layers_changed(self) -> None:
@@ -371,7 +371,7 @@ class BorderWeightsWidget(ViewerWidget):
         layer = self.region.value
         if layer is None:
             return None
-        if _same(layer, self._source):
+        if same_value(layer, self._source):
             raise ValueError("The annotated region cannot be the labels layer itself.")
         return region_mask(layer, shape)
 
@@ -452,7 +452,7 @@ class BorderWeightsWidget(ViewerWidget):
 
     def _apply_region(self) -> None:
         self._need_region = False
-        if not _same(self._region_layer, self.region.value):
+        if not same_value(self._region_layer, self.region.value):
             self._watch_region(self.region.value)
         region = self._region(layer_array(self._source).shape)
         for z, live in self._maps.items():

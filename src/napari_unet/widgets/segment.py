@@ -29,7 +29,7 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 
-from napari_unet.widgets._controls import (
+from napari_unet.widgets.controls import (
     ViewerWidget,
     button_row,
     device_picker,
@@ -37,10 +37,10 @@ from napari_unet.widgets._controls import (
     layer_picker,
     message,
 )
-from napari_unet.widgets._docs import set_tooltips
-from napari_unet.widgets._layers import ImageLayout, auto_channel_axis, image_layout, slice_index
-from napari_unet.widgets._session import session_for
-from napari_unet.widgets._workers import Failure, Job, notify_error
+from napari_unet.widgets.docs import set_tooltips
+from napari_unet.widgets.layers import ImageLayout, auto_channel_axis, image_layout, slice_index
+from napari_unet.widgets.session import session_for
+from napari_unet.widgets.workers import Failure, Job, notify_error
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -74,7 +74,7 @@ def _segment_job(
     and ``('slice', z, labels, probability or None)``; returns the number of slices finished,
     or ``None`` when stopped.
     """
-    from napari_unet.core.predict import Cancelled, segment
+    from napari_unet.core.inference import Cancelled, segment
 
     reports: queue.Queue[tuple[Any, ...]] = queue.Queue()
     shape = _spatial_shape(image, channel_axis, rgb)
@@ -178,8 +178,7 @@ class SegmentWidget(ViewerWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer)
-        from napari_unet.core.postprocess import DEFAULT_MIN_SIZE
-        from napari_unet.core.predict import segment
+        from napari_unet.core.inference import DEFAULT_MIN_SIZE, segment
 
         self._session = session_for(viewer)
         self._job: Job | None = None
@@ -326,7 +325,7 @@ class SegmentWidget(ViewerWidget):
 
     # -- planning ------------------------------------------------------------------------------
     def _model(self) -> Any:
-        from napari_unet.core.io import ModelFileError, load_model
+        from napari_unet.core.model_files import ModelFileError, load_model
 
         if self.model_source.value == "session":
             model = self._session.model

@@ -1,7 +1,7 @@
 """The Train widget: train a U-Net on the cells painted in a Labels layer, and keep the model.
 
 Training runs in a napari thread worker; every iteration comes back to the main thread as a
-:class:`~napari_unet.core.train.TrainEvent`, which moves the progress bar in napari's activity
+:class:`~napari_unet.core.training.TrainEvent`, which moves the progress bar in napari's activity
 dock and the live loss plot. The annotation layer is only read (a copy is taken when Train is
 pressed, so painting on during training changes nothing in flight).
 """
@@ -21,20 +21,20 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 
-from napari_unet.widgets._controls import (
+from napari_unet.widgets.controls import (
     ViewerWidget,
-    _same,
     button_row,
     device_picker,
     form,
     layer_picker,
     message,
+    same_value,
 )
-from napari_unet.widgets._docs import set_tooltips
-from napari_unet.widgets._layers import image_layout, labels_array, region_mask
-from napari_unet.widgets._plot import LossPlot
-from napari_unet.widgets._session import session_for
-from napari_unet.widgets._workers import Failure, Job, notify_error
+from napari_unet.widgets.docs import set_tooltips
+from napari_unet.widgets.layers import image_layout, labels_array, region_mask
+from napari_unet.widgets.plot import LossPlot
+from napari_unet.widgets.session import session_for
+from napari_unet.widgets.workers import Failure, Job, notify_error
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -58,7 +58,7 @@ def _train_job(
     stop: Any,
 ):  # type: ignore[no-untyped-def]
     """Worker thread: read the image, train, return the model (a generator of TrainEvents)."""
-    from napari_unet.core.train import train
+    from napari_unet.core.training import train
 
     image = np.asarray(image)  # a dask or zarr image is read here, off the GUI thread
     return (yield from train(image, labels, region, settings=settings, model=model, stop=stop))
@@ -100,7 +100,7 @@ class TrainWidget(ViewerWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer)
-        from napari_unet.core.train import TrainSettings
+        from napari_unet.core.training import TrainSettings
 
         self._settings_class = TrainSettings
         defaults = TrainSettings()
@@ -234,7 +234,7 @@ class TrainWidget(ViewerWidget):
         return self._session.model
 
     def settings(self) -> Any:
-        """The :class:`~napari_unet.core.train.TrainSettings` the controls describe.
+        """The :class:`~napari_unet.core.training.TrainSettings` the controls describe.
 
         ``extra_settings`` (a dict of TrainSettings fields) is applied last, for scripts and
         tests that need settings the widget does not show.
@@ -322,7 +322,7 @@ class TrainWidget(ViewerWidget):
         bool
             True if the file was written.
         """
-        from napari_unet.core.io import save_model
+        from napari_unet.core.model_files import save_model
 
         model = self._session.model
         if model is None:
@@ -345,7 +345,7 @@ class TrainWidget(ViewerWidget):
         bool
             True if the model was loaded.
         """
-        from napari_unet.core.io import ModelFileError, load_model
+        from napari_unet.core.model_files import ModelFileError, load_model
 
         if self.busy:
             show_warning("Wait for training to end (or Stop it) before loading another model.")
@@ -387,7 +387,7 @@ class TrainWidget(ViewerWidget):
             )
         region = None
         if self.region.value is not None:
-            if _same(self.region.value, labels_layer):
+            if same_value(self.region.value, labels_layer):
                 raise ValueError(
                     "The annotated region cannot be the annotation itself; leave it at 'none' to "
                     "use the whole image, or mark the area in a separate layer."

@@ -1,6 +1,6 @@
 """Lazy read access to an image as 2D multichannel slices, for tiled inference.
 
-:class:`_Source` validates a numpy, dask or zarr array (anything with ``shape``, ``dtype`` and
+:class:`SliceSource` validates a numpy, dask or zarr array (anything with ``shape``, ``dtype`` and
 numpy-style slicing) exactly as training lays images out, and reads rectangles of one slice as
 numpy ``(C, h, w)`` arrays without loading the whole image.
 """
@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from .normalize import as_nchw
+from ..normalize import as_nchw
 
 
-class _Source:
+class SliceSource:
     """Read-only view of an image as 2D multichannel slices ``(N, C, Y, X)``, read lazily."""
 
     def __init__(self, image: Any, channel_axis: int | None, rgb: bool) -> None:

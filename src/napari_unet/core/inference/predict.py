@@ -19,7 +19,7 @@ subsample (every ``s``-th row and column, ``s`` the smallest step that brings th
 that many pixels), read in bands of at most that many pixels.
 
 The public functions live here; the machinery in private modules: ``_source`` (lazy slice
-reads), ``_runner`` (the network on a device: precision, TTA, out-of-memory test), ``_plan``
+reads), ``make_runner`` (the network on a device: precision, TTA, out-of-memory test), ``make_plan``
 (tile shape and batch size from the memory at hand, :class:`Plan`) and ``_engine`` (the reader
 thread, the tile loop with its out-of-memory fallback, :class:`Cancelled`).
 """
@@ -35,34 +35,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._engine import Cancelled, Progress, _Engine
-from ._engine import Writer as Writer
-from ._plan import CPU_MAX_BATCH as CPU_MAX_BATCH
-from ._plan import CPU_MAX_BATCH_PIXELS as CPU_MAX_BATCH_PIXELS
-from ._plan import CPU_MEMORY_SHARE as CPU_MEMORY_SHARE
-from ._plan import CUDA_MAX_BATCH as CUDA_MAX_BATCH
-from ._plan import CUDA_MEMORY_SHARE as CUDA_MEMORY_SHARE
-from ._plan import Plan, _plan
-from ._runner import (
-    _cudnn_benchmark,
-    _resolve_precision,
-    _Runner,
-    _runner,
-    foreground_probability,
-)
-from ._source import _Source
-from .device import select_device
-from .model import TrainedModel, UNetConfig
-from .normalize import check_finite, normalize_image, percentile_range
+from ..device import select_device
+from ..model import TrainedModel, UNetConfig
+from ..normalize import check_finite, normalize_image, percentile_range
+from .engine import Progress, TileEngine
+from .plan import Plan, make_plan
 from .postprocess import DEFAULT_MIN_SIZE, probabilities_to_labels
+from .runner import (
+    NetworkRunner,
+    cudnn_benchmark,
+    make_runner,
+    resolve_precision,
+)
+from .source import SliceSource
 
-# Also importable from here, as before the code was split: Writer, Progress and the CPU_* /
-# CUDA_* planning constants (re-exported above with ``X as X``).
 __all__ = [
     "PERCENTILE_MAX_PIXELS",
-    "Cancelled",
-    "Plan",
-    "foreground_probability",
     "predict_probabilities",
     "predict_region",
     "predict_whole",
@@ -115,14 +103,14 @@ def slice_normalization(
     ValueError
         On an unknown normalisation method, NaN or infinite values, or a bad layout.
     """
-    src = _Source(image, channel_axis, rgb)
+    src = SliceSource(image, channel_axis, rgb)
     if not 0 <= z < src.n:
         raise ValueError(f"z must be in [0, {src.n}), got {z}")
     return _slice_normalization(src, int(z), model.normalization)
 
 
 def _slice_normalization(
-    src: _Source, z: int, spec: dict[str, Any]
+    src: SliceSource, z: int, spec: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray]:
     if spec.get("method") != "percentile":
         raise ValueError(
@@ -149,13 +137,13 @@ def _slice_normalization(
 
 
 def _normalizer(
-    src: _Source, model: TrainedModel
+    src: SliceSource, model: TrainedModel
 ) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
     """What the tile engine calls for a slice's ``(offset, scale)``."""
     return lambda z: _slice_normalization(src, z, model.normalization)
 
 
-def _check_model(model: TrainedModel, src: _Source) -> UNetConfig:
+def _check_model(model: TrainedModel, src: SliceSource) -> UNetConfig:
     if not isinstance(model, TrainedModel):
         raise ValueError(f"model must be a TrainedModel, got {type(model).__name__}")
     config = model.config
@@ -214,7 +202,7 @@ def predict_whole(
     numpy.ndarray
         float32 ``(Y, X)``.
     """
-    src = _Source(np.asarray(image), channel_axis, rgb)
+    src = SliceSource(np.asarray(image), channel_axis, rgb)
     config = _check_model(model, src)
     if src.n != 1:
         raise ValueError(
@@ -226,8 +214,8 @@ def predict_whole(
     pad = ((0, 0), (halo, size[0] - src.h - halo), (halo, size[1] - src.w - halo))
     x = np.pad(x, pad, mode="reflect")
     dev = select_device(device)
-    run = _runner(model, dev, tta, precision)
-    with torch.inference_mode(), _cudnn_benchmark(dev):
+    run = make_runner(model, dev, tta, precision)
+    with torch.inference_mode(), cudnn_benchmark(dev):
         prob = run(torch.from_numpy(x)[None].to(dev))[0]
     crop = halo if config.padding == "same" else 0
     return prob[crop : crop + src.h, crop : crop + src.w].cpu().numpy()
@@ -257,10 +245,10 @@ def prediction_plan(
         The plan. Pass ``plan.tile`` and ``plan.batch_size`` on to run the same tiling
         elsewhere (e.g. on the workers of a cluster).
     """
-    src = _Source(image, channel_axis, rgb)
+    src = SliceSource(image, channel_axis, rgb)
     config = _check_model(model, src)
     dev = select_device(device)
-    return _plan(config, src, dev, tile, batch_size, _resolve_precision(precision, dev))
+    return make_plan(config, src, dev, tile, batch_size, resolve_precision(precision, dev))
 
 
 def _prepare(
@@ -273,13 +261,13 @@ def _prepare(
     device: str | torch.device,
     tta: bool,
     precision: str,
-) -> tuple[_Source, Plan, _Runner]:
-    src = _Source(image, channel_axis, rgb)
+) -> tuple[SliceSource, Plan, NetworkRunner]:
+    src = SliceSource(image, channel_axis, rgb)
     config = _check_model(model, src)
     dev = select_device(device)
-    autocast = _resolve_precision(precision, dev)
-    plan = _plan(config, src, dev, tile, batch_size, autocast)
-    return src, plan, _runner(model, dev, tta, precision)
+    autocast = resolve_precision(precision, dev)
+    plan = make_plan(config, src, dev, tile, batch_size, autocast)
+    return src, plan, make_runner(model, dev, tta, precision)
 
 
 def _check_out(out: Any, shape: tuple[int, ...], what: str) -> None:
@@ -390,7 +378,7 @@ def predict_probabilities(
         index = (slice(*ys), slice(*xs))
         out[(z, *index) if src.is_stack else index] = data
 
-    engine = _Engine(
+    engine = TileEngine(
         model, src, plan, runner, _normalizer(src, model), progress=progress, stop=stop
     )
     engine.run(range(src.n), write)
@@ -458,7 +446,7 @@ def predict_region(
         result[ys[0] - rows[0] : ys[1] - rows[0], xs[0] - cols[0] : xs[1] - cols[0]] = data
 
     norm = {int(z): normalization} if normalization is not None else None
-    engine = _Engine(
+    engine = TileEngine(
         model, src, plan, runner, _normalizer(src, model), norm=norm, rows=rows, cols=cols
     )
     engine.run([int(z)], write)
@@ -569,7 +557,7 @@ def segment(
         if on_slice is not None:
             on_slice(z, labels)
 
-    engine = _Engine(
+    engine = TileEngine(
         model, src, plan, runner, _normalizer(src, model), progress=progress, stop=stop
     )
     engine.run(range(src.n), write, slice_done)

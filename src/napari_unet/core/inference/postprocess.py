@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .weights import grow_instances
+from ..targets import grow_instances
 
 __all__ = ["DEFAULT_MIN_SIZE", "probabilities_to_labels"]
 

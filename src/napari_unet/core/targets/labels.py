@@ -93,7 +93,9 @@ def check_region(region: object, shape: tuple[int, ...], name: str = "region") -
     return arr
 
 
-def _as_work(labels: np.ndarray, limit: int = 2**31 - 2) -> tuple[np.ndarray, np.ndarray | None]:
+def as_work_labels(
+    labels: np.ndarray, limit: int = 2**31 - 2
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels as int32 (int64 when renumbered), renumbered densely when ids exceed ``limit``.
 
     Returns the working labels and, when renumbered, the original id of each new id.

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .weights import IGNORE
+from ..targets import IGNORE
 
 __all__ = ["AugmentSettings", "augment_batch", "context_margin", "sampling_grid"]
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .labels import _as_work, check_labels
+from .labels import as_work_labels, check_labels
 
 __all__ = ["cut_gap", "grow_instances", "touching_gap"]
 
 
-def _check_gap(gap: object) -> int:
+def check_gap(gap: object) -> int:
     if isinstance(gap, bool) or not isinstance(gap, (int, np.integer)) or gap < 0:
         raise ValueError(f"gap must be an integer >= 0 (pixels), got {gap!r}")
     return int(gap)
@@ -24,7 +24,7 @@ def _check_gap(gap: object) -> int:
 def _other_instance_within(labels: np.ndarray, radius: int) -> np.ndarray:
     """True where a chessboard window of ``radius`` holds two different instances or, on an
     instance pixel, an instance other than the pixel's own. ``labels`` from
-    :func:`~napari_unet.core.labels._as_work`."""
+    :func:`~napari_unet.core.labels.as_work_labels`."""
     size = 2 * radius + 1
     big = int(labels.max()) + 1  # exact in float64 (scipy filters pass cval as a double)
     hi = ndi.maximum_filter(labels, size=size, mode="constant", cval=0)
@@ -61,10 +61,10 @@ def touching_gap(labels: np.ndarray, gap: int = 1) -> np.ndarray:
            [0, 1, 1, 0]])
     """
     labels = check_labels(labels)
-    gap = _check_gap(gap)
+    gap = check_gap(gap)
     if gap == 0 or labels.size == 0:
         return np.zeros(labels.shape, bool)
-    work, _ = _as_work(labels)
+    work, _ = as_work_labels(labels)
     return (work > 0) & _other_instance_within(work, gap)
 
 
@@ -133,11 +133,11 @@ def grow_instances(labels: np.ndarray, gap: int = 1, *, everywhere: bool = False
     True
     """
     labels = check_labels(labels)
-    gap = _check_gap(gap)
+    gap = check_gap(gap)
     out = labels.copy()
     if gap == 0 or labels.size == 0 or not labels.any():
         return out
-    work, ids = _as_work(labels)
+    work, ids = as_work_labels(labels)
     grown = _grow_everywhere(work, gap) if everywhere else _grow_across(work, gap)
     out[...] = grown if ids is None else ids[grown]
     return out

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._source import _Source
-from .model import UNetConfig
+from ..model import UNetConfig
+from .source import SliceSource
 from .tiling import (
     TileLayout,
     activation_bytes_per_pixel,
@@ -75,9 +75,9 @@ def _memory_budget(device: torch.device) -> float:
     return CPU_MEMORY_SHARE * available_memory_bytes()
 
 
-def _plan(
+def make_plan(
     config: UNetConfig,
-    src: _Source,
+    src: SliceSource,
     device: torch.device,
     tile: int | tuple[int, int] | None,
     batch_size: int | None,

@@ -31,40 +31,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .gap import cut_gap, grow_instances, touching_gap
+from .gap import cut_gap
 from .labels import check_labels, check_region
-from .weight_terms import (
-    BORDER_TOLERANCE,
-    _assemble,
-    _border_term,
-    _check_params,
-    border_radius,
+from .terms import (
+    assemble_weights,
+    border_term,
+    check_weight_params,
     class_weights,
 )
-from .weights_live import BorderWeightMap, update_border_weights
-from .weights_live import Box as Box
-from .weights_live import _clusters as _clusters
 
-# Also importable from here, as before the code was split: Box and _clusters (used by the
-# tests), re-exported above with ``X as X``.
 __all__ = [
     "BACKGROUND",
-    "BORDER_TOLERANCE",
     "FOREGROUND",
     "IGNORE",
-    "BorderWeightMap",
     "TrainingTargets",
-    "border_radius",
     "border_weight_map",
     "border_weight_stack",
-    "check_labels",
-    "check_region",
-    "class_weights",
-    "cut_gap",
-    "grow_instances",
-    "touching_gap",
     "training_targets",
-    "update_border_weights",
 ]
 
 
@@ -106,11 +89,11 @@ def border_weight_map(
     """
     labels = check_labels(labels)
     region = check_region(region, labels.shape)
-    w0, sigma = _check_params(w0, sigma)
+    w0, sigma = check_weight_params(w0, sigma)
     fg = labels > 0
     w_bg, w_fg = class_weights(fg, region, class_balance)
-    border = _border_term(labels, sigma) if w0 > 0 else None
-    return _assemble(fg, w_bg, w_fg, w0, border, region)
+    border = border_term(labels, sigma) if w0 > 0 else None
+    return assemble_weights(fg, w_bg, w_fg, w0, border, region)
 
 
 def border_weight_stack(labels: np.ndarray, **kwargs: object) -> np.ndarray:
@@ -204,7 +187,7 @@ def training_targets(
     """
     labels = check_labels(labels)
     region = check_region(region, labels.shape)
-    w0, sigma = _check_params(w0, sigma)
+    w0, sigma = check_weight_params(w0, sigma)
     cut = cut_gap(labels, gap)
     classes = np.where(cut > 0, np.uint8(FOREGROUND), np.uint8(BACKGROUND)).astype(np.uint8)
     if region is not None:

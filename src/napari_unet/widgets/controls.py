@@ -95,7 +95,7 @@ def describe(device: str) -> str:
         return f"unavailable ({exc})"
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
     """Whether two layers are the same layer.
 
     napari hands plugin widgets a proxy of the viewer, whose layers come back as proxies or as

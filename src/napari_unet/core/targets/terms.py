@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .labels import _as_work
+from .labels import as_work_labels
 
 __all__ = ["BORDER_TOLERANCE", "border_radius", "class_weights"]
 
@@ -42,7 +42,7 @@ def _check_number(value: object, name: str, *, positive: bool) -> float:
     return number
 
 
-def _check_params(w0: float, sigma: float) -> tuple[float, float]:
+def check_weight_params(w0: float, sigma: float) -> tuple[float, float]:
     return _check_number(w0, "w0", positive=False), _check_number(sigma, "sigma", positive=True)
 
 
@@ -93,17 +93,17 @@ def class_weights(
     else:
         n_total = int(np.count_nonzero(region))
         n_fg = int(np.count_nonzero(foreground & region))
-    return _balance(n_total, n_fg)
+    return balance_weights(n_total, n_fg)
 
 
-def _balance(n_total: int, n_fg: int) -> tuple[float, float]:
+def balance_weights(n_total: int, n_fg: int) -> tuple[float, float]:
     n_bg = n_total - n_fg
     w_bg = n_total / (2.0 * n_bg) if n_bg else 1.0
     w_fg = n_total / (2.0 * n_fg) if n_fg else 1.0
     return w_bg, w_fg
 
 
-def _border_term(labels: np.ndarray, sigma: float) -> np.ndarray:
+def border_term(labels: np.ndarray, sigma: float) -> np.ndarray:
     """Unit border term ``exp(-(d1 + d2)^2 / (2 sigma^2))`` on background, 0 elsewhere.
 
     Each instance's distance transform is taken in its bounding box grown by the radius beyond
@@ -112,7 +112,7 @@ def _border_term(labels: np.ndarray, sigma: float) -> np.ndarray:
     grown boxes). Instances with no other instance in their grown box are skipped: near them
     fewer than two instances lie within reach.
     """
-    labels, _ = _as_work(labels, limit=max(labels.size, 1024))  # find_objects lists every id
+    labels, _ = as_work_labels(labels, limit=max(labels.size, 1024))  # find_objects lists every id
     radius = border_radius(sigma)
     pad = int(np.ceil(radius))
     height, width = labels.shape
@@ -144,7 +144,7 @@ def _border_term(labels: np.ndarray, sigma: float) -> np.ndarray:
     return term
 
 
-def _assemble(
+def assemble_weights(
     fg: np.ndarray,
     w_bg: float,
     w_fg: float,

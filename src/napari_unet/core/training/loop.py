@@ -31,7 +31,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import __version__
+from ... import __version__
+from ..device import describe_device, select_device
+from ..model import PRESETS, TrainedModel, UNet, UNetConfig, preset_config
+from ..normalize import normalization_spec
+from ..targets import FOREGROUND, IGNORE
 from .augment import AugmentSettings, augment_batch, context_margin
 from .data import (
     PatchSampler,
@@ -42,10 +46,6 @@ from .data import (
     validation_block,
     validation_tiles,
 )
-from .device import describe_device, select_device
-from .model import PRESETS, TrainedModel, UNet, UNetConfig, preset_config
-from .normalize import normalization_spec
-from .weights import FOREGROUND, IGNORE
 
 __all__ = [
     "TrainEvent",

@@ -1,6 +1,6 @@
 """The tile engine: a reader thread feeds batches to the network, outputs are cropped and written.
 
-:class:`_Engine` runs a :class:`~napari_unet.core._plan.Plan` over the slices of a source: a
+:class:`TileEngine` runs a :class:`~napari_unet.core.make_plan.Plan` over the slices of a source: a
 :class:`_Reader` thread reads and normalises the next batches of tiles while the current batch
 runs; each tile's output is cropped by its halo and handed to a writer. When the device runs
 out of memory the batch and then the tile are halved and the unfinished slices start again.
@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._plan import Plan
-from ._runner import _cudnn_benchmark, _is_oom, _Runner
-from ._source import _Source
-from .model import TrainedModel
-from .normalize import check_finite
+from ..model import TrainedModel
+from ..normalize import check_finite
+from .plan import Plan
+from .runner import NetworkRunner, cudnn_benchmark, is_out_of_memory
+from .source import SliceSource
 from .tiling import TileLayout, minimum_tile, reflect_indices, tile_layout
 
 __all__ = ["Cancelled", "Progress", "Writer"]
@@ -51,7 +51,7 @@ class _Reader(threading.Thread):
 
     def __init__(
         self,
-        src: _Source,
+        src: SliceSource,
         items: list[_Item],
         layout: TileLayout,
         batch: int,
@@ -122,7 +122,7 @@ class _Reader(threading.Thread):
         return block
 
 
-class _Engine:
+class TileEngine:
     """Runs a tile layout over the slices of a source and hands out cropped tile outputs.
 
     ``normalize(z)`` gives slice ``z``'s ``(offset, scale)`` where ``norm`` does not hold it
@@ -132,9 +132,9 @@ class _Engine:
     def __init__(
         self,
         model: TrainedModel,
-        src: _Source,
+        src: SliceSource,
         plan: Plan,
-        runner: _Runner,
+        runner: NetworkRunner,
         normalize: Callable[[int], tuple[np.ndarray, np.ndarray]],
         *,
         norm: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
@@ -172,7 +172,7 @@ class _Engine:
                 self._run_once(remaining, write, slice_done, finished)
                 return
             except Exception as exc:
-                if not _is_oom(exc):
+                if not is_out_of_memory(exc):
                     raise
                 remaining = [z for z in remaining if z not in set(finished)]
                 self._shrink(exc)
@@ -248,7 +248,7 @@ class _Engine:
 
         reader.start()
         try:
-            with torch.inference_mode(), _cudnn_benchmark(plan.device):
+            with torch.inference_mode(), cudnn_benchmark(plan.device):
                 while True:
                     item = reader.queue.get()
                     if isinstance(item, BaseException):

@@ -12,14 +12,14 @@ import logging
 import numpy as np
 from scipy import ndimage as ndi
 
-from .gap import _check_gap, cut_gap
+from .gap import check_gap, cut_gap
 from .labels import check_labels, check_region
-from .weight_terms import (
-    _assemble,
-    _balance,
-    _border_term,
-    _check_params,
+from .terms import (
+    assemble_weights,
+    balance_weights,
     border_radius,
+    border_term,
+    check_weight_params,
 )
 
 __all__ = ["BorderWeightMap", "Box", "update_border_weights"]
@@ -51,7 +51,7 @@ def _shift_box(local: Box, origin: Box) -> Box:
     )
 
 
-def _clusters(mask: np.ndarray, reach: int, most: int = 64) -> list[Box]:
+def clusters(mask: np.ndarray, reach: int, most: int = 64) -> list[Box]:
     """Boxes of the True pixels, merged until no two boxes are within ``reach`` pixels."""
     box = _mask_box(mask)
     if box is None:
@@ -169,9 +169,9 @@ class BorderWeightMap:
         gap: int = 0,
     ) -> None:
         labels = check_labels(labels)
-        self._w0, self._sigma = _check_params(w0, sigma)
+        self._w0, self._sigma = check_weight_params(w0, sigma)
         self._class_balance = bool(class_balance)
-        self._gap = _check_gap(gap)
+        self._gap = check_gap(gap)
         self._labels = labels.copy()
         self._region = check_region(region, labels.shape)
         if self._region is not None:
@@ -213,13 +213,13 @@ class BorderWeightMap:
         """``(w_background, w_foreground)`` for the current labels, region and settings."""
         if not self._class_balance:
             return 1.0, 1.0
-        return _balance(self._n_total, self._n_fg)
+        return balance_weights(self._n_total, self._n_fg)
 
     @property
     def weights(self) -> np.ndarray:
         """The float32 weight map (a new array whenever something changed; do not modify)."""
         if self._weights is None:
-            self._weights = self._assemble()
+            self._weights = self.assemble_weights()
         return self._weights
 
     # -- changes -----------------------------------------------------------------------------
@@ -255,7 +255,7 @@ class BorderWeightMap:
         pad = int(np.ceil(border_radius(self._sigma)))
         reach = 2 * (pad + self._gap) + 1  # clusters farther apart than this do not interact
         done: list[Box] = []
-        for local in _clusters(diff, reach):
+        for local in clusters(diff, reach):
             box = _shift_box(local, hint)
             out = self._update_box(labels, box, pad)
             if out is not None:
@@ -290,11 +290,11 @@ class BorderWeightMap:
             old_fg, new_fg = old_fg & region, new_fg & region
         self._n_fg += int(np.count_nonzero(new_fg)) - int(np.count_nonzero(old_fg))
         self._cut[cut_box] = new_cut
-        # Border term: it changes only within `radius` of changed pixels (see _border_term),
+        # Border term: it changes only within `radius` of changed pixels (see border_term),
         # and there it needs the labels within `radius` again.
         out_box = _grow_box(_shift_box(diff, cut_box), pad, self.shape)
         ctx = _grow_box(out_box, pad, self.shape)
-        self._border[out_box] = _border_term(self._cut[ctx], self._sigma)[_inner(ctx, out_box)]
+        self._border[out_box] = border_term(self._cut[ctx], self._sigma)[_inner(ctx, out_box)]
         return out_box
 
     def set_params(
@@ -313,7 +313,7 @@ class BorderWeightMap:
         class_balance : bool, optional
             New class balancing; ``None`` keeps it.
         """
-        new_w0, new_sigma = _check_params(
+        new_w0, new_sigma = check_weight_params(
             self._w0 if w0 is None else w0, self._sigma if sigma is None else sigma
         )
         if class_balance is not None:
@@ -321,7 +321,7 @@ class BorderWeightMap:
         self._w0 = new_w0
         if new_sigma != self._sigma:
             self._sigma = new_sigma
-            self._border = _border_term(self._cut, self._sigma)
+            self._border = border_term(self._cut, self._sigma)
         self._weights = None
 
     def set_region(self, region: np.ndarray | None) -> None:
@@ -340,7 +340,7 @@ class BorderWeightMap:
     # -- internals ---------------------------------------------------------------------------
     def _recompute_all(self) -> None:
         self._cut = cut_gap(self._labels, self._gap) if self._gap else self._labels.copy()
-        self._border = _border_term(self._cut, self._sigma)
+        self._border = border_term(self._cut, self._sigma)
         self._count()
         self._weights: np.ndarray | None = None
 
@@ -352,9 +352,9 @@ class BorderWeightMap:
             self._n_total = int(np.count_nonzero(self._region))
             self._n_fg = int(np.count_nonzero(fg & self._region))
 
-    def _assemble(self) -> np.ndarray:
+    def assemble_weights(self) -> np.ndarray:
         w_bg, w_fg = self.class_weights
-        return _assemble(self._cut > 0, w_bg, w_fg, self._w0, self._border, self._region)
+        return assemble_weights(self._cut > 0, w_bg, w_fg, self._w0, self._border, self._region)
 
 
 def update_border_weights(

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .model import UNetConfig
-from .normalize import as_nchw, check_finite, normalization_spec, normalize_image
-from .weights import IGNORE, check_labels, check_region, training_targets
+from ..model import UNetConfig
+from ..normalize import as_nchw, check_finite, normalization_spec, normalize_image
+from ..targets import IGNORE, check_labels, check_region, training_targets
 
 __all__ = [
     "MIN_SIDE",

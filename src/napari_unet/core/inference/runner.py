@@ -1,7 +1,8 @@
 """The network ready for inference: eval copy, precision, test-time augmentation, OOM test.
 
-:func:`_runner` makes a private eval-mode copy of a model's network on a device (channels-last
-on CPU and CUDA, bfloat16 autocast on CUDA by default); calling the :class:`_Runner` on a batch
+:func:`make_runner` makes a private eval-mode copy of a model's network on a device (channels-last
+on CPU and CUDA, bfloat16 autocast on CUDA by default); calling the :class:`NetworkRunner` on a
+batch
 ``(N, C, H, W)`` gives the foreground probability ``(N, H, W)`` (:func:`foreground_probability`),
 optionally as the mean over the 8 flips and 90-degree rotations.
 """
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .model import TrainedModel
+from ..model import TrainedModel
 
 if TYPE_CHECKING:
     from torch import nn
@@ -45,7 +46,7 @@ def foreground_probability(logits: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class _Runner:
+class NetworkRunner:
     """A network ready for inference on one device."""
 
     net: nn.Module
@@ -79,7 +80,7 @@ class _Runner:
         return foreground_probability(logits)
 
 
-def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     if precision == "float32":
@@ -89,17 +90,21 @@ def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | No
     raise ValueError(f"precision must be 'auto', 'float32' or 'bfloat16', got {precision!r}")
 
 
-def _runner(model: TrainedModel, device: torch.device, tta: bool, precision: str) -> _Runner:
+def make_runner(
+    model: TrainedModel, device: torch.device, tta: bool, precision: str
+) -> NetworkRunner:
     """A private copy of the network in eval mode on ``device`` (the model is left untouched)."""
     net = copy.deepcopy(model.net).to(device).eval()
     channels_last = device.type in ("cuda", "cpu")
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    return _Runner(net, device, _resolve_precision(precision, device), channels_last, bool(tta))
+    return NetworkRunner(
+        net, device, resolve_precision(precision, device), channels_last, bool(tta)
+    )
 
 
 @contextmanager
-def _cudnn_benchmark(device: torch.device):
+def cudnn_benchmark(device: torch.device):
     if device.type != "cuda":
         yield
         return
@@ -115,7 +120,7 @@ def _cudnn_benchmark(device: torch.device):
 _OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, _OUT_OF_MEMORY):
         return True
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)

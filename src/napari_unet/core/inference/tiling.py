@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model import UNetConfig
+from ..model import UNetConfig
 
 __all__ = [
     "AxisLayout",

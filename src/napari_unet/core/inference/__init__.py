@@ -1,0 +1,37 @@
+"""Exact overlap-tile inference over numpy, dask and zarr arrays, and instance segmentation.
+
+- :mod:`.predict`: the public entry points (:func:`predict_probabilities`, :func:`segment`, ...).
+- :mod:`.tiling`: tile geometry on the pooling grid, mirror indices, tile size from memory.
+- :mod:`.plan`: :class:`Plan`, the tile shape and batch size for an image on a device.
+- :mod:`.source`: lazy reads of an image as 2D multichannel slices.
+- :mod:`.runner`: the network on a device (eval copy, precision, TTA, out-of-memory test).
+- :mod:`.engine`: the tile loop with its reader thread and out-of-memory fallback.
+- :mod:`.postprocess`: probabilities -> instance labels.
+"""
+
+from .engine import Cancelled
+from .plan import Plan
+from .postprocess import DEFAULT_MIN_SIZE, probabilities_to_labels
+from .predict import (
+    predict_probabilities,
+    predict_region,
+    predict_whole,
+    prediction_plan,
+    segment,
+    slice_normalization,
+)
+from .runner import foreground_probability
+
+__all__ = [
+    "DEFAULT_MIN_SIZE",
+    "Cancelled",
+    "Plan",
+    "foreground_probability",
+    "predict_probabilities",
+    "predict_region",
+    "predict_whole",
+    "prediction_plan",
+    "probabilities_to_labels",
+    "segment",
+    "slice_normalization",
+]

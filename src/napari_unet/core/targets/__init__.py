@@ -1,0 +1,45 @@
+"""Training targets from instance labels: label checks, the gap, the border-weight map.
+
+What the loss learns from a user's painting (Ronneberger et al. 2015, eq. 2):
+
+- :mod:`.labels`: instance labels and annotated regions are checked here.
+- :mod:`.gap`: the background gap cut between touching cells, and growing instances back.
+- :mod:`.terms`: the two terms of eq. 2, class balance and the border term.
+- :mod:`.weight_map`: the whole map, per image or per slice, and the training targets.
+- :mod:`.live`: the map kept up to date while the user paints.
+"""
+
+from .gap import cut_gap, grow_instances, touching_gap
+from .labels import check_labels, check_region
+from .live import BorderWeightMap, Box, update_border_weights
+from .terms import BORDER_TOLERANCE, border_radius, class_weights
+from .weight_map import (
+    BACKGROUND,
+    FOREGROUND,
+    IGNORE,
+    TrainingTargets,
+    border_weight_map,
+    border_weight_stack,
+    training_targets,
+)
+
+__all__ = [
+    "BACKGROUND",
+    "BORDER_TOLERANCE",
+    "FOREGROUND",
+    "IGNORE",
+    "BorderWeightMap",
+    "Box",
+    "TrainingTargets",
+    "border_radius",
+    "border_weight_map",
+    "border_weight_stack",
+    "check_labels",
+    "check_region",
+    "class_weights",
+    "cut_gap",
+    "grow_instances",
+    "touching_gap",
+    "training_targets",
+    "update_border_weights",
+]

@@ -1,0 +1,29 @@
+"""Training a U-Net from images and annotations.
+
+- :mod:`.data`: images, labels and regions -> normalised samples, patch sampling, hold-out.
+- :mod:`.augment`: batched augmentation on the training device (one sampling grid).
+- :mod:`.loop`: :func:`train`, a generator of :class:`TrainEvent` that returns the model.
+- :mod:`.metrics`: IoU and average precision with one-to-one instance matching.
+"""
+
+from .augment import AugmentSettings, augment_batch
+from .data import AnnotatedImage, PatchSampler, prepare_samples
+from .loop import TrainEvent, TrainSettings, describe_run, run_training, train
+from .metrics import Matching, average_precision, iou, match_instances
+
+__all__ = [
+    "AnnotatedImage",
+    "AugmentSettings",
+    "Matching",
+    "PatchSampler",
+    "TrainEvent",
+    "TrainSettings",
+    "augment_batch",
+    "average_precision",
+    "describe_run",
+    "iou",
+    "match_instances",
+    "prepare_samples",
+    "run_training",
+    "train",
+]
