@@ -9,13 +9,8 @@ import torch
 from napari_unet.core.model import TrainedModel, UNet, UNetConfig
 from napari_unet.core.model_files import load_model, save_model
 from napari_unet.core.targets import IGNORE
-from napari_unet.core.training.loop import (
-    TrainEvent,
-    TrainSettings,
-    run_training,
-    train,
-    weighted_cross_entropy,
-)
+from napari_unet.core.training import TrainEvent, TrainSettings, run_training, train
+from napari_unet.core.training.loop import weighted_cross_entropy
 from napari_unet.sample_data import make_touching_cells
 
 

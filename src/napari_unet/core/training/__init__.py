@@ -8,8 +8,9 @@
 
 from .augment import AugmentSettings, augment_batch
 from .data import AnnotatedImage, PatchSampler, prepare_samples
-from .loop import TrainEvent, TrainSettings, describe_run, run_training, train
+from .loop import TrainEvent, describe_run, run_training, train
 from .metrics import Matching, average_precision, iou, match_instances
+from .settings import TrainSettings
 
 __all__ = [
     "AnnotatedImage",
