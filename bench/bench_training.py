@@ -26,9 +26,9 @@ import torch
 
 from napari_unet.core.device import describe_device
 from napari_unet.core.model import UNet, preset_config
+from napari_unet.core.training import TrainSettings, train
 from napari_unet.core.training.augment import AugmentSettings, augment_batch, context_margin
 from napari_unet.core.training.data import PatchSampler, patch_geometry, prepare_samples
-from napari_unet.core.training import TrainSettings, train
 from napari_unet.core.training.loop import weighted_cross_entropy
 from napari_unet.sample_data import make_touching_cells
 

@@ -59,9 +59,7 @@ class Step:
     item: Any = None
 
 
-def run_to_end(
-    work: Generator[Any, None, T], callback: Callable[[Any], None] | None = None
-) -> T:
+def run_to_end(work: Generator[Any, None, T], callback: Callable[[Any], None] | None = None) -> T:
     """Drive a progress generator to its end and return its result.
 
     Parameters
