@@ -1,12 +1,33 @@
 """Training settings: :class:`TrainSettings`, everything that shapes a training run.
 
 The fields are the single source of the training options: the command line and the Train widget
-are built from them.
+are built from them. A new setting is one line here: its type and default, and in
+:func:`setting` the metadata a form or a command line needs (stored in
+``dataclasses.Field.metadata``); its help text is its entry in the docstring of
+:class:`TrainSettings`.
+
+Metadata keys (all optional):
+
+``show``
+    ``'main'`` (a control in the Train widget's form), ``'advanced'`` (in its collapsed
+    advanced section; the default) or ``'hidden'`` (worked out from the data, not a control).
+``label``
+    Text beside the control; default: the name with spaces.
+``min``, ``max``, ``step``
+    Bounds and step of a number.
+``choices``
+    Allowed values of a string.
+``none``
+    For an optional field (``int | None``), the control value that stands for ``None``.
+``group``
+    Name of a row of check boxes the control sits in (``'augment'``).
+``flags``
+    Extra command-line spellings besides ``--field-name`` (e.g. ``('--lr',)``).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -14,7 +35,65 @@ import numpy as np
 from ..model import PRESETS
 from .augment import AugmentSettings
 
-__all__ = ["TrainSettings"]
+__all__ = ["ADVANCED", "HIDDEN", "MAIN", "TrainSettings", "setting"]
+
+#: ``show`` values of :func:`setting`
+MAIN, ADVANCED, HIDDEN = "main", "advanced", "hidden"
+
+
+def setting(
+    default: Any,
+    *,
+    show: str = ADVANCED,
+    label: str | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    step: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    none: float | None = None,
+    group: str | None = None,
+    flags: tuple[str, ...] = (),
+) -> Any:
+    """A dataclass field of :class:`TrainSettings` with the metadata forms need.
+
+    Parameters
+    ----------
+    default : object
+        The default value (immutable).
+    show : {'main', 'advanced', 'hidden'}
+        Where the Train widget shows the field.
+    label : str, optional
+        Text beside the control.
+    min, max, step : float, optional
+        Bounds and step of a number.
+    choices : tuple of str, optional
+        Allowed values of a string.
+    none : float, optional
+        Control value that stands for ``None`` in an optional field.
+    group : str, optional
+        Row of check boxes the control belongs to.
+    flags : tuple of str
+        Extra command-line spellings.
+
+    Returns
+    -------
+    dataclasses.Field
+        The field, with the given (non-None) metadata.
+    """
+    if show not in (MAIN, ADVANCED, HIDDEN):
+        raise ValueError(f"show must be 'main', 'advanced' or 'hidden', got {show!r}")
+    options = {
+        "label": label,
+        "min": min,
+        "max": max,
+        "step": step,
+        "choices": choices,
+        "none": none,
+        "group": group,
+    }
+    metadata = {"show": show, "flags": tuple(flags)}
+    metadata.update({k: v for k, v in options.items() if v is not None})
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -82,35 +161,47 @@ class TrainSettings:
         ``torch.compile`` the network (a start-up cost; measured no gain on the CPU).
     """
 
-    preset: str = "fast"
-    iterations: int | None = 400
-    minutes: float | None = None
-    patch_size: int = 128
-    batch_size: int = 4
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"
-    elastic: bool = True
-    flips: bool = True
-    affine: bool = True
-    intensity: bool = True
-    w0: float = 10.0
-    sigma: float = 5.0
-    class_balance: bool = True
-    border_weights: bool = True
-    gap: int = 1
-    device: str = "auto"
-    seed: int | None = None
-    validation_fraction: float = 0.1
-    channel_axis: int | None = None
-    rgb: bool = False
-    schedule: str = "cosine"
-    momentum: float = 0.99
-    weight_decay: float = 0.0
-    validate_every: int | None = None
-    elastic_std: float = 10.0
-    amp: bool | None = None
-    channels_last: bool | None = None
-    compile: bool = False
+    preset: str = setting("fast", show=MAIN, choices=tuple(PRESETS))
+    iterations: int | None = setting(
+        400, show=MAIN, label="iterations (0: no limit)", min=0, max=10_000_000, none=0
+    )
+    minutes: float | None = setting(
+        None, show=MAIN, label="minutes (0: no limit)", min=0.0, max=10080.0, step=1.0, none=0.0
+    )
+    patch_size: int = setting(
+        128, show=MAIN, label="patch size", min=16, max=4096, step=16, flags=("--patch",)
+    )
+    batch_size: int = setting(4, show=MAIN, label="batch size", min=1, max=1024, flags=("--batch",))
+    learning_rate: float = setting(
+        1e-3, label="learning rate", min=0.0, max=1.0, step=1e-4, flags=("--lr",)
+    )
+    optimizer: str = setting("adam", choices=("adam", "sgd"))
+    elastic: bool = setting(True, show=MAIN, group="augment")
+    flips: bool = setting(True, show=MAIN, group="augment")
+    affine: bool = setting(True, show=MAIN, group="augment", label="rotate/scale")
+    intensity: bool = setting(True, show=MAIN, group="augment")
+    w0: float = setting(10.0, show=MAIN, min=0.0, max=1000.0, step=1.0)
+    sigma: float = setting(5.0, show=MAIN, min=0.1, max=200.0, step=0.5)
+    class_balance: bool = setting(True, show=MAIN, label="balance classes")
+    border_weights: bool = setting(True, label="border weights")
+    gap: int = setting(1, min=0, max=16)
+    device: str = setting("auto", show=MAIN)
+    seed: int | None = setting(None, label="seed (-1: random)", min=-1, max=2**31 - 1, none=-1)
+    validation_fraction: float = setting(
+        0.1, label="validation fraction", min=0.0, max=0.45, step=0.05
+    )
+    channel_axis: int | None = setting(None, show=HIDDEN, label="channel axis")
+    rgb: bool = setting(False, show=HIDDEN, label="RGB")
+    schedule: str = setting("cosine", choices=("cosine", "constant"))
+    momentum: float = setting(0.99, min=0.0, max=0.999, step=0.01)
+    weight_decay: float = setting(0.0, label="weight decay", min=0.0, max=1.0, step=1e-5)
+    validate_every: int | None = setting(
+        None, label="validate every (0: auto)", min=0, max=1_000_000, none=0
+    )
+    elastic_std: float = setting(10.0, label="elastic std (px)", min=0.0, max=100.0, step=1.0)
+    amp: bool | None = setting(None, show=HIDDEN, label="bf16 autocast")
+    channels_last: bool | None = setting(None, show=HIDDEN, label="channels last")
+    compile: bool = setting(False, label="torch.compile")
 
     @classmethod
     def for_preset(cls, preset: str, **overrides: Any) -> TrainSettings:
