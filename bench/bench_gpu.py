@@ -60,6 +60,7 @@ def run(quick: bool = False) -> str:
 
     from napari_unet.core.device import describe_device
     from napari_unet.core.inference import predict_probabilities, predict_whole
+    from napari_unet.core.progress import run_to_end
 
     device = torch.device("cuda")
     name = describe_device(device)
@@ -104,12 +105,12 @@ def run(quick: bool = False) -> str:
     big = 2048 if quick else 4096
     image = np.random.default_rng(0).random((big, big), dtype=np.float32)
     model = TrainedModel(UNet(preset_config("fast")))
-    predict_probabilities(model, image[:512, :512], device="cuda")
+    run_to_end(predict_probabilities(model, image[:512, :512], device="cuda"))
     t0 = time.perf_counter()
     whole = predict_whole(model, image, device="cuda")
     t_whole = time.perf_counter() - t0
     t0 = time.perf_counter()
-    tiled = predict_probabilities(model, image, device="cuda")
+    tiled = run_to_end(predict_probabilities(model, image, device="cuda"))
     t_tiled = time.perf_counter() - t0
     rows_tile = [
         "| image | one pass (s) | tiled, automatic tile (s) | ratio | max difference |",

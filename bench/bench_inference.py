@@ -36,6 +36,7 @@ from napari_unet.core.inference import (
 from napari_unet.core.inference.tiling import available_memory_bytes
 from napari_unet.core.model import TrainedModel, UNet, preset_config
 from napari_unet.core.normalize import normalize_image
+from napari_unet.core.progress import run_to_end
 from napari_unet.sample_data import make_touching_cells
 
 
@@ -98,16 +99,19 @@ def run(quick: bool = False) -> str:
     model = _model("fast")
     config = model.config
     image = _image(size)
-    predict_probabilities(model, image[:256, :256], device="cpu")  # warm-up (kernel choice)
+    # warm-up (kernel choice)
+    run_to_end(predict_probabilities(model, image[:256, :256], device="cpu"))
 
     # 1. tiled vs one whole-image pass ----------------------------------------------------------
     t_whole, whole = _timed(lambda: predict_whole(model, image, device="cpu"), repeat)
     whole_in = config.admissible_size(size + 2 * config.halo)
     auto = prediction_plan(model, image, device="cpu")
-    t_auto, tiled = _timed(lambda: predict_probabilities(model, image, device="cpu"), repeat)
+    t_auto, tiled = _timed(
+        lambda: run_to_end(predict_probabilities(model, image, device="cpu")), repeat
+    )
     forced = prediction_plan(model, image, tile=small, device="cpu")
     t_small, tiled_small = _timed(
-        lambda: predict_probabilities(model, image, tile=small, device="cpu")
+        lambda: run_to_end(predict_probabilities(model, image, tile=small, device="cpu"))
     )
     rows = [
         "| run | input tile (output) | tiles x batch | time (s) | time / one pass | "
@@ -189,10 +193,12 @@ def run(quick: bool = False) -> str:
         m = _model(preset)
         img = _image(n, seed=4)
         plan = prediction_plan(m, img, device="cpu")
-        predict_probabilities(m, img[: n // 2, : n // 2], device="cpu")  # warm-up
+        run_to_end(predict_probabilities(m, img[: n // 2, : n // 2], device="cpu"))  # warm-up
         for tta in (False, True):
             seconds, _ = _timed(
-                lambda m=m, img=img, tta=tta: predict_probabilities(m, img, device="cpu", tta=tta)
+                lambda m=m, img=img, tta=tta: run_to_end(
+                    predict_probabilities(m, img, device="cpu", tta=tta)
+                )
             )
             tp_rows.append(
                 f"| {preset} | {n}² | {plan.tile[0]}x{plan.tile[1]} | {'yes' if tta else 'no'} "

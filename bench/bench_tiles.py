@@ -16,6 +16,7 @@ from pathlib import Path
 
 from napari_unet.core.inference import predict_probabilities, predict_whole, prediction_plan
 from napari_unet.core.model import TrainedModel, UNet, preset_config
+from napari_unet.core.progress import run_to_end
 from napari_unet.sample_data import make_touching_cells
 
 PLOT = Path(__file__).resolve().parent.parent / "docs" / "images" / "throughput_vs_tile.png"
@@ -48,7 +49,10 @@ def run(quick: bool = False) -> str:
     for tile in [*tiles, None]:
         plan = prediction_plan(model, image, tile=tile, device="cpu")
         seconds = _best_of(
-            lambda tile=tile: predict_probabilities(model, image, tile=tile, device="cpu"), repeat
+            lambda tile=tile: run_to_end(
+                predict_probabilities(model, image, tile=tile, device="cpu")
+            ),
+            repeat,
         )
         ty, tx = plan.tile
         work = plan.layout.count * ty * tx / whole_in

@@ -16,6 +16,7 @@ from napari_unet.cli import predict as predict_cli
 from napari_unet.core.inference import predict_probabilities, segment
 from napari_unet.core.model import TrainedModel, UNet, UNetConfig
 from napari_unet.core.model_files import save_model
+from napari_unet.core.progress import run_to_end
 from napari_unet.sample_data import make_touching_cells
 
 TILE = 64  # several tiles per slice of the test images
@@ -50,7 +51,7 @@ def model(stack) -> TrainedModel:
         net(torch.randn(2, 1, 48, 48))
     model = TrainedModel(net.eval(), gap=1, training={"min_size": 3})
     # Centre the untrained network's output on 0.5, so that there are objects to label.
-    median = float(np.median(predict_probabilities(model, stack[0], device="cpu")))
+    median = float(np.median(run_to_end(predict_probabilities(model, stack[0], device="cpu"))))
     with torch.no_grad():
         net.head.bias[1] -= float(np.log(median / (1 - median)))
     return model
@@ -67,7 +68,7 @@ def stack() -> np.ndarray:
 
 
 def _segment(model, image, **kwargs):
-    return segment(model, image, tile=TILE, device="cpu", **kwargs)
+    return run_to_end(segment(model, image, tile=TILE, device="cpu", **kwargs))
 
 
 def test_predict_tif_with_probabilities(tmp_path, model, model_path, stack, capsys):
@@ -81,7 +82,7 @@ def test_predict_tif_with_probabilities(tmp_path, model, model_path, stack, caps
     assert expected.max() > 3
     np.testing.assert_array_equal(labels, expected)
     np.testing.assert_array_equal(
-        np.load(prob), predict_probabilities(model, stack, tile=TILE, device="cpu")
+        np.load(prob), run_to_end(predict_probabilities(model, stack, tile=TILE, device="cpu"))
     )
     assert f"{int(expected.max())} objects" in capsys.readouterr().out
 
@@ -114,7 +115,7 @@ def test_predict_zarr_lazily_to_zarr(tmp_path, model, model_path, stack):
     np.testing.assert_array_equal(labels[:], _segment(model, stack))
     np.testing.assert_array_equal(
         zarr.open_array(str(prob), mode="r")[:],
-        predict_probabilities(model, stack, tile=TILE, device="cpu"),
+        run_to_end(predict_probabilities(model, stack, tile=TILE, device="cpu")),
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "in.zarr",

@@ -24,6 +24,7 @@ from napari_unet.core.inference import (
     slice_normalization,
 )
 from napari_unet.core.model import TrainedModel, UNet, UNetConfig
+from napari_unet.core.progress import Step, run_to_end
 
 ATOL = 1e-4
 
@@ -107,7 +108,9 @@ def test_tiled_equals_one_whole_pass(model: TrainedModel, shape: tuple[int, int]
     whole = predict_whole(model, image, device="cpu")
     assert whole.shape == shape and whole.dtype == np.float32
     for tile, batch in ((_tile(model, 12), 3), (_tile(model, 20) + 1, 1), (None, None)):
-        tiled = predict_probabilities(model, image, tile=tile, batch_size=batch, device="cpu")
+        tiled = run_to_end(
+            predict_probabilities(model, image, tile=tile, batch_size=batch, device="cpu")
+        )
         assert tiled.shape == shape and tiled.dtype == np.float32
         np.testing.assert_allclose(tiled, whole, atol=ATOL, rtol=0)
 
@@ -142,19 +145,19 @@ def test_tiles_cover_image_with_one_shape_on_the_grid(model: TrainedModel) -> No
 def test_multichannel_rgb_and_stack() -> None:
     two = _model("same", in_channels=2)
     image = _image((2, 30, 41))
-    tiled = predict_probabilities(two, image, channel_axis=0, tile=60, device="cpu")
+    tiled = run_to_end(predict_probabilities(two, image, channel_axis=0, tile=60, device="cpu"))
     whole = predict_whole(two, image, channel_axis=0, device="cpu")
     np.testing.assert_allclose(tiled, whole, atol=ATOL, rtol=0)
 
     three = _model("valid", in_channels=3)
     rgb = _image((33, 29, 3))
-    tiled = predict_probabilities(three, rgb, rgb=True, tile=70, device="cpu")
+    tiled = run_to_end(predict_probabilities(three, rgb, rgb=True, tile=70, device="cpu"))
     np.testing.assert_allclose(tiled, predict_whole(three, rgb, rgb=True, device="cpu"), atol=ATOL)
 
     one = _model("same")
     base = _image((25, 31)).astype(np.float32)
     stack = np.stack([base, _image((25, 31), seed=5), base * 10 + 7])
-    prob = predict_probabilities(one, stack, tile=56, batch_size=4, device="cpu")
+    prob = run_to_end(predict_probabilities(one, stack, tile=56, batch_size=4, device="cpu"))
     assert prob.shape == stack.shape
     for z in range(3):
         np.testing.assert_allclose(prob[z], predict_whole(one, stack[z], device="cpu"), atol=ATOL)
@@ -165,15 +168,22 @@ def test_multichannel_rgb_and_stack() -> None:
 def test_tta_is_mean_of_eight_transformed_predictions(model: TrainedModel) -> None:
     grid = model.config.grid
     image = _image((10 * grid, 12 * grid))  # sides on the grid: see predict_probabilities
-    tta = predict_probabilities(model, image, tile=_tile(model, 24), tta=True, device="cpu")
+    tta = run_to_end(
+        predict_probabilities(model, image, tile=_tile(model, 24), tta=True, device="cpu")
+    )
     preds = []
     for k in range(4):
         for flip in (False, True):
             t = np.rot90(image[:, ::-1] if flip else image, k)
-            p = np.rot90(predict_probabilities(model, np.ascontiguousarray(t), device="cpu"), -k)
+            p = np.rot90(
+                run_to_end(predict_probabilities(model, np.ascontiguousarray(t), device="cpu")), -k
+            )
             preds.append(p[:, ::-1] if flip else p)
     np.testing.assert_allclose(tta, np.mean(preds, axis=0), atol=ATOL, rtol=0)
-    assert np.abs(tta - predict_probabilities(model, image, device="cpu")).max() > 10 * ATOL
+    assert (
+        np.abs(tta - run_to_end(predict_probabilities(model, image, device="cpu"))).max()
+        > 10 * ATOL
+    )
     np.testing.assert_allclose(
         tta, predict_whole(model, image, tta=True, device="cpu"), atol=ATOL, rtol=0
     )
@@ -200,15 +210,16 @@ def test_lazy_inputs_are_read_tile_by_tile(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(predict_module, "PERCENTILE_MAX_PIXELS", 300)  # force subsampling
     image = _image((2, 90, 80))
     lazy = CountingArray(image)
-    expected = predict_probabilities(model, image, tile=64, batch_size=2, device="cpu")
-    got = predict_probabilities(model, lazy, tile=64, batch_size=2, device="cpu")
+    expected = run_to_end(predict_probabilities(model, image, tile=64, batch_size=2, device="cpu"))
+    got = run_to_end(predict_probabilities(model, lazy, tile=64, batch_size=2, device="cpu"))
     np.testing.assert_array_equal(got, expected)
     assert len(lazy.reads) > 8
     assert max(int(np.prod(s)) for s in lazy.reads) <= 64 * 64  # never one whole slice
 
     dask_image = da.from_array(image, chunks=(1, 16, 16))
     np.testing.assert_array_equal(
-        predict_probabilities(model, dask_image, tile=64, batch_size=2, device="cpu"), expected
+        run_to_end(predict_probabilities(model, dask_image, tile=64, batch_size=2, device="cpu")),
+        expected,
     )
 
 
@@ -240,16 +251,16 @@ def test_zarr_in_and_out(tmp_path) -> None:
     out = zarr.open_array(
         str(tmp_path / "out.zarr"), mode="w", shape=image.shape, chunks=(1, 16, 16), dtype="float32"
     )
-    result = predict_probabilities(model, src, tile=70, out=out, device="cpu")
+    result = run_to_end(predict_probabilities(model, src, tile=70, out=out, device="cpu"))
     assert result is out
-    expected = predict_probabilities(model, image, tile=70, device="cpu")
+    expected = run_to_end(predict_probabilities(model, image, tile=70, device="cpu"))
     np.testing.assert_array_equal(out[:], expected)
 
 
 def test_region_matches_whole_slice(model: TrainedModel) -> None:
     image = _image((3, 50, 43))
     tile = _tile(model, 12)
-    full = predict_probabilities(model, image, tile=tile, batch_size=1, device="cpu")
+    full = run_to_end(predict_probabilities(model, image, tile=tile, batch_size=1, device="cpu"))
     norm = slice_normalization(model, image, 1)
     parts = np.zeros((50, 43), np.float32)
     for rows in ((0, 17), (17, 50)):
@@ -277,13 +288,9 @@ def test_progress_counts_tiles_and_stop_cancels(model: TrainedModel) -> None:
     tile = _tile(model, 16)
     plan = prediction_plan(model, image, tile=tile, batch_size=1, device="cpu")
     calls: list[tuple[int, int]] = []
-    predict_probabilities(
-        model,
-        image,
-        tile=tile,
-        batch_size=1,
-        device="cpu",
-        progress=lambda d, t: calls.append((d, t)),
+    run_to_end(
+        predict_probabilities(model, image, tile=tile, batch_size=1, device="cpu"),
+        lambda e: calls.append((e.done, e.total)),
     )
     assert plan.n_tiles > 4
     assert calls == [(i, plan.n_tiles) for i in range(1, plan.n_tiles + 1)]
@@ -291,25 +298,52 @@ def test_progress_counts_tiles_and_stop_cancels(model: TrainedModel) -> None:
     stop = threading.Event()
     done: list[int] = []
 
-    def progress(d: int, t: int) -> None:
-        done.append(d)
-        if d == 2:
+    def progress(event: Step) -> None:
+        done.append(event.done)
+        if event.done == 2:
             stop.set()
 
     out = np.full(image.shape, -1, np.float32)
     with pytest.raises(Cancelled):
-        predict_probabilities(
-            model,
-            image,
-            tile=tile,
-            batch_size=1,
-            device="cpu",
-            out=out,
-            progress=progress,
-            stop=stop,
+        run_to_end(
+            predict_probabilities(
+                model, image, tile=tile, batch_size=1, device="cpu", out=out, stop=stop
+            ),
+            progress,
         )
     assert 2 <= max(done) < plan.n_tiles
     assert (out == -1).any() and (out != -1).any()  # finished tiles stay written
+
+
+def test_closing_early_ends_the_reader_thread(model: TrainedModel) -> None:
+    image = _image((3, 40, 40))
+    before = set(threading.enumerate())
+    work = segment(model, image, tile=_tile(model, 16), batch_size=1, device="cpu")
+    first = next(work)
+    assert (first.stage, first.done) == ("tiles", 1)
+    readers = [t for t in threading.enumerate() if t not in before]
+    assert readers and all(t.name == "napari-unet-tile-reader" for t in readers)
+    work.close()
+    assert not any(t.is_alive() for t in readers)
+
+
+def test_segment_reports_each_slice_outside_inference_mode(model: TrainedModel) -> None:
+    image = _image((3, 40, 40))
+    events: list[Step] = []
+
+    def on_event(event: Step) -> None:
+        assert not torch.is_inference_mode_enabled()  # the consumer's code runs as usual
+        events.append(event)
+
+    labels = run_to_end(segment(model, image, tile=_tile(model, 16), device="cpu"), on_event)
+    prob = run_to_end(predict_probabilities(model, image, tile=_tile(model, 16), device="cpu"))
+    slices = [e for e in events if e.stage == "labels"]
+    assert [(e.done, e.total, e.item.z) for e in slices] == [(1, 3, 0), (2, 3, 1), (3, 3, 2)]
+    for e in slices:
+        np.testing.assert_array_equal(e.item.labels, labels[e.item.z])
+        np.testing.assert_array_equal(e.item.probabilities, prob[e.item.z])
+    tiles = [e for e in events if e.stage == "tiles"]
+    assert tiles[-1].done == tiles[-1].total == len(tiles)
 
 
 def test_out_of_memory_halves_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
@@ -330,7 +364,9 @@ def test_out_of_memory_halves_and_goes_on(caplog: pytest.LogCaptureFixture) -> N
     predict_module.make_runner = spy
     try:
         with caplog.at_level(logging.WARNING, logger="napari_unet.core.inference.predict"):
-            prob = predict_probabilities(model, image, tile=200, batch_size=4, device="cpu")
+            prob = run_to_end(
+                predict_probabilities(model, image, tile=200, batch_size=4, device="cpu")
+            )
     finally:
         predict_module.make_runner = original
     for z in range(2):
@@ -345,14 +381,14 @@ def test_out_of_memory_at_the_smallest_tile_is_an_error() -> None:
     base = _model("same")
     model = TrainedModel(OOMNet(base.net, max_pixels=10))
     with pytest.raises(MemoryError, match="smallest tile"):
-        predict_probabilities(model, _image((30, 30)), device="cpu")
+        run_to_end(predict_probabilities(model, _image((30, 30)), device="cpu"))
 
 
 def test_model_is_left_as_it_was() -> None:
     model = _model("same")
     model.net.train()
     before = {k: v.clone() for k, v in model.net.state_dict().items()}
-    predict_probabilities(model, _image((20, 20)), device="cpu")
+    run_to_end(predict_probabilities(model, _image((20, 20)), device="cpu"))
     assert model.net.training
     for k, v in model.net.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -365,25 +401,29 @@ def test_model_is_left_as_it_was() -> None:
 def test_bad_input_gives_clear_errors() -> None:
     model = _model("same")
     with pytest.raises(ValueError, match=r"1 channel.*has 3"):
-        predict_probabilities(model, _image((20, 20, 3)), rgb=True, device="cpu")
+        run_to_end(predict_probabilities(model, _image((20, 20, 3)), rgb=True, device="cpu"))
     with pytest.raises(ValueError, match="empty"):
-        predict_probabilities(model, np.zeros((0, 20)), device="cpu")
+        run_to_end(predict_probabilities(model, np.zeros((0, 20)), device="cpu"))
     nan = np.ones((20, 20), np.float32)
     nan[3, 4] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        predict_probabilities(model, nan, device="cpu")
+        run_to_end(predict_probabilities(model, nan, device="cpu"))
     with pytest.raises(ValueError, match="NaN"):
-        segment(model, da.from_array(np.stack([nan * 0 + 1, nan]), chunks=5), device="cpu")
+        run_to_end(
+            segment(model, da.from_array(np.stack([nan * 0 + 1, nan]), chunks=5), device="cpu")
+        )
     with pytest.raises(ValueError, match="tile must be at least"):
-        predict_probabilities(model, _image((20, 20)), tile=8, device="cpu")
+        run_to_end(predict_probabilities(model, _image((20, 20)), tile=8, device="cpu"))
     with pytest.raises(ValueError, match="batch_size"):
-        predict_probabilities(model, _image((20, 20)), batch_size=0, device="cpu")
+        run_to_end(predict_probabilities(model, _image((20, 20)), batch_size=0, device="cpu"))
     with pytest.raises(ValueError, match="precision"):
-        predict_probabilities(model, _image((20, 20)), precision="half", device="cpu")
+        run_to_end(predict_probabilities(model, _image((20, 20)), precision="half", device="cpu"))
     with pytest.raises(ValueError, match="out must have shape"):
-        predict_probabilities(model, _image((20, 20)), out=np.zeros((20, 21)), device="cpu")
+        run_to_end(
+            predict_probabilities(model, _image((20, 20)), out=np.zeros((20, 21)), device="cpu")
+        )
     with pytest.raises(ValueError, match="real numbers"):
-        predict_probabilities(model, np.zeros((20, 20), complex), device="cpu")
+        run_to_end(predict_probabilities(model, np.zeros((20, 20), complex), device="cpu"))
     with pytest.raises(ValueError, match="one 2D image"):
         predict_whole(model, _image((2, 20, 20)), device="cpu")
 
@@ -404,9 +444,12 @@ def test_segment_labels_unique_across_stack_and_grown_back() -> None:
     image[2, 2:38, 2:5] = 1
     model = _pixel_model(gap=1)
     seen: list[int] = []
-    labels = segment(
-        model, image, tile=60, min_size=10, device="cpu", on_slice=lambda z, lab: seen.append(z)
-    )
+
+    def on_event(event: Step) -> None:
+        if event.stage == "labels":
+            seen.append(event.item.z)
+
+    labels = run_to_end(segment(model, image, tile=60, min_size=10, device="cpu"), on_event)
     assert labels.dtype == np.int32 and labels.shape == image.shape
     assert seen == [0, 1, 2]
     assert sorted(np.unique(labels).tolist()) == [0, 1, 2, 3, 4]
@@ -415,7 +458,7 @@ def test_segment_labels_unique_across_stack_and_grown_back() -> None:
     # The gap between the two touching cells is split between them again.
     assert labels[0, 10, 15] == labels[0, 10, 10] and labels[0, 10, 16] == labels[0, 10, 20]
     # The same as the per-slice step with running start labels.
-    prob = predict_probabilities(model, image, tile=60, device="cpu")
+    prob = run_to_end(predict_probabilities(model, image, tile=60, device="cpu"))
     start, expected = 1, []
     for z in range(3):
         lab = probabilities_to_labels(prob[z], gap=1, min_size=10, start_label=start)
@@ -428,16 +471,22 @@ def test_segment_defaults_and_outputs(tmp_path) -> None:
     image = np.zeros((30, 30), np.uint8)
     image[2:6, 2:6] = 1  # 16 pixels
     image[10:20, 10:20] = 1
-    labels = segment(_pixel_model(), image, device="cpu")  # default min_size 16 keeps both
+    labels = run_to_end(
+        segment(_pixel_model(), image, device="cpu")
+    )  # default min_size 16 keeps both
     assert labels.max() == 2
-    labels = segment(_pixel_model(min_size=17), image, device="cpu")  # from the model
+    labels = run_to_end(segment(_pixel_model(min_size=17), image, device="cpu"))  # from the model
     assert labels.max() == 1
     out = zarr.open_array(
         str(tmp_path / "lab.zarr"), mode="w", shape=(30, 30), chunks=(16, 16), dtype="int32"
     )
     prob_out = np.zeros((30, 30), np.float32)
-    segment(_pixel_model(), image, out=out, probabilities_out=prob_out, threshold=0.7, device="cpu")
-    np.testing.assert_array_equal(out[:], segment(_pixel_model(), image, device="cpu"))
+    run_to_end(
+        segment(
+            _pixel_model(), image, out=out, probabilities_out=prob_out, threshold=0.7, device="cpu"
+        )
+    )
+    np.testing.assert_array_equal(out[:], run_to_end(segment(_pixel_model(), image, device="cpu")))
     assert prob_out[12, 12] > 0.99 and prob_out[0, 0] < 0.01
     with pytest.raises(ValueError, match="threshold"):
-        segment(_pixel_model(), image, threshold=1.5, device="cpu")
+        run_to_end(segment(_pixel_model(), image, threshold=1.5, device="cpu"))

@@ -11,6 +11,7 @@ import torch
 
 from napari_unet.core.inference import predict_probabilities, segment
 from napari_unet.core.model_files import save_model
+from napari_unet.core.progress import run_to_end
 from napari_unet.widgets.session import session_for
 
 
@@ -42,7 +43,7 @@ def test_segments_a_2d_image_like_core(viewer, seg, threshold_model, wait_idle, 
     seg.tile.value = 64  # several tiles, reported one by one
     layer = _run(seg, wait_idle)
     assert layer.name == "cells segmentation"
-    expected = segment(model, image, device="cpu", tile=64)
+    expected = run_to_end(segment(model, image, device="cpu", tile=64))
     np.testing.assert_array_equal(layer.data, expected)
     n_cells = int(expected.max())
     assert 3 <= n_cells <= truth.max()
@@ -58,11 +59,13 @@ def test_whole_stack_and_current_slice(viewer, seg, threshold_model, wait_idle, 
     viewer.add_image(stack, name="stack")
     seg.probabilities.value = True
     layer = _run(seg, wait_idle)
-    expected = segment(model, stack, device="cpu")
+    expected = run_to_end(segment(model, stack, device="cpu"))
     np.testing.assert_array_equal(layer.data, expected)
     assert len(np.unique(layer.data)) - 1 == expected.max()  # unique across the stack
     prob = viewer.layers["stack probability"].data
-    np.testing.assert_allclose(prob, predict_probabilities(model, stack, device="cpu"), atol=1e-6)
+    np.testing.assert_allclose(
+        prob, run_to_end(predict_probabilities(model, stack, device="cpu")), atol=1e-6
+    )
 
     # The current slice only, into the same layer: labels stay unique across the stack.
     layer.data[...] = 0
@@ -71,7 +74,7 @@ def test_whole_stack_and_current_slice(viewer, seg, threshold_model, wait_idle, 
     again = _run(seg, wait_idle)
     assert again is layer or again.name == layer.name
     assert not layer.data[0].any() and not layer.data[2].any()
-    one = segment(model, stack[1], device="cpu")
+    one = run_to_end(segment(model, stack[1], device="cpu"))
     np.testing.assert_array_equal(layer.data[1] > 0, one > 0)
 
 
@@ -81,7 +84,7 @@ def test_dask_backed_image(viewer, seg, threshold_model, wait_idle, cells) -> No
     model = _model(viewer, threshold_model())
     viewer.add_image(da.from_array(stack, chunks=(1, 48, 48)), name="lazy")
     layer = _run(seg, wait_idle)
-    np.testing.assert_array_equal(layer.data, segment(model, stack, device="cpu"))
+    np.testing.assert_array_equal(layer.data, run_to_end(segment(model, stack, device="cpu")))
 
 
 def test_zarr_backed_image(viewer, seg, threshold_model, wait_idle, cells) -> None:
@@ -93,7 +96,7 @@ def test_zarr_backed_image(viewer, seg, threshold_model, wait_idle, cells) -> No
     model = _model(viewer, threshold_model())
     viewer.add_image(store, name="on disk", contrast_limits=(0, 65535))
     layer = _run(seg, wait_idle)
-    np.testing.assert_array_equal(layer.data, segment(model, stack, device="cpu"))
+    np.testing.assert_array_equal(layer.data, run_to_end(segment(model, stack, device="cpu")))
 
 
 def test_rgb_and_multichannel_images(viewer, seg, threshold_model, wait_idle, cells) -> None:
@@ -103,7 +106,9 @@ def test_rgb_and_multichannel_images(viewer, seg, threshold_model, wait_idle, ce
     viewer.add_image(rgb, rgb=True, name="colour")
     layer = _run(seg, wait_idle)
     assert layer.data.shape == image.shape
-    np.testing.assert_array_equal(layer.data, segment(model, rgb, rgb=True, device="cpu"))
+    np.testing.assert_array_equal(
+        layer.data, run_to_end(segment(model, rgb, rgb=True, device="cpu"))
+    )
 
     two = np.stack([image, image[::-1]])  # (C, Y, X), channels found by 'auto'
     model = _model(viewer, threshold_model(2))
@@ -111,7 +116,9 @@ def test_rgb_and_multichannel_images(viewer, seg, threshold_model, wait_idle, ce
     seg.image.value = viewer.layers["two channels"]
     layer = _run(seg, wait_idle)
     assert layer.data.shape == image.shape
-    np.testing.assert_array_equal(layer.data, segment(model, two, channel_axis=0, device="cpu"))
+    np.testing.assert_array_equal(
+        layer.data, run_to_end(segment(model, two, channel_axis=0, device="cpu"))
+    )
 
 
 def test_model_from_a_file(viewer, seg, threshold_model, wait_idle, notes, cells, tmp_path):
@@ -123,7 +130,7 @@ def test_model_from_a_file(viewer, seg, threshold_model, wait_idle, notes, cells
     assert not seg.model_file.native.isHidden() and seg.model_info.native.isHidden()
     seg.model_file.value = tmp_path / "m.pt"
     layer = _run(seg, wait_idle)
-    np.testing.assert_array_equal(layer.data, segment(model, image, device="cpu"))
+    np.testing.assert_array_equal(layer.data, run_to_end(segment(model, image, device="cpu")))
 
 
 def test_edited_results_are_never_overwritten(viewer, seg, threshold_model, wait_idle, cells):

@@ -321,6 +321,7 @@ def run(args: argparse.Namespace) -> int:
         segment,
     )
     from napari_unet.core.model_files import load_model
+    from napari_unet.core.progress import run_to_end
 
     _check_out_path(args.out, "--out")
     if args.probabilities is not None:
@@ -416,28 +417,30 @@ def run(args: argparse.Namespace) -> int:
         else:
             last = [0.0]
 
-            def on_slice(_z: int, labels: np.ndarray) -> None:
+            def progress(event: Any) -> None:
                 nonlocal next_label
-                next_label = max(next_label, int(labels.max(initial=0)) + 1)
-
-            def progress(done: int, total: int) -> None:
+                if event.stage == "labels":
+                    labels = event.item.labels
+                    next_label = max(next_label, int(labels.max(initial=0)) + 1)
+                    return
                 now = time.perf_counter()
-                if done == total or now - last[0] > 5:
+                if event.done == event.total or now - last[0] > 5:
                     last[0] = now
-                    logger.info("%d of %d tiles", done, total)
+                    logger.info("%d of %d tiles", event.done, event.total)
 
-            segment(
-                model,
-                image,
-                threshold=args.threshold,
-                min_size=min_size,
-                tile=plan.tile,
-                batch_size=plan.batch_size,
-                out=labels_out,
-                probabilities_out=prob_out,
-                progress=progress,
-                on_slice=on_slice,
-                **options,
+            run_to_end(
+                segment(
+                    model,
+                    image,
+                    threshold=args.threshold,
+                    min_size=min_size,
+                    tile=plan.tile,
+                    batch_size=plan.batch_size,
+                    out=labels_out,
+                    probabilities_out=prob_out,
+                    **options,
+                ),
+                progress,
             )
         for output in outputs:
             output.commit()

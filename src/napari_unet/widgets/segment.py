@@ -1,17 +1,16 @@
 """The Segment widget: run a U-Net over an image or a stack and write instance labels.
 
-Inference runs in a napari thread worker, one 2D slice after another; each finished slice comes
-back to the main thread and is written into the Labels layer ``'<image> segmentation'`` (and,
-if asked, the probability layer), so results appear while the rest of a stack is still being
-computed. Tiles report progress to napari's activity dock. Labels are unique across a stack.
+The core's :func:`~napari_unet.core.inference.segment` generator runs in a napari thread worker
+(:class:`~napari_unet.widgets.workers.Job`); its progress events come back to the main thread
+one by one: tiles done go to napari's activity dock, and each labelled slice is written into the
+Labels layer ``'<image> segmentation'`` (and, if asked, the probability layer), so results
+appear while the rest of a stack is still being computed. Labels are unique across a stack.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +44,8 @@ from napari_unet.widgets.workers import Failure, Job, notify_error
 if TYPE_CHECKING:
     import napari.viewer
 
+    from napari_unet.core.inference import SliceLabels
+
 __all__ = ["SegmentWidget"]
 
 logger = logging.getLogger(__name__)
@@ -54,86 +55,6 @@ MODEL_CHOICES = [("this session's model", "session"), ("model file", "file")]
 SCOPE_CHOICES = ["current slice", "whole stack"]
 #: marks the layers this widget made (layer.metadata key)
 OUTPUT_KEY = "napari_unet_output"
-
-
-def _segment_job(
-    image: Any,
-    channel_axis: int | None,
-    rgb: bool,
-    model: Any,
-    params: dict[str, Any],
-    want_probabilities: bool,
-    *,
-    stop: Any,
-):  # type: ignore[no-untyped-def]
-    """Worker thread: run core ``segment`` and pass on what it reports, as it reports it.
-
-    ``segment`` reports through callbacks (tiles done, slices labelled); it runs in a helper
-    thread and its callbacks fill a queue that this generator empties, so that each report
-    reaches the main thread as a value of the napari worker. Yields ``('tiles', done, total)``
-    and ``('slice', z, labels, probability or None)``; returns the number of slices finished,
-    or ``None`` when stopped.
-    """
-    from napari_unet.core.inference import Cancelled, segment
-
-    reports: queue.Queue[tuple[Any, ...]] = queue.Queue()
-    shape = _spatial_shape(image, channel_axis, rgb)
-    prob = np.zeros(shape, np.float32) if want_probabilities else None
-
-    def on_slice(z: int, labels: np.ndarray) -> None:
-        p = None if prob is None else np.array(prob[z] if len(shape) == 3 else prob)
-        reports.put(("slice", z, labels, p))
-
-    def work() -> None:
-        try:
-            segment(
-                model,
-                image,
-                channel_axis=channel_axis,
-                rgb=rgb,
-                progress=lambda done, total: reports.put(("tiles", done, total)),
-                stop=stop,
-                probabilities_out=prob,
-                on_slice=on_slice,
-                **params,
-            )
-        except Cancelled:
-            reports.put(("stopped",))
-        except BaseException as exc:  # handed to the generator, which raises it
-            reports.put(("error", exc))
-        else:
-            reports.put(("done",))
-
-    helper = threading.Thread(target=work, name="napari-unet segment", daemon=True)
-    helper.start()
-    finished = 0
-    try:
-        while True:
-            item = reports.get()
-            kind = item[0]
-            if kind == "error":
-                raise item[1]
-            if kind == "stopped":
-                return None
-            if kind == "done":
-                return finished
-            if kind == "slice":
-                finished += 1
-            yield item
-    finally:
-        if helper.is_alive():  # the worker was closed early (napari quit): end the helper too
-            stop.set()
-            helper.join()
-
-
-def _spatial_shape(image: Any, channel_axis: int | None, rgb: bool) -> tuple[int, ...]:
-    shape = tuple(int(n) for n in image.shape)
-    if rgb:
-        return shape[:-1]
-    if channel_axis is not None:
-        axis = channel_axis % len(shape)
-        return shape[:axis] + shape[axis + 1 :]
-    return shape
 
 
 class SegmentWidget(ViewerWidget):
@@ -259,6 +180,8 @@ class SegmentWidget(ViewerWidget):
         bool
             True if the run started; otherwise a notification said why not.
         """
+        from napari_unet.core.inference import segment
+
         if self.busy:
             show_info("A segmentation is already running; press Stop to end it first.")
             return False
@@ -267,17 +190,34 @@ class SegmentWidget(ViewerWidget):
         except ValueError as exc:
             show_error(str(exc))
             return False
-        layout: ImageLayout = plan["layout"]
+        self._run = self._run_state(plan["layout"], plan["z"])
+        self.tile_progress = (0, 0)
+        self._pbar = progress(total=0, desc=f"Segmenting {self._run['name']}")
+        self._job = Job(
+            segment,
+            plan["model"],
+            plan["image"],
+            on_yield=self._on_report,
+            on_return=self._on_return,
+            on_finish=self._on_finish,
+            **plan["params"],
+        )
+        self.status.value = f"Segmenting {self._where(plan['layout'], plan['z'])}…"
+        self._set_busy(True)
+        self._job.start()
+        return True
+
+    def _run_state(self, layout: ImageLayout, z0: int | None) -> dict[str, Any]:
+        """The output layers made ready (main thread) and what the run's callbacks need."""
         out = self._output_layer(layout)
         prob = self._probability_layer(layout) if self.probabilities.value else None
-        z0 = plan["z"]
         if z0 is None:  # the whole image or stack: this run's result replaces the last one
             offset = 0
             out.data[...] = 0
             out.refresh()
         else:  # one slice of a stack: labels stay unique across the stack
             offset = int(np.max(out.data)) if np.size(out.data) else 0
-        self._run = {
+        return {
             "layout": layout,
             "labels": out,
             "prob": prob,
@@ -288,30 +228,14 @@ class SegmentWidget(ViewerWidget):
             "name": layout.name,
             "result": None,
         }
-        self.tile_progress = (0, 0)
-        self._pbar = progress(total=0, desc=f"Segmenting {layout.name}")
-        self._job = Job(
-            _segment_job,
-            plan["image"],
-            plan["channel_axis"],
-            layout.rgb,
-            plan["model"],
-            plan["params"],
-            prob is not None,
-            on_yield=self._on_report,
-            on_return=self._on_return,
-            on_finish=self._on_finish,
-        )
+
+    @staticmethod
+    def _where(layout: ImageLayout, z0: int | None) -> str:
         if z0 is not None:
-            where = f"slice {z0} of {layout.name}"
-        elif layout.is_stack:
-            where = f"{layout.n_slices} slices of {layout.name}"
-        else:
-            where = layout.name
-        self.status.value = f"Segmenting {where}…"
-        self._set_busy(True)
-        self._job.start()
-        return True
+            return f"slice {z0} of {layout.name}"
+        if layout.is_stack:
+            return f"{layout.n_slices} slices of {layout.name}"
+        return layout.name
 
     def stop(self, *_args: Any) -> None:
         """Ask the run to end after the current tile (the Stop button)."""
@@ -374,20 +298,15 @@ class SegmentWidget(ViewerWidget):
             z = slice_index(self.viewer, layer, layout)
             image, channel_axis = layout.slice(z)
         params = {
+            "channel_axis": channel_axis,
+            "rgb": layout.rgb,
             "tile": int(self.tile.value) or None,
             "device": self.device.value,
             "tta": bool(self.tta.value),
             "threshold": float(self.threshold.value),
             "min_size": int(self.min_size.value),
         }
-        return {
-            "layout": layout,
-            "model": model,
-            "image": image,
-            "channel_axis": channel_axis,
-            "z": z,
-            "params": params,
-        }
+        return {"layout": layout, "model": model, "image": image, "z": z, "params": params}
 
     # -- output layers (main thread) -----------------------------------------------------------
     def _spatial_transform(self, layout: ImageLayout) -> dict[str, Any]:
@@ -447,11 +366,11 @@ class SegmentWidget(ViewerWidget):
         return layer
 
     # -- worker callbacks (main thread) --------------------------------------------------------
-    def _on_report(self, item: tuple[Any, ...]) -> None:
-        if item[0] == "tiles":
-            self._on_tiles(item[1], item[2])
-        elif item[0] == "slice":
-            self._on_slice(*item[1:])
+    def _on_report(self, event: Any) -> None:
+        if event.stage == "tiles":
+            self._on_tiles(event.done, event.total)
+        elif event.stage == "labels":
+            self._on_slice(event.item)
 
     def _on_tiles(self, done: int, total: int) -> None:
         self.tile_progress = (done, total)
@@ -466,12 +385,12 @@ class SegmentWidget(ViewerWidget):
             pbar.total = total
         pbar.update(max(done - pbar.n, 0))
 
-    def _on_slice(self, z: int, labels: np.ndarray, prob: np.ndarray | None) -> None:
+    def _on_slice(self, done: SliceLabels) -> None:
         run = self._run
         run["done"] += 1
         layout: ImageLayout = run["layout"]
-        if run["z0"] is not None:
-            z = run["z0"]
+        z = done.z if run["z0"] is None else run["z0"]
+        labels = done.labels
         key = (z,) if layout.is_stack else (...,)
         if run["offset"]:
             labels = np.where(labels > 0, labels + run["offset"], 0).astype(labels.dtype)
@@ -480,19 +399,22 @@ class SegmentWidget(ViewerWidget):
             out.data[key] = labels
             out.refresh()
         prob_layer = run["prob"]
-        if prob is not None and prob_layer is not None and prob_layer in self.viewer.layers:
-            prob_layer.data[key] = prob
+        if prob_layer is not None and prob_layer in self.viewer.layers:
+            prob_layer.data[key] = done.probabilities
             prob_layer.refresh()
 
     def _on_return(self, result: Any) -> None:
+        from napari_unet.core.inference import Cancelled
+
         run = self._run
-        if isinstance(result, Failure):
+        stopped = isinstance(result, Failure) and isinstance(result.error, Cancelled)
+        if isinstance(result, Failure) and not stopped:
             notify_error("Segmentation failed", result.error)
             if self.alive:
                 self.status.value = "Segmentation failed; see the notification."
             return
         out = run["labels"]
-        if result is None:
+        if stopped:
             msg = (
                 f"Segmentation stopped after {run['done']} of {run['n']} slice(s); finished "
                 f"slices are in '{out.name}'."

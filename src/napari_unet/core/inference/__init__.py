@@ -1,18 +1,21 @@
 """Exact overlap-tile inference over numpy, dask and zarr arrays, and instance segmentation.
 
-- :mod:`.predict`: the public entry points (:func:`predict_probabilities`, :func:`segment`, ...).
+- :mod:`.predict`: the public entry points (:func:`predict_probabilities`, :func:`segment`, ...);
+  the long ones are generators of progress events (:class:`napari_unet.core.progress.Step`)
+  that return their result: ``run_to_end(segment(model, image))``.
 - :mod:`.tiling`: tile geometry on the pooling grid, mirror indices, tile size from memory.
 - :mod:`.plan`: :class:`Plan`, the tile shape and batch size for an image on a device.
 - :mod:`.source`: lazy reads of an image as 2D multichannel slices.
 - :mod:`.runner`: the network on a device (eval copy, precision, TTA, out-of-memory test).
 - :mod:`.engine`: the tile loop with its reader thread and out-of-memory fallback.
-- :mod:`.postprocess`: probabilities -> instance labels.
+- :mod:`.postprocess`: probabilities -> instance labels, unique across a stack.
 """
 
 from .engine import Cancelled
 from .plan import Plan
-from .postprocess import DEFAULT_MIN_SIZE, probabilities_to_labels
+from .postprocess import DEFAULT_MIN_SIZE, StackLabeller, probabilities_to_labels
 from .predict import (
+    SliceLabels,
     predict_probabilities,
     predict_region,
     predict_whole,
@@ -26,6 +29,8 @@ __all__ = [
     "DEFAULT_MIN_SIZE",
     "Cancelled",
     "Plan",
+    "SliceLabels",
+    "StackLabeller",
     "foreground_probability",
     "predict_probabilities",
     "predict_region",

@@ -1,9 +1,11 @@
 """The tile engine: a reader thread feeds batches to the network, outputs are cropped and written.
 
-:class:`TileEngine` runs a :class:`~napari_unet.core.make_plan.Plan` over the slices of a source: a
-:class:`_Reader` thread reads and normalises the next batches of tiles while the current batch
-runs; each tile's output is cropped by its halo and handed to a writer. When the device runs
-out of memory the batch and then the tile are halved and the unfinished slices start again.
+:class:`TileEngine` runs a :class:`~napari_unet.core.inference.plan.Plan` over the slices of a
+source as a generator of progress events (:class:`~napari_unet.core.progress.Step`): a reader
+thread reads and normalises the next batches of tiles while the current batch runs; each tile's
+output is cropped by its halo and handed to a writer. When the device runs out of memory the batch
+and then the tile are halved and the unfinished slices start again. Closing the generator early
+(the consumer stops iterating) ends the reader thread.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -20,17 +23,16 @@ import torch
 
 from ..model import TrainedModel
 from ..normalize import check_finite
+from ..progress import Step
 from .plan import Plan
 from .runner import NetworkRunner, cudnn_benchmark, is_out_of_memory
 from .source import SliceSource
 from .tiling import TileLayout, minimum_tile, reflect_indices, tile_layout
 
-__all__ = ["Cancelled", "Progress", "Writer"]
+__all__ = ["Cancelled", "TileEngine", "Writer"]
 
-# The engine is an implementation detail of napari_unet.core.predict: log under that name.
-logger = logging.getLogger("napari_unet.core.predict")
+logger = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]
 #: ``write(z, (y0, y1), (x0, x1), probabilities)``: where a cropped tile output goes.
 Writer = Callable[[int, tuple[int, int], tuple[int, int], np.ndarray], None]
 
@@ -44,6 +46,38 @@ class Cancelled(Exception):
 
 
 _Item = tuple[int, int, int]  # (z, iy, ix)
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """A batch on its way back from the network: its tiles, the output on the host and, on
+    CUDA, the event that marks the end of the copy."""
+
+    chunk: list[_Item]
+    host: torch.Tensor
+    event: Any
+
+
+class _Tally:
+    """Counts the written tiles, in all and per slice, as progress events."""
+
+    def __init__(self, items: list[_Item], finished: list[int]) -> None:
+        self.total, self.done = len(items), 0
+        self.left = Counter(z for z, _, _ in items)
+        self.n_slices = len(self.left)
+        self.finished = finished
+
+    def tile_done(self, z: int) -> list[Step]:
+        """One more tile of slice ``z`` is written: a 'slice' event if it was its last, then a
+        'tiles' event."""
+        self.done += 1
+        self.left[z] -= 1
+        events = []
+        if self.left[z] == 0:
+            self.finished.append(z)
+            events.append(Step(len(self.finished), self.n_slices, "slice", z))
+        events.append(Step(self.done, self.total, "tiles"))
+        return events
 
 
 class _Reader(threading.Thread):
@@ -140,7 +174,6 @@ class TileEngine:
         norm: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
         rows: tuple[int, int] | None = None,
         cols: tuple[int, int] | None = None,
-        progress: Progress | None = None,
         stop: threading.Event | None = None,
     ) -> None:
         self.model, self.src, self.plan, self.runner = model, src, plan, runner
@@ -149,27 +182,29 @@ class TileEngine:
         self._norm: dict[int, tuple[np.ndarray, np.ndarray]] = dict(norm or {})
         self._norm_lock = threading.Lock()
         self.rows, self.cols = rows, cols
-        self.progress, self.stop = progress, stop
+        self.stop = stop
 
     def normalization(self, z: int) -> tuple[np.ndarray, np.ndarray]:
+        """Slice ``z``'s ``(offset, scale)``, cached while the slice is in use (thread-safe)."""
         with self._norm_lock:
             if z not in self._norm:
                 self._norm = {k: v for k, v in self._norm.items() if k >= z - 1}
                 self._norm[z] = self._normalize(z)
             return self._norm[z]
 
-    def run(
-        self,
-        slices: Sequence[int],
-        write: Writer,
-        slice_done: Callable[[int], None] | None = None,
-    ) -> None:
-        """Compute every tile of ``slices``; on running out of memory, shrink and go on."""
+    def run(self, slices: Sequence[int], write: Writer) -> Iterator[Step]:
+        """Compute every tile of ``slices``, yielding progress; on running out of memory, shrink.
+
+        Yields ``Step(done, total, 'tiles')`` after each tile is written and
+        ``Step(done, total, 'slice', item=z)`` when the last tile of slice ``z`` is written. If
+        the tile shrinks after running out of memory, tile counting starts again with the new
+        total over the unfinished slices. Closing the generator stops the reader thread.
+        """
         remaining = list(slices)
         while remaining:
             finished: list[int] = []
             try:
-                self._run_once(remaining, write, slice_done, finished)
+                yield from self._run_once(remaining, write, finished)
                 return
             except Exception as exc:
                 if not is_out_of_memory(exc):
@@ -204,86 +239,84 @@ class TileEngine:
         )
         self.plan = new
 
-    def _run_once(
-        self,
-        slices: list[int],
-        write: Writer,
-        slice_done: Callable[[int], None] | None,
-        finished: list[int],
-    ) -> None:
-        plan, layout = self.plan, self.plan.layout
-        per_slice = layout.tiles(self.rows, self.cols)
-        items = [(z, iy, ix) for z in slices for iy, ix in per_slice]
-        left = {z: len(per_slice) for z in slices}
-        total, done = len(items), 0
+    def _run_once(self, slices: list[int], write: Writer, finished: list[int]) -> Iterator[Step]:
+        """One pass over ``slices`` with the current plan; ``finished`` collects done slices.
+
+        The network runs a batch while the previous one is copied back and written; the events
+        of a written batch are yielded outside ``torch.inference_mode`` (the consumer's code
+        runs at each ``yield``). A batch that finished before an error or a stop is kept.
+        """
+        plan = self.plan
+        items = [(z, iy, ix) for z in slices for iy, ix in plan.layout.tiles(self.rows, self.cols)]
         logger.info(
             "predicting %d tile(s) of %dx%d in batches of %d on %s",
-            total,
+            len(items),
             *plan.tile,
             plan.batch_size,
             plan.device,
         )
-        cuda = plan.device.type == "cuda"
+        tally = _Tally(items, finished)
+        cuda = plan.device.type == "cuda"  # pinned host memory for fast copies to the device
         reader = _Reader(
-            self.src, items, layout, plan.batch_size, self.normalization, cuda, self.stop
+            self.src, items, plan.layout, plan.batch_size, self.normalization, cuda, self.stop
         )
-        pending: tuple[list[_Item], torch.Tensor, Any] | None = None
-
-        def finish(entry: tuple[list[_Item], torch.Tensor, Any]) -> None:
-            nonlocal done
-            chunk, host, event = entry
-            if event is not None:
-                event.synchronize()
-            probs = host.numpy()
-            for (z, iy, ix), prob in zip(chunk, probs, strict=True):
-                self._write_tile(z, iy, ix, prob, write)
-                done += 1
-                left[z] -= 1
-                if left[z] == 0:
-                    finished.append(z)
-                    if slice_done is not None:
-                        slice_done(z)
-                if self.progress is not None:
-                    self.progress(done, total)
-
+        pending: _Batch | None = None
         reader.start()
         try:
-            with torch.inference_mode(), cudnn_benchmark(plan.device):
-                while True:
-                    item = reader.queue.get()
-                    if isinstance(item, BaseException):
-                        raise item
-                    if self.stop is not None and self.stop.is_set():
-                        raise Cancelled(f"prediction stopped after {done} of {total} tiles")
-                    if item is None:
-                        break
-                    chunk, batch = item
-                    x = torch.as_tensor(batch)
-                    if plan.device.type != "cpu":
-                        x = x.to(plan.device, non_blocking=cuda)
-                    prob = self.runner(x)
-                    if cuda:
-                        host = torch.empty(prob.shape, dtype=prob.dtype, pin_memory=True)
-                        host.copy_(prob, non_blocking=True)
-                        event = torch.cuda.Event()
-                        event.record()
-                    else:
-                        host, event = prob.cpu(), None
-                    if pending is not None:
-                        finish(pending)
-                    pending = (chunk, host, event)
-                if pending is not None:
-                    finish(pending)
-                    pending = None
-        finally:
-            if pending is not None:
-                # A batch that finished before an error or a stop is good: keep it.
+            error: Exception | None = None
+            while True:
                 try:
-                    finish(pending)
-                except Exception:  # pragma: no cover - the first error is the one to report
-                    logger.debug("could not keep the last finished batch", exc_info=True)
+                    batch = self._next_batch(reader, tally)
+                except Exception as exc:  # the finished batch is written and reported first
+                    error = exc
+                    batch = None
+                written, pending = pending, batch
+                if written is not None:
+                    yield from self._finish(written, write, tally)
+                if pending is None:
+                    break
+            if error is not None:
+                raise error
+        finally:
+            if pending is not None:  # the consumer closed the generator: keep what is done
+                self._finish(pending, write, tally)
             reader.halt.set()
             reader.join()
+
+    def _next_batch(self, reader: _Reader, tally: _Tally) -> _Batch | None:
+        """Start the network on the next batch of tiles; None when all are read."""
+        item = reader.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        if self.stop is not None and self.stop.is_set():
+            raise Cancelled(f"prediction stopped after {tally.done} of {tally.total} tiles")
+        if item is None:
+            return None
+        chunk, tiles = item
+        device = self.plan.device
+        cuda = device.type == "cuda"
+        with torch.inference_mode(), cudnn_benchmark(device):
+            x = torch.as_tensor(tiles)
+            if device.type != "cpu":
+                x = x.to(device, non_blocking=cuda)
+            prob = self.runner(x)
+            if not cuda:
+                return _Batch(chunk, prob.cpu(), None)
+            host = torch.empty(prob.shape, dtype=prob.dtype, pin_memory=True)
+            host.copy_(prob, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        return _Batch(chunk, host, event)
+
+    def _finish(self, batch: _Batch, write: Writer, tally: _Tally) -> list[Step]:
+        """Write a batch's tiles (once its copy to the host is complete); its progress events."""
+        if batch.event is not None:
+            batch.event.synchronize()
+        events = []
+        for (z, iy, ix), prob in zip(batch.chunk, batch.host.numpy(), strict=True):
+            self._write_tile(z, iy, ix, prob, write)
+            events.extend(tally.tile_done(z))
+        return events
 
     def _write_tile(self, z: int, iy: int, ix: int, prob: np.ndarray, write: Writer) -> None:
         lay = self.plan.layout

@@ -1,9 +1,10 @@
 """From foreground probabilities to instance labels.
 
 Threshold, connected components, instances grown back across the gap that training cut between
-touching cells (:func:`napari_unet.core.weights.grow_instances`, the one definition of that
+touching cells (:func:`napari_unet.core.targets.grow_instances`, the one definition of that
 growth), small objects dropped, consecutive int32 labels. One 2D slice at a time, with a start
-label so that the slices of a stack get labels unique across the stack.
+label so that the slices of a stack get labels unique across the stack (:class:`StackLabeller`
+keeps that count for a stack).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from scipy import ndimage as ndi
 
 from ..targets import grow_instances
 
-__all__ = ["DEFAULT_MIN_SIZE", "probabilities_to_labels"]
+__all__ = ["DEFAULT_MIN_SIZE", "StackLabeller", "probabilities_to_labels"]
 
 #: Objects of fewer pixels than this are dropped unless the caller or the model says otherwise.
 DEFAULT_MIN_SIZE = 16
@@ -71,24 +72,7 @@ def probabilities_to_labels(
     array([0, 5, 5, 5, 0, 6, 6, 6, 0], dtype=int32)
     """
     prob = np.asarray(prob)
-    if prob.ndim != 2:
-        raise ValueError(f"prob must be a 2D probability map, got shape {prob.shape}")
-    if not np.issubdtype(prob.dtype, np.floating) and not np.issubdtype(prob.dtype, np.integer):
-        raise ValueError(f"prob must hold real numbers, got dtype {prob.dtype}")
-    if np.issubdtype(prob.dtype, np.floating) and np.isnan(prob).any():
-        raise ValueError("prob contains NaN; expected probabilities in [0, 1]")
-    if not 0.0 <= float(threshold) < 1.0:
-        raise ValueError(f"threshold must be in [0, 1), got {threshold!r}")
-    for name, value, low in (
-        ("gap", gap, 0),
-        ("min_size", min_size, 0),
-        ("start_label", start_label, 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if connectivity not in (1, 2):
-        raise ValueError(f"connectivity must be 1 or 2, got {connectivity!r}")
-
+    _check_arguments(prob, threshold, gap, min_size, start_label, connectivity)
     structure = ndi.generate_binary_structure(2, connectivity)
     labels, n = ndi.label(prob > threshold, structure=structure)
     labels = labels.astype(np.int32, copy=False)
@@ -107,3 +91,96 @@ def probabilities_to_labels(
             f"start_label {start_label} leaves no room for {int(keep.sum())} labels in int32"
         )
     return mapping.astype(np.int32)[labels]
+
+
+def _check_arguments(
+    prob: np.ndarray,
+    threshold: float,
+    gap: int,
+    min_size: int,
+    start_label: int,
+    connectivity: int,
+) -> None:
+    """Raise ValueError on a probability map or an argument of the wrong kind or range."""
+    if prob.ndim != 2:
+        raise ValueError(f"prob must be a 2D probability map, got shape {prob.shape}")
+    if not np.issubdtype(prob.dtype, np.floating) and not np.issubdtype(prob.dtype, np.integer):
+        raise ValueError(f"prob must hold real numbers, got dtype {prob.dtype}")
+    if np.issubdtype(prob.dtype, np.floating) and np.isnan(prob).any():
+        raise ValueError("prob contains NaN; expected probabilities in [0, 1]")
+    if not 0.0 <= float(threshold) < 1.0:
+        raise ValueError(f"threshold must be in [0, 1), got {threshold!r}")
+    for name, value, low in (
+        ("gap", gap, 0),
+        ("min_size", min_size, 0),
+        ("start_label", start_label, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if connectivity not in (1, 2):
+        raise ValueError(f"connectivity must be 1 or 2, got {connectivity!r}")
+
+
+class StackLabeller:
+    """Labels the 2D probability maps of a stack one by one, unique across the stack.
+
+    Each slice is labelled by :func:`probabilities_to_labels` starting one above the largest
+    label so far, so the labels of a stack are unique and consecutive in slice order. The
+    arguments are checked when the labeller is made, before any work is done.
+
+    Parameters
+    ----------
+    threshold, gap, min_size
+        As for :func:`probabilities_to_labels`.
+
+    Attributes
+    ----------
+    next_label : int
+        The first label of the next slice.
+
+    Examples
+    --------
+    >>> prob = np.zeros((5, 9))
+    >>> prob[1:4, 1:4] = prob[1:4, 5:8] = 0.9
+    >>> labeller = StackLabeller(gap=0, min_size=1)
+    >>> [int(labeller(prob).max()), int(labeller(prob).max()), labeller.n_objects]
+    [2, 4, 4]
+    """
+
+    def __init__(
+        self, *, threshold: float = 0.5, gap: int = 1, min_size: int = DEFAULT_MIN_SIZE
+    ) -> None:
+        self.threshold, self.gap, self.min_size = threshold, gap, min_size
+        probabilities_to_labels(
+            np.zeros((1, 1), np.float32), threshold=threshold, gap=gap, min_size=min_size
+        )
+        self.next_label = 1
+
+    def __call__(self, prob: np.ndarray) -> np.ndarray:
+        """Labels of the next slice.
+
+        Parameters
+        ----------
+        prob : numpy.ndarray
+            2D foreground probability of the slice.
+
+        Returns
+        -------
+        numpy.ndarray
+            int32 labels, 0 for background, all at least :attr:`next_label` before the call.
+        """
+        labels = probabilities_to_labels(
+            prob,
+            threshold=self.threshold,
+            gap=self.gap,
+            min_size=self.min_size,
+            start_label=self.next_label,
+        )
+        if labels.size and labels.max() >= self.next_label:
+            self.next_label = int(labels.max()) + 1
+        return labels
+
+    @property
+    def n_objects(self) -> int:
+        """Objects labelled so far, over all slices."""
+        return self.next_label - 1

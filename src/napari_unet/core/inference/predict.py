@@ -11,6 +11,18 @@ bfloat16 autocast on CUDA); a reader thread reads and normalises the next tiles 
 current batch runs; the tile size follows the memory at hand (:func:`prediction_plan`), and
 when CUDA runs out of memory the batch and then the tile are halved and the work goes on.
 
+Progress: :func:`predict_probabilities` and :func:`segment` are generators, like
+:func:`napari_unet.core.training.train`: they yield progress events
+(:class:`~napari_unet.core.progress.Step`) and return their result; a script that only wants
+the result writes ``run_to_end(segment(model, image))``
+(:func:`~napari_unet.core.progress.run_to_end`). Closing such a generator early ends its reader
+thread; a ``stop`` event ends it with :class:`Cancelled`, finished tiles kept.
+
+Test-time augmentation (``tta=True``) averages the 8 flips and 90-degree rotations of each tile.
+When both image sides are multiples of ``model.config.grid`` this equals the mean of the 8
+predictions of the transformed image, transformed back (otherwise the pooling grid sits
+differently in the transformed images and the two differ slightly).
+
 Lazy inputs (dask arrays, zarr arrays, anything with ``shape``, ``dtype`` and numpy-style
 slicing) are read tile by tile; results can be written into a zarr array tile by tile
 (``out=``). Normalisation uses each 2D slice's own percentiles, as in training; for slices of
@@ -18,9 +30,9 @@ more than :data:`PERCENTILE_MAX_PIXELS` pixels the percentiles are taken on a re
 subsample (every ``s``-th row and column, ``s`` the smallest step that brings the sample under
 that many pixels), read in bands of at most that many pixels.
 
-The public functions live here; the machinery in private modules: ``_source`` (lazy slice
-reads), ``make_runner`` (the network on a device: precision, TTA, out-of-memory test), ``make_plan``
-(tile shape and batch size from the memory at hand, :class:`Plan`) and ``_engine`` (the reader
+The public functions live here; the machinery in the sibling modules: :mod:`.source` (lazy slice
+reads), :mod:`.runner` (the network on a device: precision, TTA, out-of-memory test),
+:mod:`.plan` (tile shape and batch size from the memory at hand) and :mod:`.engine` (the reader
 thread, the tile loop with its out-of-memory fallback, :class:`Cancelled`).
 """
 
@@ -29,7 +41,9 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from contextlib import closing
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,9 +52,10 @@ import torch
 from ..device import select_device
 from ..model import TrainedModel, UNetConfig
 from ..normalize import check_finite, normalize_image, percentile_range
-from .engine import Progress, TileEngine
+from ..progress import Step, run_to_end
+from .engine import TileEngine
 from .plan import Plan, make_plan
-from .postprocess import DEFAULT_MIN_SIZE, probabilities_to_labels
+from .postprocess import DEFAULT_MIN_SIZE, StackLabeller
 from .runner import (
     NetworkRunner,
     cudnn_benchmark,
@@ -51,6 +66,7 @@ from .source import SliceSource
 
 __all__ = [
     "PERCENTILE_MAX_PIXELS",
+    "SliceLabels",
     "predict_probabilities",
     "predict_region",
     "predict_whole",
@@ -59,10 +75,29 @@ __all__ = [
     "slice_normalization",
 ]
 
-logger = logging.getLogger(__name__)  # the tile engine logs here too (see _engine.py)
+logger = logging.getLogger(__name__)
 
 #: 2D slices with more pixels than this get their percentiles from a strided subsample.
 PERCENTILE_MAX_PIXELS = 4096 * 4096
+
+
+@dataclass(frozen=True)
+class SliceLabels:
+    """What :func:`segment` reports when a slice is labelled (the ``item`` of its event).
+
+    Attributes
+    ----------
+    z : int
+        Index of the slice in the stack (0 for a 2D image).
+    labels : numpy.ndarray
+        int32 ``(Y, X)`` labels of the slice, unique across the stack.
+    probabilities : numpy.ndarray
+        float32 ``(Y, X)`` foreground probability of the slice.
+    """
+
+    z: int
+    labels: np.ndarray
+    probabilities: np.ndarray
 
 
 def slice_normalization(
@@ -236,8 +271,24 @@ def prediction_plan(
 
     Parameters
     ----------
-    model, image, channel_axis, rgb, tile, batch_size, device, precision
+    model, image
         As for :func:`predict_probabilities`.
+    channel_axis : int, optional
+        Axis of the channels, if the image has one.
+    rgb : bool
+        The last axis holds RGB(A) channels (a napari ``rgb`` layer).
+    tile : int or tuple of int, optional
+        Edge of the **input** tile in pixels, halo included (or ``(ty, tx)``), rounded up to
+        the nearest admissible size; the layout then uses the fewest tiles of at most that size
+        and the smallest admissible tile that covers the image with them. Default: the largest
+        tile that the memory at hand holds (CPU: a share of the available RAM; CUDA: a share of
+        the free GPU memory), which is the whole image when it fits.
+    batch_size : int, optional
+        Tiles per forward pass; default from the memory at hand.
+    device : str or torch.device
+        ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or ``'mps'``.
+    precision : {'auto', 'float32', 'bfloat16'}
+        ``'auto'``: bfloat16 autocast on CUDA, float32 elsewhere.
 
     Returns
     -------
@@ -291,54 +342,38 @@ def predict_probabilities(
     device: str | torch.device = "auto",
     tta: bool = False,
     out: Any = None,
-    progress: Progress | None = None,
     stop: threading.Event | None = None,
     precision: str = "auto",
-) -> Any:
+) -> Generator[Step, None, Any]:
     """Foreground probability of a 2D image or a stack by exact overlap-tile inference.
 
-    The result equals one whole-image pass (:func:`predict_whole`) up to float rounding, for
-    any tile size, both paddings and images of any size (smaller than one tile included).
+    A generator of progress that returns the result. The result equals one whole-image pass
+    (:func:`predict_whole`) to float rounding, for any tile size, padding and image size.
 
     Parameters
     ----------
     model : TrainedModel
-        The network (used in eval mode; the model itself is not modified) and its
-        normalisation.
+        The network (run in eval mode on a copy, never modified) and its normalisation.
     image : array-like
         numpy, dask or zarr array (read tile by tile; never loaded whole): ``(Y, X)``,
         ``(Z, Y, X)``, ``(C, Y, X)`` / ``(Z, C, Y, X)`` with ``channel_axis``, or
         ``(Y, X, 3)`` / ``(Z, Y, X, 3)`` with ``rgb``. Any real dtype; NaN is an error.
-    channel_axis : int, optional
-        Axis of the channels, if the image has one.
-    rgb : bool
-        The last axis holds RGB(A) channels (a napari ``rgb`` layer).
-    tile : int or tuple of int, optional
-        Edge of the **input** tile in pixels, halo included (or ``(ty, tx)``), rounded up to
-        the nearest admissible size; the layout then uses the fewest tiles of at most that size
-        and the smallest admissible tile that covers the image with them. Default: the largest
-        tile that the memory at hand holds (CPU: a share of the available RAM; CUDA: a share of
-        the free GPU memory), which is the whole image when it fits.
-    batch_size : int, optional
-        Tiles per forward pass; default from the memory at hand.
-    device : str or torch.device
-        ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or ``'mps'``.
+    channel_axis, rgb, tile, batch_size, device, precision
+        The channel layout, the tiling and the device, as for :func:`prediction_plan`.
     tta : bool
-        Test-time augmentation: the mean over the 8 flips and 90-degree rotations of each
-        tile. When both image sides are multiples of ``model.config.grid`` this equals the mean
-        of the 8 predictions of the transformed image, transformed back (otherwise the pooling
-        grid sits differently in the transformed images and the two differ slightly).
+        Test-time augmentation: the mean over the 8 flips and 90-degree rotations of each tile.
     out : array-like, optional
-        Where to write: a numpy or zarr array of shape ``(Y, X)`` (2D input) or ``(Z, Y, X)``,
-        written tile by tile. Default: a new float32 numpy array.
-    progress : callable, optional
-        ``progress(done, total)`` after each tile, counting tiles. If the tile shrinks after
-        running out of GPU memory, counting starts again with the new total.
+        Where to write, tile by tile: a numpy or zarr array ``(Y, X)`` (2D input) or
+        ``(Z, Y, X)``. Default: a new float32 numpy array.
     stop : threading.Event, optional
         Checked between batches of tiles; when set, :class:`Cancelled` is raised (tiles already
         written to ``out`` stay written).
-    precision : {'auto', 'float32', 'bfloat16'}
-        ``'auto'``: bfloat16 autocast on CUDA, float32 elsewhere.
+
+    Yields
+    ------
+    Step
+        ``Step(done, total, 'tiles')`` after each tile (counting starts again with a new total
+        if the tile shrinks after running out of GPU memory).
 
     Returns
     -------
@@ -361,27 +396,19 @@ def predict_probabilities(
     >>> from napari_unet.core.model import UNet, UNetConfig
     >>> model = TrainedModel(UNet(UNetConfig(depth=2, base_channels=4)))
     >>> image = np.random.default_rng(0).random((40, 30))
-    >>> prob = predict_probabilities(model, image, tile=64, device="cpu")
+    >>> prob = run_to_end(predict_probabilities(model, image, tile=64, device="cpu"))
     >>> prob.shape, bool(np.allclose(prob, predict_whole(model, image, device="cpu"), atol=1e-4))
     ((40, 30), True)
     """
     src, plan, runner = _prepare(
         model, image, channel_axis, rgb, tile, batch_size, device, tta, precision
     )
-    shape = (src.n, src.h, src.w) if src.is_stack else (src.h, src.w)
-    if out is None:
-        out = np.empty(shape, np.float32)
-    else:
-        _check_out(out, shape, "out")
-
-    def write(z: int, ys: tuple[int, int], xs: tuple[int, int], data: np.ndarray) -> None:
-        index = (slice(*ys), slice(*xs))
-        out[(z, *index) if src.is_stack else index] = data
-
-    engine = TileEngine(
-        model, src, plan, runner, _normalizer(src, model), progress=progress, stop=stop
-    )
-    engine.run(range(src.n), write)
+    out = _output(out, plan.shape, np.float32, "out")
+    engine = TileEngine(model, src, plan, runner, _normalizer(src, model), stop=stop)
+    with closing(engine.run(range(src.n), _writer(out, src.is_stack))) as events:
+        for event in events:
+            if event.stage == "tiles":
+                yield event
     return out
 
 
@@ -406,7 +433,7 @@ def predict_region(
     The tiles are laid out over the whole slice exactly as :func:`predict_probabilities` lays
     them out with the same ``tile``, and only those that reach the rectangle are computed, so
     that rectangles computed apart (e.g. as the chunks of a zarr array on the workers of a
-    cluster) put together give the whole-slice result.
+    cluster) put together give the whole-slice result. A plain function (no progress).
 
     Parameters
     ----------
@@ -419,8 +446,8 @@ def predict_region(
     rows, cols : tuple of int
         The rectangle: image rows ``[rows[0], rows[1])`` and columns ``[cols[0], cols[1])``.
     tile : int or tuple of int
-        Input tile, as for :func:`predict_probabilities` (required: the layout must be the
-        same wherever the rectangles run; see :func:`prediction_plan`).
+        Input tile, as for :func:`prediction_plan` (required: the layout must be the same
+        wherever the rectangles run).
     normalization : tuple of numpy.ndarray, optional
         ``(offset, scale)`` of the slice from :func:`slice_normalization`; computed here (from
         the whole slice) when not given.
@@ -449,7 +476,7 @@ def predict_region(
     engine = TileEngine(
         model, src, plan, runner, _normalizer(src, model), norm=norm, rows=rows, cols=cols
     )
-    engine.run([int(z)], write)
+    run_to_end(engine.run([int(z)], write))
     return result
 
 
@@ -465,17 +492,16 @@ def segment(
     batch_size: int | None = None,
     device: str | torch.device = "auto",
     tta: bool = False,
-    progress: Progress | None = None,
     stop: threading.Event | None = None,
     out: Any = None,
     probabilities_out: Any = None,
     precision: str = "auto",
-    on_slice: Callable[[int, np.ndarray], None] | None = None,
-) -> Any:
+) -> Generator[Step, None, Any]:
     """Instance labels of a 2D image or a stack.
 
-    Foreground probability by :func:`predict_probabilities`, then, slice by slice as each
-    finishes, :func:`~napari_unet.core.postprocess.probabilities_to_labels`: threshold,
+    A generator: it yields progress and returns the labels (``run_to_end`` drains it).
+    Foreground probability as :func:`predict_probabilities` computes it, then, slice by slice
+    as each finishes, :func:`~napari_unet.core.inference.probabilities_to_labels`: threshold,
     connected components, instances grown back by the model's training gap (``model.gap``),
     small objects dropped. Labels are consecutive and unique across the whole stack.
 
@@ -490,16 +516,21 @@ def segment(
     min_size : int, optional
         Objects of fewer pixels (after growing) are dropped. Default:
         ``model.training['min_size']`` when the model holds one, else
-        :data:`~napari_unet.core.postprocess.DEFAULT_MIN_SIZE` (16 pixels).
-    channel_axis, rgb, tile, batch_size, device, tta, progress, stop, precision
+        :data:`~napari_unet.core.inference.DEFAULT_MIN_SIZE` (16 pixels).
+    channel_axis, rgb, tile, batch_size, device, tta, stop, precision
         As for :func:`predict_probabilities`.
     out : array-like, optional
         numpy or zarr array for the labels, ``(Y, X)`` or ``(Z, Y, X)``, written one slice at
         a time. Default: a new int32 numpy array.
     probabilities_out : array-like, optional
         Also write the probabilities here (shape as ``out``), tile by tile.
-    on_slice : callable, optional
-        ``on_slice(z, labels2d)`` after each slice is labelled (for live display).
+
+    Yields
+    ------
+    Step
+        ``Step(done, total, 'tiles')`` after each tile, and ``Step(done, total, 'labels',
+        item=SliceLabels(z, labels, probabilities))`` as each slice is labelled (for live
+        display), ``done`` of ``total`` slices.
 
     Returns
     -------
@@ -516,49 +547,66 @@ def segment(
     )
     if min_size is None:
         min_size = int(model.training.get("min_size", DEFAULT_MIN_SIZE))
-    shape = (src.n, src.h, src.w) if src.is_stack else (src.h, src.w)
-    if out is None:
-        out = np.zeros(shape, np.int32)
-    else:
-        _check_out(out, shape, "out")
+    out = _output(out, plan.shape, np.int32, "out")
     if probabilities_out is not None:
-        _check_out(probabilities_out, shape, "probabilities_out")
-    # Check the post-processing arguments before any work is done.
-    probabilities_to_labels(
-        np.zeros((1, 1), np.float32), threshold=threshold, gap=model.gap, min_size=min_size
-    )
-    buffers: dict[int, np.ndarray] = {}
-    next_label = 1
+        _check_out(probabilities_out, plan.shape, "probabilities_out")
+    labeller = StackLabeller(threshold=threshold, gap=model.gap, min_size=min_size)
+    slices = _SliceLabelling(src, labeller, out, probabilities_out)
+    engine = TileEngine(model, src, plan, runner, _normalizer(src, model), stop=stop)
+    with closing(engine.run(range(src.n), slices.write)) as events:
+        for event in events:
+            yield slices.label(event.item) if event.stage == "slice" else event
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps shared by the entry points
+# ----------------------------------------------------------------------------------------------
+
+
+def _output(out: Any, shape: tuple[int, ...], dtype: type, what: str) -> Any:
+    """``out`` checked against ``shape``, or a new array."""
+    if out is None:
+        return np.zeros(shape, dtype)
+    _check_out(out, shape, what)
+    return out
+
+
+def _writer(out: Any, stack: bool) -> Callable[..., None]:
+    """A tile writer into ``out`` (``(Z, Y, X)`` for a stack, else ``(Y, X)``)."""
 
     def write(z: int, ys: tuple[int, int], xs: tuple[int, int], data: np.ndarray) -> None:
-        buf = buffers.get(z)
+        index = (slice(*ys), slice(*xs))
+        out[(z, *index) if stack else index] = data
+
+    return write
+
+
+class _SliceLabelling:
+    """The labelling side of :func:`segment`: tile outputs gathered into whole-slice probability
+    maps (and copied to ``probabilities_out``), each finished slice labelled into ``out``."""
+
+    def __init__(
+        self, src: SliceSource, labeller: StackLabeller, out: Any, probabilities_out: Any
+    ) -> None:
+        self.shape, self.n, self.stack = (src.h, src.w), src.n, src.is_stack
+        self.labeller, self.out, self.labelled = labeller, out, 0
+        self.buffers: dict[int, np.ndarray] = {}
+        self.copy = None if probabilities_out is None else _writer(probabilities_out, self.stack)
+
+    def write(self, z: int, ys: tuple[int, int], xs: tuple[int, int], data: np.ndarray) -> None:
+        """Write a tile output into slice ``z``'s buffer."""
+        buf = self.buffers.get(z)
         if buf is None:
-            buf = buffers[z] = np.empty((src.h, src.w), np.float32)
+            buf = self.buffers[z] = np.empty(self.shape, np.float32)
         buf[ys[0] : ys[1], xs[0] : xs[1]] = data
-        if probabilities_out is not None:
-            index = (slice(*ys), slice(*xs))
-            probabilities_out[(z, *index) if src.is_stack else index] = data
+        if self.copy is not None:
+            self.copy(z, ys, xs, data)
 
-    def slice_done(z: int) -> None:
-        nonlocal next_label
-        labels = probabilities_to_labels(
-            buffers.pop(z),
-            threshold=threshold,
-            gap=model.gap,
-            min_size=min_size,
-            start_label=next_label,
-        )
-        if labels.size and labels.max() >= next_label:
-            next_label = int(labels.max()) + 1
-        if src.is_stack:
-            out[z] = labels
-        else:
-            out[...] = labels
-        if on_slice is not None:
-            on_slice(z, labels)
-
-    engine = TileEngine(
-        model, src, plan, runner, _normalizer(src, model), progress=progress, stop=stop
-    )
-    engine.run(range(src.n), write, slice_done)
-    return out
+    def label(self, z: int) -> Step:
+        """Label the finished slice ``z``, write it to ``out``; the 'labels' progress event."""
+        prob = self.buffers.pop(z)
+        labels = self.labeller(prob)
+        self.out[z if self.stack else ...] = labels
+        self.labelled += 1
+        return Step(self.labelled, self.n, "labels", SliceLabels(z, labels, prob))
