@@ -30,13 +30,22 @@ class UsageError(Exception):
     """An error in what the user asked for: reported in one line, exit code 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser with every sub-command.
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """Build the argument parser.
+
+    Only the sub-command named in ``argv`` gets its options (building them may import torch);
+    the others get their one-line help, from the first line of their module's docstring, so that
+    ``napari-unet --help`` stays quick.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments to be parsed; ``None``: build every sub-command in full.
 
     Returns
     -------
     argparse.ArgumentParser
-        The parser; each sub-command sets ``args.module``.
+        The parser; each full sub-command sets ``args.module``.
     """
     parser = argparse.ArgumentParser(
         prog="napari-unet",
@@ -45,10 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-unet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"{__name__}.{module_name}")
-        module.add_parser(sub)
-        sub.choices[name].set_defaults(module=module)
+        if chosen is None or chosen == name:
+            module.add_parser(sub)
+            sub.choices[name].set_defaults(module=module)
+        else:
+            summary = (module.__doc__ or "").strip().splitlines()[0]
+            sub.add_parser(name, help=summary.split(": ", 1)[-1].rstrip("."))
     return parser
 
 
@@ -66,8 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         Exit code: 0 on success, 1 on an unexpected failure, 2 on bad input, 130 when
         interrupted.
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -1,4 +1,4 @@
-"""``napari-unet demo``: napari with the sample data and the three U-Net widgets docked.
+"""``napari-unet demo``: open napari with the sample data and the three U-Net widgets docked.
 
 ``--run`` trains a small network briefly on the sample's ground truth and segments the image
 with it, as a user would by pressing Train and then Run; ``--screenshot PATH`` saves the whole
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_unet.cli import UsageError
+from napari_unet.cli.options import add_command, add_device
 
 __all__ = ["PLUGIN", "WIDGETS", "Demo", "add_parser", "run"]
 
@@ -29,19 +30,9 @@ _FORMATS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``demo`` sub-command.
-
-    Parameters
-    ----------
-    subparsers : argparse._SubParsersAction
-        The command line's sub-parsers.
-
-    Returns
-    -------
-    argparse.ArgumentParser
-        The ``demo`` parser.
-    """
-    parser = subparsers.add_parser(
+    """Add the ``demo`` sub-command."""
+    parser = add_command(
+        subparsers,
         "demo",
         help="open napari with the sample data and the Train, Border weights and Segment widgets",
         description=(
@@ -68,11 +59,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="N",
         help="training iterations for --run (default: 300)",
     )
-    parser.add_argument(
-        "--device",
-        default="auto",
-        help="device for --run: auto, cpu, cuda, cuda:N or mps (default: auto)",
-    )
+    add_device(parser, what="for --run")
     return parser
 
 

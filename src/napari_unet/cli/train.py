@@ -5,9 +5,9 @@ Example::
     napari-unet train cells.tif --labels cells_labels.tif --out model.pt --minutes 3
 
 Images, labels and optional region masks are read with :func:`napari_unet.cli.files.read_image`
-(TIFF, PNG, NPY, zarr). Progress goes to stderr as one line updated in place (a new line every
-10% when stderr is not a terminal). Ctrl-C once stops after the current step and still writes
-the model; a second Ctrl-C aborts.
+(TIFF, PNG, NPY, zarr). Every training setting is an option (see
+:class:`~napari_unet.core.training.TrainSettings`). Progress goes to stderr as a tqdm bar.
+Ctrl-C once stops after the current step and still writes the model; a second Ctrl-C aborts.
 """
 
 from __future__ import annotations
@@ -17,11 +17,21 @@ import logging
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
 from napari_unet.cli import UsageError
+from napari_unet.cli.options import (
+    add_channel_layout,
+    add_command,
+    add_dataclass_options,
+    add_device,
+    add_output,
+    add_preset,
+    given_fields,
+)
 
 __all__ = ["ProgressLine", "add_parser", "run"]
 
@@ -29,19 +39,11 @@ logger = logging.getLogger(__name__)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``train`` sub-command.
+    """Add the ``train`` sub-command: its files, then one option per training setting."""
+    from napari_unet.core.training import TrainSettings
 
-    Parameters
-    ----------
-    subparsers : argparse._SubParsersAction
-        The command line's sub-parsers.
-
-    Returns
-    -------
-    argparse.ArgumentParser
-        The ``train`` parser.
-    """
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "train",
         help="train a U-Net on annotated images and write a model file",
         description=(
@@ -65,40 +67,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="masks of the annotated area (non-zero = annotated), one per image; "
         "nothing is learnt outside them",
     )
-    parser.add_argument("--out", required=True, type=Path, help="model file to write (.pt)")
-    budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--iterations", type=int, metavar="N", help="steps (default: 400)")
-    budget.add_argument("--minutes", type=float, metavar="M", help="train for M minutes")
-    parser.add_argument(
-        "--preset",
-        choices=["fast", "paper"],
-        default="fast",
-        help="fast: small net, Adam (default); paper: Ronneberger et al. 2015, SGD momentum "
-        "0.99, 572 px tiles",
-    )
+    add_output(parser, metavar="MODEL", help="model file to write (.pt)")
     parser.add_argument(
         "--init",
         type=Path,
         metavar="MODEL",
         help="continue training this model file (fine-tuning) instead of starting afresh",
     )
-    parser.add_argument(
-        "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)"
-    )
-    parser.add_argument("--seed", type=int, help="random seed (same seed, same model on CPU)")
-    parser.add_argument(
-        "--channel-axis", type=int, metavar="AXIS", help="channel axis of multichannel images"
-    )
-    parser.add_argument("--rgb", action="store_true", help="images are RGB(A), colour last")
-    parser.add_argument(
-        "--patch", type=int, metavar="PX", help="patch edge in pixels (default: preset's)"
-    )
-    parser.add_argument("--batch", type=int, metavar="N", help="patches per step")
-    parser.add_argument("--lr", type=float, metavar="RATE", help="learning rate")
-    parser.add_argument("--optimizer", choices=["adam", "sgd"], help="default: preset's")
-    parser.add_argument(
-        "--no-border-weights", action="store_true", help="no extra weight between touching cells"
-    )
+    add_preset(parser)
+    add_device(parser)
+    add_channel_layout(parser)
+    budget = parser.add_mutually_exclusive_group()
+    add_dataclass_options(budget, TrainSettings, only=_BUDGET)
+    add_dataclass_options(parser, TrainSettings, skip=_OWN_BLOCKS | _BUDGET, defaults=_BY_PRESET)
     parser.add_argument(
         "--no-augment", action="store_true", help="no augmentation (not recommended)"
     )
@@ -106,6 +87,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--quiet", action="store_true", help="no progress line, only the final summary"
     )
     return parser
+
+
+#: TrainSettings fields with an option block shared with other commands
+_OWN_BLOCKS = frozenset({"preset", "device", "channel_axis", "rgb"})
+_BUDGET = frozenset({"iterations", "minutes"})
+#: defaults that depend on the preset, as the help states them
+_BY_PRESET = {
+    "patch_size": "128; paper: 388",
+    "batch_size": "4; paper: 1",
+    "optimizer": "adam; paper: sgd",
+}
 
 
 def _read_all(paths: list[str]) -> list[Any]:
@@ -117,103 +109,61 @@ def _read_all(paths: list[str]) -> list[Any]:
 def _settings(args: argparse.Namespace) -> Any:
     from napari_unet.core.training import TrainSettings
 
-    overrides: dict[str, Any] = {"device": args.device, "seed": args.seed, "rgb": args.rgb}
-    if args.channel_axis is not None:
-        overrides["channel_axis"] = args.channel_axis
+    overrides = given_fields(args, TrainSettings)
+    overrides.update(device=args.device, rgb=args.rgb, channel_axis=args.channel_axis)
     if args.iterations is not None:
-        overrides.update(iterations=args.iterations, minutes=None)
+        overrides["minutes"] = None
     if args.minutes is not None:
-        overrides.update(iterations=None, minutes=args.minutes)
-    for name, key in (
-        ("patch", "patch_size"),
-        ("batch", "batch_size"),
-        ("lr", "learning_rate"),
-        ("optimizer", "optimizer"),
-    ):
-        if getattr(args, name) is not None:
-            overrides[key] = getattr(args, name)
-    if args.no_border_weights:
-        overrides["border_weights"] = False
+        overrides["iterations"] = None
     if args.no_augment:
         overrides.update(elastic=False, flips=False, affine=False, intensity=False)
+    overrides.pop("preset", None)
     settings = TrainSettings.for_preset(args.preset, **overrides)
     settings.validate()
     return settings
 
 
-def _format_time(seconds: float) -> str:
-    seconds = max(round(seconds), 0)
-    m, s = divmod(seconds, 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
 class ProgressLine:
-    """A terminal progress bar on one stderr line, updated in place (no dependency).
+    """Training progress on stderr as a tqdm bar: iterations, loss, best validation, speed.
 
     Parameters
     ----------
     stream : file-like
         Where to write (stderr).
-    width : int
-        Characters of the bar itself.
-    min_interval : float
-        Seconds between redraws on a terminal.
     """
 
-    def __init__(self, stream: TextIO, width: int = 24, min_interval: float = 0.1) -> None:
+    def __init__(self, stream: TextIO) -> None:
         self.stream = stream
-        self.width = width
-        self.min_interval = min_interval
         self.tty = bool(getattr(stream, "isatty", lambda: False)())
-        self._last = 0.0
-        self._decile = -1
-        self._drawn = False
+        self.bar: tqdm | None = None
 
-    def text(self, event: Any) -> str:
-        """The line for a :class:`~napari_unet.core.training.TrainEvent`."""
-        progress = event.progress
-        if progress is None:
-            bar = f"iteration {event.iteration}"
-        else:
-            filled = round(progress * self.width)
-            bar = "[" + "#" * filled + "." * (self.width - filled) + "]"
-            if event.iterations:
-                bar += f" {event.iteration}/{event.iterations}"
-            else:
-                bar += f" {event.iteration} it"
-        parts = [bar, f"loss {event.loss:.4f}"]
+    @staticmethod
+    def postfix(event: Any) -> str:
+        """The text after the bar for a :class:`~napari_unet.core.training.TrainEvent`."""
+        parts = [f"loss {event.loss:.4f}"]
         if event.best_validation is not None:
             parts.append(f"val IoU {event.best_validation:.3f}")
         parts.append(f"{event.samples_per_second:.1f} patches/s")
-        eta = ""
-        if progress:
-            eta = f", ~{_format_time(event.elapsed * (1 - progress) / progress)} left"
-        parts.append(f"{_format_time(event.elapsed)}{eta}")
-        return "  ".join(parts)
+        return ", ".join(parts)
 
     def update(self, event: Any) -> None:
-        """Show ``event`` (throttled)."""
-        now = time.monotonic()
-        if self.tty:
-            if now - self._last < self.min_interval and event.progress != 1.0:
-                return
-            self._last = now
-            self.stream.write("\r\x1b[K" + self.text(event))
-            self._drawn = True
-        else:
-            decile = int((event.progress or 0.0) * 10)
-            if decile == self._decile and event.iteration % 100:
-                return
-            self._decile = decile
-            self.stream.write(self.text(event) + "\n")
-        self.stream.flush()
+        """Show ``event``; tqdm throttles the redraws (every 10 s when not on a terminal)."""
+        if self.bar is None:
+            self.bar = tqdm(
+                total=event.iterations,
+                desc="training",
+                unit="it",
+                file=self.stream,
+                dynamic_ncols=self.tty,
+                mininterval=0.1 if self.tty else 10.0,
+            )
+        self.bar.set_postfix_str(self.postfix(event), refresh=False)
+        self.bar.update(event.iteration - self.bar.n)
 
     def close(self) -> None:
-        """End the line."""
-        if self.tty and self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
+        """End the bar (showing the last state)."""
+        if self.bar is not None:
+            self.bar.close()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -246,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--out must be a file name, got a folder: {out}")
     settings = _settings(args)
     from napari_unet.core.model_files import load_model, save_model
+    from napari_unet.core.progress import run_to_end
     from napari_unet.core.training import describe_run, train
 
     model = load_model(args.init) if args.init is not None else None
@@ -272,15 +223,8 @@ def run(args: argparse.Namespace) -> int:
         previous = signal.signal(signal.SIGINT, on_interrupt)
     progress = None if args.quiet else ProgressLine(sys.stderr)
     try:
-        run_ = train(images, labels, regions, settings=settings, model=model, stop=stop)
-        while True:
-            try:
-                event = next(run_)
-            except StopIteration as finished:
-                result = finished.value
-                break
-            if progress is not None:
-                progress.update(event)
+        work = train(images, labels, regions, settings=settings, model=model, stop=stop)
+        result = run_to_end(work, None if progress is None else progress.update)
     finally:
         if progress is not None:
             progress.close()

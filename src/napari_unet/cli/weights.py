@@ -1,4 +1,4 @@
-"""``napari-unet weights``: the U-Net border-weight map of a label image, written to a file.
+"""``napari-unet weights``: compute the U-Net border-weight map of a label image, to a file.
 
 A 2D label image gives a 2D map; a ``(Z, Y, X)`` stack is weighted slice by slice (each slice is
 an independent 2D image, see :func:`napari_unet.core.targets.border_weight_stack`). The map is
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from napari_unet.cli import UsageError
+from napari_unet.cli.options import add_command, add_dataclass_options, add_output, given_fields
 
 __all__ = ["add_parser", "run"]
 
@@ -25,19 +26,11 @@ _WRITABLE = (".tif", ".tiff", ".npy")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``weights`` sub-command.
+    """Add the ``weights`` sub-command; ``--w0``, ``--sigma`` as in training."""
+    from napari_unet.core.training import TrainSettings
 
-    Parameters
-    ----------
-    subparsers : argparse._SubParsersAction
-        The command line's sub-parsers.
-
-    Returns
-    -------
-    argparse.ArgumentParser
-        The ``weights`` parser.
-    """
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "weights",
         help="compute the U-Net border-weight map of a label image",
         description=(
@@ -50,29 +43,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "labels", type=Path, metavar="LABELS", help="label image (.tif, .png, .npy, .zarr)"
     )
-    parser.add_argument(
-        "--out",
-        "-o",
-        type=Path,
-        required=True,
+    add_output(
+        parser,
         metavar="WEIGHTS",
         help="where to write the float32 weight map (.tif, .tiff or .npy)",
     )
-    parser.add_argument(
-        "--w0", type=float, default=10.0, help="height of the border term (default: 10)"
-    )
-    parser.add_argument(
-        "--sigma",
-        type=float,
-        default=5.0,
-        help="width of the border term in pixels (default: 5)",
-    )
-    parser.add_argument(
-        "--no-class-balance",
-        dest="class_balance",
-        action="store_false",
-        help="do not balance background and foreground (w_c = 1)",
-    )
+    add_dataclass_options(parser, TrainSettings, only=("w0", "sigma", "class_balance"))
     return parser
 
 
@@ -110,7 +86,10 @@ def run(args: argparse.Namespace) -> int:
             f"got {labels.ndim}D with shape {labels.shape}"
         )
     labels = check_labels(labels, name=name, ndim=labels.ndim)
-    kwargs = {"w0": args.w0, "sigma": args.sigma, "class_balance": args.class_balance}
+    from napari_unet.core.training import TrainSettings
+
+    given = TrainSettings(**given_fields(args, TrainSettings))
+    kwargs = {"w0": given.w0, "sigma": given.sigma, "class_balance": given.class_balance}
     started = time.perf_counter()
     if labels.ndim == 2:
         weights = border_weight_map(labels, **kwargs)
