@@ -1,0 +1,203 @@
+"""Where the network runs on the CPU: torch against ONNX Runtime and OpenVINO.
+
+Measured side by side in one process, with the fast preset (untrained weights: speed and
+exactness do not depend on training):
+
+1. one forward pass (foreground probability) of one input of 512², 1248² and 2272² pixels in
+   torch (channels-last, ``torch.inference_mode``, as the tile engine runs it) and in each
+   exported graph (:mod:`napari_unet.core.inference.runtimes`); every size and runtime is warmed
+   up once, then the runs go round by round, interleaved, and each figure is the best of the
+   rounds; the largest difference in probability to torch beside;
+2. what the export costs on a model's first use: export to ONNX, loading into each runtime and
+   the check against torch (paid once per model and session), for both presets;
+3. where :func:`~napari_unet.core.inference.predict_probabilities` takes a ``runtime``: the
+   whole tiled prediction of a 1024² and a 2048² image (automatic tile) in each runtime, against
+   one raw torch channels-last forward of the same padded input (the target is <= 0.5x).
+
+The machine's CPU may be shared with other work while this runs; the load average before and
+after is printed with the tables, and the timings are only as steady as it was.
+
+Usage: ``python bench/bench_runtimes.py [--quick]`` (``--quick``: 512² and 1248², one round).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from napari_unet.core.inference import predict_probabilities, prediction_plan
+from napari_unet.core.inference import runtimes as rt
+from napari_unet.core.inference.runner import NetworkRunner, make_runner
+from napari_unet.core.model import TrainedModel, UNet, preset_config
+from napari_unet.sample_data import make_touching_cells
+
+CPU = torch.device("cpu")
+
+
+def _model(preset: str, seed: int = 0) -> TrainedModel:
+    torch.manual_seed(seed)
+    return TrainedModel(UNet(preset_config(preset)).eval())
+
+
+def _load() -> str:
+    try:
+        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover
+        return "n/a"
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _runners(model: TrainedModel) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    runners: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "torch": make_runner(model, CPU, False, "float32")
+    }
+    for name in rt.GRAPH_RUNTIMES:
+        if name in rt.available_runtimes():
+            net = rt.exported_network(model, name)
+            runners[name] = NetworkRunner(net, CPU, None, False, False)
+    return runners
+
+
+def _forward_table(model: TrainedModel, sizes: list[int], rounds: int) -> list[str]:
+    runners = _runners(model)
+    inputs = {s: torch.randn(1, 1, s, s, generator=torch.Generator().manual_seed(s)) for s in sizes}
+    best = {(s, r): float("inf") for s in sizes for r in runners}
+    diff = {}
+    with torch.inference_mode():
+        for s in sizes:  # warm-up: kernel choice, memory plans; and the differences
+            ref = runners["torch"](inputs[s])
+            for name, run in runners.items():
+                diff[s, name] = float((run(inputs[s]) - ref).abs().max())
+        for _ in range(rounds):
+            for s in sizes:
+                for name, run in runners.items():
+                    t = _seconds(lambda run=run, s=s: run(inputs[s]))
+                    best[s, name] = min(best[s, name], t)
+    names = [r for r in runners if r != "torch"]
+    head = "| input | torch (s) | " + " | ".join(
+        f"{rt.RUNTIME_NAMES[r]} (s) | torch / {rt.RUNTIME_NAMES[r]} | max abs diff" for r in names
+    )
+    rows = [head + " |", "| --- " * (2 + 3 * len(names)) + "|"]
+    for s in sizes:
+        cells = [f"{s}² | {best[s, 'torch']:.3f}"]
+        for r in names:
+            ratio = best[s, "torch"] / best[s, r]
+            cells.append(f"{best[s, r]:.3f} | {ratio:.2f}x | {diff[s, r]:.1e}")
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def _export_table() -> list[str]:
+    rows = [
+        "| preset | graph size (MB) | content hash (s) | export (s) | "
+        + " | ".join(f"{rt.RUNTIME_NAMES[r]}: load + check (s)" for r in rt.GRAPH_RUNTIMES)
+        + " | second use, cached (s) |",
+        "| --- " * (5 + len(rt.GRAPH_RUNTIMES)) + "|",
+    ]
+    for preset in ("fast", "paper"):
+        model = _model(preset)
+        rt.clear_runtime_cache()
+        t_hash = _seconds(lambda model=model: rt.model_fingerprint(model))
+        t0 = time.perf_counter()
+        graph = rt.export_onnx(model)
+        t_export = time.perf_counter() - t0
+        cells = [preset, f"{len(graph) / 1e6:.1f}", f"{t_hash:.2f}", f"{t_export:.2f}"]
+        for name in rt.GRAPH_RUNTIMES:
+            if name not in rt.available_runtimes():
+                cells.append("not installed")
+                continue
+            total = _seconds(lambda model=model, name=name: rt.exported_network(model, name))
+            cells.append(f"{max(total - t_export, 0.0):.2f}")
+        t_cached = _seconds(lambda model=model: rt.exported_network(model, rt.CPU_DEFAULT_RUNTIME))
+        cells.append(f"{t_cached:.2f}")
+        rows.append("| " + " | ".join(cells) + " |")
+    rt.clear_runtime_cache()
+    return rows
+
+
+def _predict_table(model: TrainedModel, sizes: list[int], rounds: int) -> list[str]:
+    """predict_probabilities per runtime against one raw torch forward of the same input."""
+    if "runtime" not in inspect.signature(predict_probabilities).parameters:
+        return ["(predict_probabilities has no `runtime` parameter yet: not measured)"]
+    torch_runner = make_runner(model, CPU, False, "float32")
+    names = ["torch", *(r for r in rt.GRAPH_RUNTIMES if r in rt.available_runtimes())]
+    rows = [
+        "| image | tiles x input tile | raw torch forward of the padded image (s) | "
+        + " | ".join(f"{rt.RUNTIME_NAMES[r]}: predict (s) / ratio" for r in names)
+        + " |",
+        "| --- " * (3 + len(names)) + "|",
+    ]
+    for size in sizes:
+        image = make_touching_cells((size, size), n_cells=size * size // 2500, seed=3)[0]
+        plan = prediction_plan(model, image, device="cpu")
+        padded = model.config.admissible_size(size + 2 * model.config.halo)
+        x = torch.randn(1, 1, padded, padded)
+        jobs = {"raw": lambda x=x: torch_runner(x)}
+        for r in names:
+            jobs[r] = lambda r=r, image=image: predict_probabilities(
+                model, image, device="cpu", runtime=r
+            )
+        best = dict.fromkeys(jobs, float("inf"))
+        with torch.inference_mode():
+            torch_runner(x)
+        for r in names:  # warm-up, export included
+            jobs[r]()
+        for _ in range(rounds):
+            for key, job in jobs.items():
+                with torch.inference_mode():
+                    best[key] = min(best[key], _seconds(job))
+        cells = [f"{size}²", f"{plan.n_tiles} x {plan.tile[0]}x{plan.tile[1]}"]
+        cells.append(f"{best['raw']:.2f} ({padded}²)")
+        cells += [f"{best[r]:.2f} / {best[r] / best['raw']:.2f}x" for r in names]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def run(quick: bool = False) -> str:
+    """Measure and return the markdown section."""
+    sizes = [512, 1248] if quick else [512, 1248, 2272]
+    rounds = 1 if quick else 3
+    load_before = _load()
+    model = _model("fast")
+    forward = _forward_table(model, sizes, rounds)
+    export = _export_table()
+    predict = _predict_table(model, [512] if quick else [1024, 2048], rounds)
+    return "\n".join(
+        [
+            "## CPU runtimes: torch, ONNX Runtime, OpenVINO (bench/bench_runtimes.py)",
+            "",
+            f"Command: `python bench/bench_runtimes.py{' --quick' if quick else ''}`. "
+            f"{rt.describe_runtime('cpu', 'torch')}; load average before {load_before}, "
+            f"after {_load()}. Fast preset, untrained weights, batch 1. Each figure is the best "
+            f"of {rounds} interleaved round(s) after one warm-up run.",
+            "",
+            "One forward pass (foreground probability), torch channels-last under "
+            "`inference_mode` against each exported graph:",
+            "",
+            *forward,
+            "",
+            "First use of a model in a session (paid once per model, runtime and thread count; "
+            "the export serves every tile shape):",
+            "",
+            *export,
+            "",
+            "Whole `predict_probabilities` (automatic tile) against one raw torch forward of "
+            "its padded input (target: <= 0.5x on the CPU):",
+            "",
+            *predict,
+        ]
+    )
+
+
+if __name__ == "__main__":
+    print(run(quick="--quick" in sys.argv))

@@ -1,0 +1,414 @@
+"""Where the network runs: torch, or a graph exported to ONNX and run by ONNX Runtime or OpenVINO.
+
+On the CPU an exported graph runs the fast preset's network 1.3-3x faster than torch (largest
+gains on large tiles); on CUDA and MPS torch stays. The graph is exported once per model and
+session with dynamic batch and spatial axes (so one export serves every tile shape of the model)
+and cached under a content hash of the model's weights and configuration
+(:func:`model_fingerprint`): a model changed by training gets a new export, never a stale one.
+
+An :class:`ExportedNetwork` maps an input batch ``(N, C, H, W)`` to class logits as the torch
+network does, so the tile engine's runner (precision, test-time augmentation, foreground
+probability) stays the same whichever runtime is behind it. Each export is checked once against
+the torch network on a small input; if export, the runtime or that check fails,
+:func:`exported_network_or_none` logs one warning saying why and the caller goes on in torch.
+
+Threads follow torch's setting (:func:`torch.get_num_threads`, which follows ``OMP_NUM_THREADS``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import io
+import json
+import logging
+import threading
+import warnings
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..device import describe_device, select_device
+from ..model import TrainedModel, UNetConfig
+from .runner import foreground_probability
+
+__all__ = [
+    "CPU_DEFAULT_RUNTIME",
+    "GRAPH_RUNTIMES",
+    "RUNTIMES",
+    "ExportedNetwork",
+    "available_runtimes",
+    "clear_runtime_cache",
+    "describe_runtime",
+    "export_onnx",
+    "exported_network",
+    "exported_network_or_none",
+    "model_fingerprint",
+    "resolve_runtime",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The runtime choices a user has.
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+#: The runtimes that run an exported graph (on the CPU only).
+GRAPH_RUNTIMES = ("onnxruntime", "openvino")
+#: What ``'auto'`` runs on the CPU (the faster of the two in bench/bench_runtimes.py).
+CPU_DEFAULT_RUNTIME = "onnxruntime"
+#: Readable names, for the device readout.
+RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "torch": "torch"}
+#: ONNX opset of the export.
+OPSET = 17
+#: Largest difference in foreground probability the check of a fresh export accepts.
+EXPORT_TOLERANCE = 1e-4
+#: Exported networks kept for the session (least recently used dropped first).
+CACHE_SIZE = 4
+
+_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+_cache: OrderedDict[tuple[str, str, int], ExportedNetwork] = OrderedDict()
+_failed: dict[tuple[str, str, int], str] = {}
+_cache_lock = threading.Lock()
+
+
+def _installed(runtime: str) -> bool:
+    return runtime == "torch" or importlib.util.find_spec(_MODULES[runtime]) is not None
+
+
+def available_runtimes() -> list[str]:
+    """The runtime choices this installation offers: ``'auto'``, ``'torch'`` and those installed.
+
+    Returns
+    -------
+    list of str
+        A subset of :data:`RUNTIMES`, in its order.
+    """
+    return [r for r in RUNTIMES if r == "auto" or _installed(r)]
+
+
+def resolve_runtime(runtime: str, device: torch.device | str) -> str:
+    """The runtime a choice means on a device.
+
+    Parameters
+    ----------
+    runtime : {'auto', 'torch', 'onnxruntime', 'openvino'}
+        ``'auto'``: on the CPU :data:`CPU_DEFAULT_RUNTIME` when it is installed, else the other
+        graph runtime when installed, else torch; torch on CUDA and MPS.
+    device : torch.device or str
+        Where the network runs.
+
+    Returns
+    -------
+    str
+        ``'torch'``, ``'onnxruntime'`` or ``'openvino'``.
+
+    Raises
+    ------
+    ValueError
+        If ``runtime`` is not one of :data:`RUNTIMES`, or names a graph runtime for a device
+        other than the CPU.
+
+    Examples
+    --------
+    >>> resolve_runtime("torch", "cpu")
+    'torch'
+    """
+    if not isinstance(runtime, str) or runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+    kind = torch.device(device).type
+    if runtime == "auto":
+        if kind != "cpu":
+            return "torch"
+        order = (CPU_DEFAULT_RUNTIME, *(r for r in GRAPH_RUNTIMES if r != CPU_DEFAULT_RUNTIME))
+        return next((r for r in order if _installed(r)), "torch")
+    if runtime in GRAPH_RUNTIMES and kind != "cpu":
+        raise ValueError(
+            f"runtime {runtime!r} runs on the CPU only; got device {str(device)!r} "
+            "(use runtime 'torch' or 'auto' there)"
+        )
+    return runtime
+
+
+def describe_runtime(device: torch.device | str, runtime: str = "auto") -> str:
+    """One line saying where and in what the network runs, for the GUI and the command line.
+
+    Parameters
+    ----------
+    device : torch.device or str
+        A device or a device name (see :func:`~napari_unet.core.device.select_device`).
+    runtime : str
+        A runtime choice, as for :func:`resolve_runtime`.
+
+    Returns
+    -------
+    str
+        For example ``'CPU (ONNX Runtime), 2 threads'``, ``'CPU, 2 threads'`` (torch) or
+        ``'NVIDIA H100 80GB HBM3 (cuda:0)'``.
+
+    Examples
+    --------
+    >>> describe_runtime("cpu", "torch").startswith("CPU, ")
+    True
+    """
+    dev = select_device(device) if isinstance(device, str) else device
+    text = describe_device(dev)
+    used = resolve_runtime(runtime, dev)
+    if used == "torch":
+        return text
+    return text.replace("CPU", f"CPU ({RUNTIME_NAMES[used]})", 1)
+
+
+def model_fingerprint(model: TrainedModel) -> str:
+    """Content hash of a model's network: configuration, weights and buffers.
+
+    Two models with the same fingerprint compute the same function; any change of a weight
+    (training, loading other weights) changes it.
+
+    Parameters
+    ----------
+    model : TrainedModel
+        The model.
+
+    Returns
+    -------
+    str
+        A hexadecimal BLAKE2b digest.
+    """
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(model.net.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _example_input(config: UNetConfig, batch: int = 1, extra: int = 0) -> torch.Tensor:
+    h = config.admissible_size(2 * config.grid + extra)
+    w = config.admissible_size(2 * config.grid)
+    return torch.randn(batch, config.in_channels, h, w, generator=torch.Generator().manual_seed(0))
+
+
+def export_onnx(model: TrainedModel) -> bytes:
+    """The model's network as an ONNX graph with dynamic batch and spatial axes.
+
+    The network is exported in eval mode, in float32, from a private CPU copy (the model is left
+    untouched), with torch's TorchScript-based exporter (no extra package needed).
+
+    Parameters
+    ----------
+    model : TrainedModel
+        The model.
+
+    Returns
+    -------
+    bytes
+        The serialised ONNX model: input ``'image'`` ``(N, C, H, W)``, output ``'logits'``
+        ``(N, n_classes, H', W')``.
+    """
+    net = copy.deepcopy(model.net).cpu().float().eval()
+    axes = {0: "batch", 2: "height", 3: "width"}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript exporter is deprecated, and the skip crop's branch on shapes is a
+        # constant for a given padding (no crop for 'same', a fixed crop for 'valid').
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            (_example_input(model.config),),
+            buffer,
+            dynamo=False,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": axes, "logits": axes},
+            opset_version=OPSET,
+            do_constant_folding=True,
+        )
+    return buffer.getvalue()
+
+
+class ExportedNetwork:
+    """An exported network run by ONNX Runtime or OpenVINO on the CPU.
+
+    Called like the torch network: a float32 batch ``(N, C, H, W)`` (any admissible ``H``,
+    ``W``) gives the class logits ``(N, n_classes, H', W')`` as a CPU tensor.
+
+    Parameters
+    ----------
+    graph : bytes
+        The ONNX model from :func:`export_onnx`.
+    runtime : {'onnxruntime', 'openvino'}
+        What runs it.
+    threads : int
+        Threads of the runtime's thread pool.
+    """
+
+    def __init__(self, graph: bytes, runtime: str, threads: int) -> None:
+        if runtime not in GRAPH_RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(GRAPH_RUNTIMES)}; got {runtime!r}")
+        self.runtime, self.threads = runtime, int(threads)
+        self._lock = threading.Lock()
+        load = _ort_session if runtime == "onnxruntime" else _openvino_model
+        self._run = load(graph, self.threads)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().cpu().float().numpy())
+        try:
+            with self._lock:
+                out = self._run(array)
+        except Exception as exc:
+            if "alloc" in str(exc).lower():  # the tile engine's out-of-memory test reads this
+                raise RuntimeError(f"{self.runtime}: can't allocate memory ({exc})") from exc
+            raise
+        return torch.from_numpy(out)
+
+    def __repr__(self) -> str:
+        return f"ExportedNetwork({self.runtime!r}, threads={self.threads})"
+
+
+def _ort_session(graph: bytes, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: x})[0]
+
+    return run
+
+
+def _openvino_model(graph: bytes, threads: int) -> Any:
+    import openvino as ov
+
+    core = ov.Core()
+    config = {
+        "INFERENCE_NUM_THREADS": threads,
+        "INFERENCE_PRECISION_HINT": "f32",  # never bf16/f16 on CPUs that have them: exactness
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+    compiled = core.compile_model(core.read_model(graph), "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        request.infer({0: x})
+        return request.get_output_tensor(0).data.copy()
+
+    return run
+
+
+def _check_export(model: TrainedModel, network: ExportedNetwork) -> None:
+    """Raise RuntimeError unless the graph gives the torch network's probabilities."""
+    x = _example_input(model.config, batch=2, extra=model.config.grid + 1)
+    net = copy.deepcopy(model.net).cpu().float().eval()
+    with torch.inference_mode():
+        expected = foreground_probability(net(x))
+        got = foreground_probability(network(x))
+    if got.shape != expected.shape:
+        raise RuntimeError(f"the graph gives shape {tuple(got.shape)}, torch {expected.shape}")
+    diff = float((got - expected).abs().max())
+    if not diff <= EXPORT_TOLERANCE:
+        raise RuntimeError(f"the graph differs from torch by {diff:.2g} (> {EXPORT_TOLERANCE})")
+
+
+def exported_network(
+    model: TrainedModel, runtime: str, threads: int | None = None
+) -> ExportedNetwork:
+    """The model's network exported and loaded in a graph runtime, cached for the session.
+
+    The cache is keyed by :func:`model_fingerprint`, the runtime and the thread count; a fresh
+    export is checked once against the torch network (foreground probability within
+    :data:`EXPORT_TOLERANCE` on a small batch of another shape than the export's).
+
+    Parameters
+    ----------
+    model : TrainedModel
+        The model (not modified).
+    runtime : {'onnxruntime', 'openvino'}
+        The graph runtime.
+    threads : int, optional
+        Default: :func:`torch.get_num_threads`.
+
+    Returns
+    -------
+    ExportedNetwork
+        The network.
+
+    Raises
+    ------
+    ValueError
+        If ``runtime`` is not a graph runtime.
+    Exception
+        Whatever export, the runtime or the check raised (ImportError when the runtime is not
+        installed, RuntimeError when the check fails).
+    """
+    threads = int(threads or torch.get_num_threads())
+    return _load(model, runtime, threads, (model_fingerprint(model), runtime, threads))
+
+
+def _load(
+    model: TrainedModel, runtime: str, threads: int, key: tuple[str, str, int]
+) -> ExportedNetwork:
+    if runtime not in GRAPH_RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(GRAPH_RUNTIMES)}; got {runtime!r}")
+    with _cache_lock:  # one export at a time: a second caller waits and finds it cached
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+        network = ExportedNetwork(export_onnx(model), runtime, threads)
+        _check_export(model, network)
+        _cache[key] = network
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+        return network
+
+
+def exported_network_or_none(
+    model: TrainedModel, runtime: str, threads: int | None = None
+) -> ExportedNetwork | None:
+    """:func:`exported_network`, or None after one logged warning when it fails.
+
+    A model and runtime that failed once are not tried again in the session (and warned about
+    once).
+
+    Parameters
+    ----------
+    model, runtime, threads
+        As for :func:`exported_network`.
+
+    Returns
+    -------
+    ExportedNetwork or None
+        None means: run the network in torch.
+    """
+    threads = int(threads or torch.get_num_threads())
+    key = (model_fingerprint(model), runtime, threads)
+    if key in _failed:
+        logger.debug("running in torch: %s failed earlier (%s)", runtime, _failed[key])
+        return None
+    try:
+        return _load(model, runtime, threads, key)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        _failed[key] = reason
+        logger.warning(
+            "running the network in torch: %s could not run it (%s)",
+            RUNTIME_NAMES.get(runtime, runtime),
+            reason,
+        )
+        return None
+
+
+def clear_runtime_cache() -> None:
+    """Forget every exported network and every failure of this session."""
+    with _cache_lock:
+        _cache.clear()
+        _failed.clear()
