@@ -295,3 +295,12 @@ def test_run_training_callback(cells):
         image, labels, settings=_settings(iterations=3), model=_tiny(), callback=seen.append
     )
     assert [e.iteration for e in seen] == [1, 2, 3]
+
+
+def test_events_follow_the_progress_protocol(cells):
+    from napari_unet.core.progress import ProgressEvent
+
+    image, labels = cells
+    events, _ = _drain(train(image, labels, settings=_settings(iterations=2), model=_tiny()))
+    assert all(isinstance(e, ProgressEvent) for e in events)
+    assert [(e.done, e.total, e.stage) for e in events] == [(1, 2, "training"), (2, 2, "training")]

@@ -9,7 +9,7 @@ A model file is a ``torch.save`` of a dictionary of plain values and tensors::
 Loading uses ``torch.load(weights_only=True)``, whose restricted unpickler refuses any object
 that is not a tensor or a plain container, so a file never runs code when it is opened. Writes go
 to a temporary file in the destination folder and are renamed into place (``os.replace``), so an
-interrupted save never leaves half a model behind.
+interrupted save never leaves half a model behind (:func:`napari_unet.core.atomic.atomic_path`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,8 @@ import numpy as np
 import torch
 
 from .. import __version__
+from .atomic import atomic_path
+from .device import select_device
 from .model import TrainedModel, UNet, UNetConfig
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelFileError", "load_model", "save_model"]
@@ -112,16 +113,10 @@ def save_model(model: TrainedModel, path: str | os.PathLike[str]) -> Path:
             for key, value in model.net.state_dict().items()
         },
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(p) as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     logger.info("saved model to %s", p)
     return p
 
@@ -186,6 +181,26 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     if p.is_dir():
         raise IsADirectoryError(f"expected a model file, got a folder: {p}")
     data = _read(p)
+    _check_header(data, p)
+    net = _rebuild_net(data, p)
+    gap = data["gap"]
+    if not isinstance(gap, int) or isinstance(gap, bool) or gap < 0:
+        raise ModelFileError(f"{p}: gap must be a non-negative integer, got {gap!r}")
+    normalization = data["normalization"]
+    if not isinstance(normalization, dict):
+        raise ModelFileError(f"{p}: normalization must be a dictionary, got {normalization!r}")
+    training = data.get("training") or {}
+    if not isinstance(training, dict):
+        raise ModelFileError(f"{p}: training must be a dictionary, got {type(training).__name__}")
+    if device is not None:
+        net.to(select_device(device))
+    return TrainedModel(
+        net=net, normalization=dict(normalization), gap=gap, training=dict(training)
+    )
+
+
+def _check_header(data: Any, p: Path) -> None:
+    """Refuse what is not a model file of a format version this code reads."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ModelFileError(
             f"{p} is not a napari-unet model file (expected format {FORMAT!r}, found "
@@ -207,6 +222,10 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     missing = [k for k in ("config", "normalization", "gap", "state_dict") if k not in data]
     if missing:
         raise ModelFileError(f"{p} is an incomplete model file: missing {', '.join(missing)}")
+
+
+def _rebuild_net(data: dict[str, Any], p: Path) -> UNet:
+    """The stored network with its weights (finite), in evaluation mode on the CPU."""
     try:
         config = UNetConfig.from_dict(dict(data["config"]))
         net = UNet(config)
@@ -216,20 +235,4 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     for name, tensor in net.state_dict().items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ModelFileError(f"{p}: parameter {name!r} holds NaN or infinite values")
-    gap = data["gap"]
-    if not isinstance(gap, int) or isinstance(gap, bool) or gap < 0:
-        raise ModelFileError(f"{p}: gap must be a non-negative integer, got {gap!r}")
-    normalization = data["normalization"]
-    if not isinstance(normalization, dict):
-        raise ModelFileError(f"{p}: normalization must be a dictionary, got {normalization!r}")
-    training = data.get("training") or {}
-    if not isinstance(training, dict):
-        raise ModelFileError(f"{p}: training must be a dictionary, got {type(training).__name__}")
-    net.eval()
-    if device is not None:
-        from .device import select_device
-
-        net.to(select_device(device))
-    return TrainedModel(
-        net=net, normalization=dict(normalization), gap=gap, training=dict(training)
-    )
+    return net.eval()

@@ -264,6 +264,28 @@ def augment_batch(
     >>> tuple(x.shape), tuple(y.shape), y.dtype
     ((2, 1, 32, 32), (2, 32, 32), torch.int64)
     """
+    out, tgt = _check_batch(images, classes, weights, out_size, target_size)
+    images = images.float()
+    if settings.geometric:
+        x, y, w = _warp(images, classes, weights, settings, out, tgt, generator)
+    else:
+        x = _center_crop(images, out)
+        y = _center_crop(classes, tgt).long()
+        w = _center_crop(weights, tgt).float()
+    w = torch.where(y == IGNORE, torch.zeros((), device=w.device), w)
+    if settings.intensity:
+        x = _intensity(x, settings, generator)
+    return x.contiguous(), y.contiguous(), w.contiguous()
+
+
+def _check_batch(
+    images: torch.Tensor,
+    classes: torch.Tensor,
+    weights: torch.Tensor,
+    out_size: int | tuple[int, int] | None,
+    target_size: int | tuple[int, int] | None,
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Check the batch's shapes; the image and target sizes to return."""
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
     n, _, h_in, w_in = images.shape
@@ -278,39 +300,32 @@ def augment_batch(
         raise ValueError(f"out_size {out} must not exceed the input size {(h_in, w_in)}")
     if tgt[0] > out[0] or tgt[1] > out[1]:
         raise ValueError(f"target_size {tgt} must not exceed out_size {out}")
-    images = images.float()
-    if settings.geometric:
-        grid = sampling_grid(
-            n, (h_in, w_in), out, settings, generator=generator, device=images.device
-        )
-        x = F.grid_sample(
-            images, grid, mode="bilinear", padding_mode="reflection", align_corners=False
-        )
-        grid_t = _center_crop(grid.permute(0, 3, 1, 2), tgt).permute(0, 2, 3, 1)
-        # classes and weights in one nearest pass and one bilinear pass
-        y = F.grid_sample(
-            classes[:, None].float(),
-            grid_t,
-            mode="nearest",
-            padding_mode="reflection",
-            align_corners=False,
+    return out, tgt
+
+
+def _warp(
+    images: torch.Tensor,
+    classes: torch.Tensor,
+    weights: torch.Tensor,
+    settings: AugmentSettings,
+    out: tuple[int, int],
+    tgt: tuple[int, int],
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Resample image, classes and weights through one random sampling grid."""
+    n, _, h_in, w_in = images.shape
+    grid = sampling_grid(n, (h_in, w_in), out, settings, generator=generator, device=images.device)
+    x = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    grid_t = _center_crop(grid.permute(0, 3, 1, 2), tgt).permute(0, 2, 3, 1)
+
+    def resample(t: torch.Tensor, mode: str) -> torch.Tensor:
+        return F.grid_sample(
+            t[:, None].float(), grid_t, mode=mode, padding_mode="reflection", align_corners=False
         )[:, 0]
-        w = F.grid_sample(
-            weights[:, None].float(),
-            grid_t,
-            mode="bilinear",
-            padding_mode="reflection",
-            align_corners=False,
-        )[:, 0]
-        y = y.round_().long()
-    else:
-        x = _center_crop(images, out)
-        y = _center_crop(classes, tgt).long()
-        w = _center_crop(weights, tgt).float()
-    w = torch.where(y == IGNORE, torch.zeros((), device=w.device), w)
-    if settings.intensity:
-        x = _intensity(x, settings, generator)
-    return x.contiguous(), y.contiguous(), w.contiguous()
+
+    y = resample(classes, "nearest").round_().long()
+    w = resample(weights, "bilinear")
+    return x, y, w
 
 
 def _pair(size: int | tuple[int, int]) -> tuple[int, int]:

@@ -155,7 +155,7 @@ def prepare_samples(
     in_channels : int, optional
         Number of channels the images must have (a model's input channels).
     gap, w0, sigma, class_balance, border_weights
-        Passed to :func:`napari_unet.core.weights.training_targets`.
+        Passed to :func:`napari_unet.core.targets.training_targets`.
 
     Returns
     -------
@@ -169,6 +169,42 @@ def prepare_samples(
         non-numeric images, NaN or infinity in an annotated image, channel counts that differ,
         an image side below :data:`MIN_SIDE`, or annotations without any foreground pixel.
     """
+    inputs = _check_inputs(images, labels, regions, channel_axis, rgb, in_channels)
+    spec = normalization or normalization_spec()
+    samples = []
+    for i, z, data, lab, reg in _read_slices(inputs):
+        image = normalize_image(data, spec)
+        targets = training_targets(
+            lab,
+            region=reg,
+            gap=gap,
+            w0=w0,
+            sigma=sigma,
+            class_balance=class_balance,
+            border_weights=border_weights,
+        )
+        samples.append(AnnotatedImage(image, targets.classes, targets.weights, (i, z)))
+    logger.info(
+        "prepared %d annotated 2D image(s), %d annotated pixels",
+        len(samples),
+        sum(s.n_annotated for s in samples),
+    )
+    return samples
+
+
+@dataclass
+class _Input:
+    """One checked input, not read yet: its layout, labels, region and annotated slices."""
+
+    index: int
+    nchw: Any
+    labels: np.ndarray
+    region: np.ndarray | None
+    used: list[int]
+
+
+def _aligned_lists(images: Any, labels: Any, regions: Any) -> list[tuple[Any, Any, Any]]:
+    """``(image, labels, region)`` per input, their numbers checked."""
     image_list = as_list(images, "images")
     label_list = as_list(labels, "labels")
     if not image_list:
@@ -189,23 +225,23 @@ def prepare_samples(
             f"regions must hold one mask (or None) per image: got {len(image_list)} image(s) and "
             f"{len(region_list)} region(s)"
         )
-    spec = normalization or normalization_spec()
+    return list(zip(image_list, label_list, region_list, strict=True))
 
-    # -- 1. cheap checks of every input, nothing heavy -----------------------------------------
-    plan: list[tuple[int, Any, np.ndarray, np.ndarray | None, list[int]]] = []
+
+def _check_inputs(
+    images: Any,
+    labels: Any,
+    regions: Any,
+    channel_axis: int | None,
+    rgb: bool,
+    in_channels: int | None,
+) -> list[_Input]:
+    """Cheap checks of every input (nothing heavy is read); the annotated ones."""
+    inputs: list[_Input] = []
     channels = in_channels
     n_fg = 0
-    for i, (img, lab, reg) in enumerate(zip(image_list, label_list, region_list, strict=True)):
-        if not hasattr(img, "shape") or not hasattr(img, "dtype"):
-            img = np.asarray(img)
-        dtype = np.dtype(img.dtype)
-        numeric = np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)
-        if not numeric or np.issubdtype(dtype, np.complexfloating):
-            raise ValueError(f"images[{i}] must be numeric, got dtype {dtype}")
-        try:
-            nchw = as_nchw(img, channel_axis=channel_axis, rgb=rgb)
-        except ValueError as exc:
-            raise ValueError(f"images[{i}]: {exc}") from exc
+    for i, (img, lab, reg) in enumerate(_aligned_lists(images, labels, regions)):
+        nchw = _layout(img, i, channel_axis, rgb)
         n, c, y, x = nchw.shape
         if channels is None:
             channels = c
@@ -221,10 +257,7 @@ def prepare_samples(
             reg3 = check_region(
                 reg[None] if np.ndim(reg) == 2 and n == 1 else reg, lab3.shape, f"regions[{i}]"
             )
-        if reg3 is not None:
-            used = [z for z in range(n) if reg3[z].any()]
-        else:
-            used = [z for z in range(n) if lab3[z].any()]
+        used = [z for z in range(n) if (reg3[z] if reg3 is not None else lab3[z]).any()]
         if not used:
             continue
         if min(y, x) < MIN_SIDE:
@@ -235,38 +268,42 @@ def prepare_samples(
         for z in used:
             fg = lab3[z] > 0 if reg3 is None else (lab3[z] > 0) & reg3[z]
             n_fg += int(np.count_nonzero(fg))
-        plan.append((i, nchw, lab3, reg3, used))
-    if not plan or n_fg == 0:
+        inputs.append(_Input(i, nchw, lab3, reg3, used))
+    if not inputs or n_fg == 0:
         raise ValueError(
             "labels hold no annotated cell: paint at least one cell (label > 0) inside the "
             "annotated region before training"
         )
-    # -- 2. read and check the annotated slices, then normalise and compute targets ------------
+    return inputs
+
+
+def _layout(img: Any, i: int, channel_axis: int | None, rgb: bool) -> Any:
+    """Image ``i`` as ``(N, C, Y, X)``, its dtype checked (numeric, not complex)."""
+    if not hasattr(img, "shape") or not hasattr(img, "dtype"):
+        img = np.asarray(img)
+    dtype = np.dtype(img.dtype)
+    numeric = np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)
+    if not numeric or np.issubdtype(dtype, np.complexfloating):
+        raise ValueError(f"images[{i}] must be numeric, got dtype {dtype}")
+    try:
+        return as_nchw(img, channel_axis=channel_axis, rgb=rgb)
+    except ValueError as exc:
+        raise ValueError(f"images[{i}]: {exc}") from exc
+
+
+def _read_slices(
+    inputs: list[_Input],
+) -> list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Read the annotated 2D images (checked for NaN/inf) with their labels and regions."""
     reads = []
-    for i, nchw, lab3, reg3, used in plan:
-        for z in used:
-            data = np.asarray(nchw[z])
-            check_finite(data, name=f"images[{i}]" + (f" slice {z}" if nchw.shape[0] > 1 else ""))
-            reads.append((i, z, data, lab3[z], None if reg3 is None else reg3[z]))
-    samples = []
-    for i, z, data, lab, reg in reads:
-        image = normalize_image(data, spec)
-        targets = training_targets(
-            lab,
-            region=reg,
-            gap=gap,
-            w0=w0,
-            sigma=sigma,
-            class_balance=class_balance,
-            border_weights=border_weights,
-        )
-        samples.append(AnnotatedImage(image, targets.classes, targets.weights, (i, z)))
-    logger.info(
-        "prepared %d annotated 2D image(s), %d annotated pixels",
-        len(samples),
-        sum(s.n_annotated for s in samples),
-    )
-    return samples
+    for item in inputs:
+        for z in item.used:
+            data = np.asarray(item.nchw[z])
+            stack = item.nchw.shape[0] > 1
+            check_finite(data, name=f"images[{item.index}]" + (f" slice {z}" if stack else ""))
+            region = None if item.region is None else item.region[z]
+            reads.append((item.index, z, data, item.labels[z], region))
+    return reads
 
 
 # --------------------------------------------------------------------------------------------

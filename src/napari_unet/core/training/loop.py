@@ -35,9 +35,11 @@ from ... import __version__
 from ..device import describe_device, select_device
 from ..model import TrainedModel, UNet, UNetConfig, preset_config
 from ..normalize import normalization_spec
+from ..progress import run_to_end
 from ..targets import FOREGROUND, IGNORE
 from .augment import augment_batch, context_margin
 from .data import (
+    AnnotatedImage,
     PatchSampler,
     ValidationTiles,
     hold_out,
@@ -104,6 +106,21 @@ class TrainEvent:
     minutes: float | None = None
 
     @property
+    def done(self) -> int:
+        """Steps done (:class:`~napari_unet.core.progress.ProgressEvent`)."""
+        return self.iteration
+
+    @property
+    def total(self) -> int | None:
+        """Steps planned, ``None`` without an iteration limit."""
+        return self.iterations
+
+    @property
+    def stage(self) -> str:
+        """Always ``'training'``."""
+        return "training"
+
+    @property
     def progress(self) -> float | None:
         """Fraction of the planned run done, in [0, 1]; ``None`` without a limit."""
         parts = []
@@ -149,7 +166,22 @@ def weighted_cross_entropy(
 
 
 def _learning_rate(settings: TrainSettings, step: int, elapsed: float) -> float:
-    """Learning rate for ``step`` (0-based) at ``elapsed`` seconds: warm-up, then cosine."""
+    """Learning rate for ``step`` (0-based) at ``elapsed`` seconds: warm-up, then cosine.
+
+    Parameters
+    ----------
+    settings : TrainSettings
+        Peak rate, schedule and the run's limits.
+    step : int
+        Steps done so far.
+    elapsed : float
+        Seconds of training so far.
+
+    Returns
+    -------
+    float
+        The learning rate.
+    """
     lr = float(settings.learning_rate)
     warm = min(1.0, (step + 1) / WARMUP)
     if settings.schedule == "constant":
@@ -166,13 +198,27 @@ def _learning_rate(settings: TrainSettings, step: int, elapsed: float) -> float:
 
 
 def _new_net(config: UNetConfig, seed: int = 0) -> UNet:
-    """A freshly initialised network, without drawing from torch's global generator."""
+    """A freshly initialised network, without drawing from torch's global generator.
+
+    Parameters
+    ----------
+    config : UNetConfig
+        The architecture.
+    seed : int
+        Seed of the initialisation.
+
+    Returns
+    -------
+    UNet
+        The network, on the CPU.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return UNet(config)
 
 
 def _state_cpu(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the network's weights."""
     return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
 
 
@@ -209,6 +255,306 @@ def _validate(
         net.train(was_training)
     total = tp + fp + fn
     return 1.0 if total == 0 else tp / total
+
+
+@dataclass(frozen=True)
+class _RunPlan:
+    """What a run resolved from its settings (and the model it fine-tunes) before any data.
+
+    Attributes
+    ----------
+    settings : TrainSettings
+        The checked settings.
+    device : torch.device
+        Where training runs.
+    device_text : str
+        The device in words, e.g. ``'CPU, 2 threads'``.
+    seed : int
+        The seed (drawn at random when the settings hold none).
+    amp, channels_last : bool
+        bf16 autocast and channels-last memory.
+    normalization : dict
+        How images are normalised (the model's when fine-tuning).
+    gap : int
+        Gap cut between touching cells (the model's when fine-tuning).
+    in_channels : int, optional
+        Channels the images must have (the model's when fine-tuning).
+    """
+
+    settings: TrainSettings
+    device: torch.device
+    device_text: str
+    seed: int
+    amp: bool
+    channels_last: bool
+    normalization: dict[str, Any]
+    gap: int
+    in_channels: int | None
+
+
+def _resolve_plan(settings: TrainSettings | None, model: TrainedModel | None) -> _RunPlan:
+    """Check the settings and work out device, seed and what a fine-tuned model fixes.
+
+    Parameters
+    ----------
+    settings : TrainSettings, optional
+        The settings (``TrainSettings()`` when ``None``).
+    model : TrainedModel, optional
+        The model to fine-tune.
+
+    Returns
+    -------
+    _RunPlan
+        The resolved plan.
+    """
+    settings = settings or TrainSettings()
+    if not isinstance(settings, TrainSettings):
+        raise ValueError(f"settings must be a TrainSettings, got {type(settings).__name__}")
+    settings.validate()
+    if model is not None and not isinstance(model, TrainedModel):
+        raise ValueError(f"model must be a TrainedModel or None, got {type(model).__name__}")
+    device = select_device(settings.device)
+    seed = settings.seed
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2**31))
+    cuda = device.type == "cuda"
+    if model is not None:
+        normalization, gap = dict(model.normalization), int(model.gap)
+        if gap != settings.gap:
+            logger.info(
+                "fine-tuning keeps the model's gap of %d px (settings say %d)", gap, settings.gap
+            )
+    else:
+        normalization, gap = normalization_spec(), settings.gap
+    return _RunPlan(
+        settings=settings,
+        device=device,
+        device_text=describe_device(device),
+        seed=seed,
+        amp=cuda if settings.amp is None else bool(settings.amp),
+        channels_last=cuda if settings.channels_last is None else bool(settings.channels_last),
+        normalization=normalization,
+        gap=gap,
+        in_channels=None if model is None else model.config.in_channels,
+    )
+
+
+@dataclass
+class _RunData:
+    """The prepared data of a run: samples, network geometry, hold-out and patch sampler.
+
+    Attributes
+    ----------
+    samples : list of AnnotatedImage
+        Every annotated 2D image (validation blocks included).
+    config : UNetConfig
+        The network's architecture.
+    in_size, out_size : int
+        Edge of the network's input and output patches.
+    blocks : list of tuple of int
+        Held-out validation blocks ``(sample, y0, x0)``.
+    block : int
+        Their edge in pixels.
+    tiles : ValidationTiles, optional
+        Network inputs and targets of the held-out blocks (``None`` without validation).
+    sampler : PatchSampler
+        Draws training patches (the held-out blocks carry no loss).
+    """
+
+    samples: list[AnnotatedImage]
+    config: UNetConfig
+    in_size: int
+    out_size: int
+    blocks: list[tuple[int, int, int]]
+    block: int
+    tiles: ValidationTiles | None
+    sampler: PatchSampler
+
+
+def _prepare_run_data(
+    images: Any, labels: Any, regions: Any, plan: _RunPlan, model: TrainedModel | None
+) -> _RunData:
+    """Check and prepare the data, choose the patch geometry and hold out validation blocks.
+
+    Parameters
+    ----------
+    images, labels, regions
+        As for :func:`train`.
+    plan : _RunPlan
+        From :func:`resolve_plan`.
+    model : TrainedModel, optional
+        The model to fine-tune (its architecture is kept).
+
+    Returns
+    -------
+    _RunData
+        Everything the loop draws its batches and validation from.
+    """
+    settings = plan.settings
+    samples = prepare_samples(
+        images,
+        labels,
+        regions,
+        channel_axis=settings.channel_axis,
+        rgb=settings.rgb,
+        normalization=plan.normalization,
+        in_channels=plan.in_channels,
+        gap=plan.gap,
+        w0=settings.w0,
+        sigma=settings.sigma,
+        class_balance=settings.class_balance,
+        border_weights=settings.border_weights,
+    )
+    if model is not None:
+        config = model.config
+    else:
+        config = preset_config(settings.preset, in_channels=samples[0].image.shape[0])
+    in_size, out_size = _geometry(config, samples, settings)
+    crop = in_size + 2 * context_margin(in_size, settings.augment_settings())
+    rng = np.random.default_rng(plan.seed)
+    block = validation_block(out_size, config.grid)
+    train_samples, blocks = hold_out(samples, settings.validation_fraction, block, rng)
+    tiles = validation_tiles(samples, blocks, block, config) if blocks else None
+    sampler = PatchSampler(train_samples, crop, plan.device, rng)
+    return _RunData(samples, config, in_size, out_size, blocks, block, tiles, sampler)
+
+
+def _geometry(
+    config: UNetConfig, samples: list[AnnotatedImage], settings: TrainSettings
+) -> tuple[int, int]:
+    """Network input and output edge of the training patches, checked for batch norm."""
+    largest = max(max(s.classes.shape) for s in samples)
+    patch = min(int(settings.patch_size), config.admissible_size(largest))
+    in_size, out_size = patch_geometry(config, patch)
+    deepest = (in_size - 2 * config.halo if config.padding == "valid" else in_size) // config.grid
+    if config.batch_norm and settings.batch_size * max(deepest, 1) ** 2 < 2:
+        raise ValueError(
+            f"batch_size={settings.batch_size} with a {in_size} px input leaves one value per "
+            "channel at the deepest level of the network, which batch normalisation cannot "
+            "train on; use batch_size >= 2 or a larger patch_size"
+        )
+    return in_size, out_size
+
+
+class _Optimisation:
+    """The network, its optimiser and one optimisation step.
+
+    Parameters
+    ----------
+    config : UNetConfig
+        The architecture.
+    plan : _RunPlan
+        Device, seed and memory options.
+    model : TrainedModel, optional
+        Start from these weights (fine-tuning).
+    """
+
+    def __init__(self, config: UNetConfig, plan: _RunPlan, model: TrainedModel | None) -> None:
+        settings = plan.settings
+        self.plan = plan
+        self.net = _new_net(config, plan.seed)
+        if model is not None:
+            self.net.load_state_dict(_state_cpu(model.net))
+        self.net.to(plan.device)
+        if plan.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self.net.train()
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = self.net
+        if settings.compile:
+            self.forward = torch.compile(self.net)
+        params = self.net.parameters()
+        if settings.optimizer == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                params,
+                lr=settings.learning_rate,
+                momentum=settings.momentum,
+                weight_decay=settings.weight_decay,
+            )
+        else:
+            self.optimizer = torch.optim.Adam(
+                params, lr=settings.learning_rate, weight_decay=settings.weight_decay
+            )
+        # Dropout draws from torch's global generator: keep a private CPU state so that a seeded
+        # run is reproducible and other users of the global generator are left alone.
+        self.rng_state: torch.Tensor | None = None
+        if config.dropout > 0 and plan.device.type == "cpu":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(plan.seed + 1)
+                self.rng_state = torch.get_rng_state()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lr: float) -> float:
+        """One optimisation step at learning rate ``lr``; returns the batch's loss."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.plan.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.rng_state is None:
+            return float(self._step(x, y, w))
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self.rng_state)
+            loss = self._step(x, y, w)
+            self.rng_state = torch.get_rng_state()
+        return float(loss)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.plan.device.type, dtype=torch.bfloat16, enabled=self.plan.amp):
+            logits = self.forward(x)
+        loss = weighted_cross_entropy(logits, y, w)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+
+@dataclass
+class _BestState:
+    """The best validated weights so far, and the last score.
+
+    Attributes
+    ----------
+    score : float, optional
+        Best validation score so far.
+    state : dict, optional
+        Its weights, on the CPU.
+    iteration : int
+        The iteration it was measured at.
+    last_score : float, optional
+        The latest score.
+    last_validated : int
+        The iteration of the latest score.
+    """
+
+    score: float | None = None
+    state: dict[str, torch.Tensor] | None = None
+    iteration: int = 0
+    last_score: float | None = None
+    last_validated: int = 0
+
+    def offer(self, score: float, net: torch.nn.Module, iteration: int, keep: bool = True) -> None:
+        """Record a score; keep a copy of the weights if it is the best so far."""
+        self.last_score, self.last_validated = score, iteration
+        if self.score is None or score > self.score:
+            self.score, self.iteration = score, iteration
+            self.state = _state_cpu(net) if keep else None
+
+    def result(self, net: torch.nn.Module, config: UNetConfig, iteration: int) -> UNet:
+        """The best network, a fresh CPU copy in evaluation mode (the last one if none)."""
+        result = _new_net(config)
+        if self.state is not None and self.iteration != iteration:
+            result.load_state_dict(self.state)
+        else:
+            result.load_state_dict(_state_cpu(net))
+            self.iteration = iteration
+        return result.eval()
+
+
+def _validation_interval(settings: TrainSettings) -> int:
+    """Iterations between validation scores: the setting, or a tenth of the run (10 to 100)."""
+    if settings.validate_every is not None:
+        return settings.validate_every
+    if settings.iterations:
+        return max(10, min(100, settings.iterations // 10))
+    return 50
 
 
 def train(
@@ -274,247 +620,162 @@ def train(
     >>> [event.iteration for event in run]
     [1, 2]
     """
-    settings = settings or TrainSettings()
-    if not isinstance(settings, TrainSettings):
-        raise ValueError(f"settings must be a TrainSettings, got {type(settings).__name__}")
-    settings.validate()
-    if model is not None and not isinstance(model, TrainedModel):
-        raise ValueError(f"model must be a TrainedModel or None, got {type(model).__name__}")
     start = time.perf_counter()
-    device = select_device(settings.device)
-    device_text = describe_device(device)
-    seed = settings.seed
-    if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2**31))
-    cuda = device.type == "cuda"
-    amp = cuda if settings.amp is None else bool(settings.amp)
-    channels_last = cuda if settings.channels_last is None else bool(settings.channels_last)
+    plan = _resolve_plan(settings, model)
+    data = _prepare_run_data(images, labels, regions, plan, model)
+    run = _TrainingRun(plan, data, model, start)
+    while not run.finished(stop):
+        yield run.step()
+    return run.result(model, stopped=stop is not None and stop.is_set())
 
-    # -- data (all input checks happen here, before anything heavy) ----------------------------
-    if model is not None:
-        normalization = dict(model.normalization)
-        gap = int(model.gap)
-        in_channels: int | None = model.config.in_channels
-        if gap != settings.gap:
-            logger.info(
-                "fine-tuning keeps the model's gap of %d px (settings say %d)", gap, settings.gap
-            )
-    else:
-        normalization = normalization_spec()
-        gap = settings.gap
-        in_channels = None
-    samples = prepare_samples(
-        images,
-        labels,
-        regions,
-        channel_axis=settings.channel_axis,
-        rgb=settings.rgb,
-        normalization=normalization,
-        in_channels=in_channels,
-        gap=gap,
-        w0=settings.w0,
-        sigma=settings.sigma,
-        class_balance=settings.class_balance,
-        border_weights=settings.border_weights,
-    )
-    channels = samples[0].image.shape[0]
-    if model is not None:
-        config = model.config
-    else:
-        config = preset_config(settings.preset, in_channels=channels)
-    largest = max(max(s.classes.shape) for s in samples)
-    patch = min(int(settings.patch_size), config.admissible_size(largest))
-    in_size, out_size = patch_geometry(config, patch)
-    deepest = (in_size - 2 * config.halo if config.padding == "valid" else in_size) // config.grid
-    if config.batch_norm and settings.batch_size * max(deepest, 1) ** 2 < 2:
-        raise ValueError(
-            f"batch_size={settings.batch_size} with a {in_size} px input leaves one value per "
-            "channel at the deepest level of the network, which batch normalisation cannot "
-            "train on; use batch_size >= 2 or a larger patch_size"
+
+class _TrainingRun:
+    """The loop of :func:`train`: steps, validation, best-state tracking and the summary.
+
+    Parameters
+    ----------
+    plan : _RunPlan
+        The resolved settings.
+    data : _RunData
+        The prepared data.
+    model : TrainedModel, optional
+        The model fine-tuned.
+    start : float
+        ``time.perf_counter()`` when the run began (data preparation included).
+    """
+
+    def __init__(
+        self, plan: _RunPlan, data: _RunData, model: TrainedModel | None, start: float
+    ) -> None:
+        self.plan, self.data, self.start = plan, data, start
+        self.settings = plan.settings
+        self.aug = self.settings.augment_settings()
+        self.generator = torch.Generator(device=plan.device)
+        self.generator.manual_seed(plan.seed)
+        self.opt = _Optimisation(data.config, plan, model)
+        self.validate_every = _validation_interval(self.settings)
+        self.best = _BestState()
+        self.iteration = 0
+        self.loss = float("nan")
+        self.window: deque[tuple[float, int]] = deque(maxlen=20)
+        logger.info(
+            "training on %s: %d sample(s), input %d px (output %d), batch %d, validation %s",
+            plan.device_text,
+            len(data.samples),
+            data.in_size,
+            data.out_size,
+            self.settings.batch_size,
+            f"on {len(data.blocks)} block(s) of {data.block} px" if data.blocks else "off",
         )
-    aug = settings.augment_settings()
-    crop = in_size + 2 * context_margin(in_size, aug)
+        self.train_start = time.perf_counter()
 
-    rng = np.random.default_rng(seed)
-    block = validation_block(out_size, config.grid)
-    train_samples, blocks = hold_out(samples, settings.validation_fraction, block, rng)
-    tiles = validation_tiles(samples, blocks, block, config) if blocks else None
-    sampler = PatchSampler(train_samples, crop, device, rng)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
-
-    # -- network and optimiser ----------------------------------------------------------------
-    net = _new_net(config, seed)
-    if model is not None:
-        net.load_state_dict(_state_cpu(model.net))
-    net.to(device)
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
-    net.train()
-    forward: Callable[[torch.Tensor], torch.Tensor] = net
-    if settings.compile:
-        forward = torch.compile(net)
-    if settings.optimizer == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(
-            net.parameters(),
-            lr=settings.learning_rate,
-            momentum=settings.momentum,
-            weight_decay=settings.weight_decay,
+    def finished(self, stop: threading.Event | None) -> bool:
+        """Whether the run ends before its next step (stop request, iterations, minutes)."""
+        elapsed = time.perf_counter() - self.start
+        settings = self.settings
+        return (
+            (stop is not None and stop.is_set())
+            or (settings.iterations is not None and self.iteration >= settings.iterations)
+            or (settings.minutes is not None and elapsed >= 60.0 * settings.minutes)
         )
-    else:
-        optimizer = torch.optim.Adam(
-            net.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
-        )
-    # Dropout draws from torch's global generator: keep a private CPU state so that a seeded run
-    # is reproducible and other users of the global generator are left alone.
-    private_rng = config.dropout > 0 and device.type == "cpu"
-    if private_rng:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + 1)
-            rng_state = torch.get_rng_state()
 
-    if settings.validate_every is not None:
-        validate_every = settings.validate_every
-    elif settings.iterations:
-        validate_every = max(10, min(100, settings.iterations // 10))
-    else:
-        validate_every = 50
-    logger.info(
-        "training on %s: %d sample(s), input %d px (output %d), batch %d, validation %s",
-        device_text,
-        len(samples),
-        in_size,
-        out_size,
-        settings.batch_size,
-        f"on {len(blocks)} block(s) of {block} px" if blocks else "off",
-    )
-
-    # -- the loop -----------------------------------------------------------------------------
-    best_score: float | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    best_iteration = 0
-    last_score: float | None = None
-    last_validated = 0
-    iteration = 0
-    loss_value = float("nan")
-    window: deque[tuple[float, int]] = deque(maxlen=20)
-    train_start = time.perf_counter()
-    stopped = False
-    while True:
-        elapsed = time.perf_counter() - start
-        if stop is not None and stop.is_set():
-            stopped = True
-            break
-        if settings.iterations is not None and iteration >= settings.iterations:
-            break
-        if settings.minutes is not None and elapsed >= 60.0 * settings.minutes:
-            break
+    def step(self) -> TrainEvent:
+        """Draw and augment a batch, take one optimisation step, validate when due."""
         t0 = time.perf_counter()
-        lr = _learning_rate(settings, iteration, time.perf_counter() - train_start)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x, y, w = sampler.sample(settings.batch_size)
+        settings, data = self.settings, self.data
+        lr = _learning_rate(settings, self.iteration, time.perf_counter() - self.train_start)
+        x, y, w = data.sampler.sample(settings.batch_size)
         x, y, w = augment_batch(
-            x, y, w, aug, out_size=in_size, target_size=out_size, generator=generator
+            x,
+            y,
+            w,
+            self.aug,
+            out_size=data.in_size,
+            target_size=data.out_size,
+            generator=self.generator,
         )
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if private_rng:
-            with torch.random.fork_rng(devices=[]):
-                torch.set_rng_state(rng_state)
-                loss = _step(forward, optimizer, x, y, w, device, amp)
-                rng_state = torch.get_rng_state()
-        else:
-            loss = _step(forward, optimizer, x, y, w, device, amp)
-        loss_value = float(loss)
-        if not math.isfinite(loss_value):
+        self.loss = self.opt.step(x, y, w, lr)
+        if not math.isfinite(self.loss):
             raise RuntimeError(
-                f"training diverged at iteration {iteration + 1} (loss {loss_value}); "
+                f"training diverged at iteration {self.iteration + 1} (loss {self.loss}); "
                 f"lower the learning rate (now {settings.learning_rate:g})"
             )
-        iteration += 1
-        window.append((time.perf_counter() - t0, settings.batch_size))
+        self.iteration += 1
+        self.window.append((time.perf_counter() - t0, settings.batch_size))
+        done = settings.iterations is not None and self.iteration >= settings.iterations
         score = None
-        done = settings.iterations is not None and iteration >= settings.iterations
-        if tiles is not None and (iteration % validate_every == 0 or done):
-            score = _validate(net, tiles, device, amp, channels_last)
-            last_score, last_validated = score, iteration
-            if best_score is None or score > best_score:
-                best_score, best_state, best_iteration = score, _state_cpu(net), iteration
-        seconds = sum(t for t, _ in window)
-        yield TrainEvent(
-            iteration=iteration,
-            iterations=settings.iterations,
-            loss=loss_value,
+        if data.tiles is not None and (self.iteration % self.validate_every == 0 or done):
+            score = self.score()
+            self.best.offer(score, self.opt.net, self.iteration)
+        return self.event(lr, score)
+
+    def score(self) -> float:
+        """The validation score of the network now."""
+        plan = self.plan
+        assert self.data.tiles is not None
+        return _validate(self.opt.net, self.data.tiles, plan.device, plan.amp, plan.channels_last)
+
+    def event(self, lr: float, score: float | None) -> TrainEvent:
+        """The progress event after a step."""
+        seconds = sum(t for t, _ in self.window)
+        return TrainEvent(
+            iteration=self.iteration,
+            iterations=self.settings.iterations,
+            loss=self.loss,
             learning_rate=lr,
-            elapsed=time.perf_counter() - start,
-            samples_per_second=sum(n for _, n in window) / seconds if seconds > 0 else 0.0,
+            elapsed=time.perf_counter() - self.start,
+            samples_per_second=sum(n for _, n in self.window) / seconds if seconds > 0 else 0.0,
             validation=score,
-            device=device_text,
-            best_validation=best_score,
-            minutes=settings.minutes,
+            device=self.plan.device_text,
+            best_validation=self.best.score,
+            minutes=self.settings.minutes,
         )
 
-    # -- the result ---------------------------------------------------------------------------
-    if tiles is not None and iteration > 0 and last_validated != iteration:
-        last_score = _validate(net, tiles, device, amp, channels_last)
-        if best_score is None or last_score > best_score:
-            best_score, best_state, best_iteration = last_score, None, iteration
-    result = _new_net(config)
-    if best_state is not None and best_iteration != iteration:
-        result.load_state_dict(best_state)
-    else:
-        result.load_state_dict(_state_cpu(net))
-        best_iteration = iteration
-    result.eval()
-    summary = {
-        "iterations_done": iteration,
-        "stopped": stopped,
-        "elapsed_seconds": round(time.perf_counter() - start, 3),
-        "final_loss": loss_value if math.isfinite(loss_value) else None,
-        "validation_metric": "foreground IoU on held-out annotations",
-        "validation": best_score,
-        "validation_last": last_score,
-        "best_iteration": best_iteration,
-        "validation_blocks": len(blocks),
-        "input_size": in_size,
-        "output_size": out_size,
-        "seed": seed,
-        "device": device_text,
-        "n_images": len(samples),
-        "annotated_pixels": int(sum(s.n_annotated for s in samples)),
-        "package_version": __version__,
-        "torch_version": torch.__version__.split("+")[0],
-    }
-    record = {"settings": replace(settings, seed=seed).to_dict(), "summary": summary}
-    if model is not None:
-        record["fine_tuned_from"] = dict(model.training)
-    logger.info(
-        "training ended after %d iterations (%s); validation %s",
-        iteration,
-        "stopped" if stopped else "done",
-        "n/a" if best_score is None else f"{best_score:.3f} at iteration {best_iteration}",
-    )
-    return TrainedModel(net=result, normalization=normalization, gap=gap, training=record)
+    def result(self, model: TrainedModel | None, stopped: bool) -> TrainedModel:
+        """The best model, with the settings and a summary of the run."""
+        if self.data.tiles is not None and self.iteration > 0:
+            if self.best.last_validated != self.iteration:
+                self.best.offer(self.score(), self.opt.net, self.iteration, keep=False)
+        net = self.best.result(self.opt.net, self.data.config, self.iteration)
+        record = {
+            "settings": replace(self.settings, seed=self.plan.seed).to_dict(),
+            "summary": self.summary(stopped),
+        }
+        if model is not None:
+            record["fine_tuned_from"] = dict(model.training)
+        best = self.best
+        logger.info(
+            "training ended after %d iterations (%s); validation %s",
+            self.iteration,
+            "stopped" if stopped else "done",
+            "n/a" if best.score is None else f"{best.score:.3f} at iteration {best.iteration}",
+        )
+        return TrainedModel(
+            net=net, normalization=self.plan.normalization, gap=self.plan.gap, training=record
+        )
 
-
-def _step(
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    w: torch.Tensor,
-    device: torch.device,
-    amp: bool,
-) -> torch.Tensor:
-    """One optimisation step; returns the loss (detached)."""
-    optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        logits = forward(x)
-    loss = weighted_cross_entropy(logits, y, w)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
+    def summary(self, stopped: bool) -> dict[str, Any]:
+        """A summary of the run (plain values, stored with the model)."""
+        data = self.data
+        return {
+            "iterations_done": self.iteration,
+            "stopped": stopped,
+            "elapsed_seconds": round(time.perf_counter() - self.start, 3),
+            "final_loss": self.loss if math.isfinite(self.loss) else None,
+            "validation_metric": "foreground IoU on held-out annotations",
+            "validation": self.best.score,
+            "validation_last": self.best.last_score,
+            "best_iteration": self.best.iteration,
+            "validation_blocks": len(data.blocks),
+            "input_size": data.in_size,
+            "output_size": data.out_size,
+            "seed": self.plan.seed,
+            "device": self.plan.device_text,
+            "n_images": len(data.samples),
+            "annotated_pixels": int(sum(s.n_annotated for s in data.samples)),
+            "package_version": __version__,
+            "torch_version": torch.__version__.split("+")[0],
+        }
 
 
 def run_training(
@@ -554,13 +815,7 @@ def run_training(
             "given: training would never end"
         )
     run = train(images, labels, regions, settings=settings, model=model, stop=stop)
-    while True:
-        try:
-            event = next(run)
-        except StopIteration as finished:
-            return finished.value
-        if callback is not None:
-            callback(event)
+    return run_to_end(run, callback)
 
 
 def describe_run(model: TrainedModel) -> str:
