@@ -1,0 +1,435 @@
+"""Segmentation quality on real annotated nuclei (issue 11): two protocols, markdown tables.
+
+Usage::
+
+    python bench/bench_real.py                      # both protocols, 5 / 3 minutes of training
+    python bench/bench_real.py --quick --threads 1  # 20 iterations, 2 images: a smoke run
+    python bench/bench_real.py --rows otsu          # the classical baseline only (no training)
+    python bench/bench_real.py --protocols sparse --images 4 --out real.md
+    python bench/bench_real.py --ablation "no border weights:border_weights=False" \\
+        --ablation "sgd:optimizer=sgd,learning_rate=0.01"
+
+Data: the DSB2018 / BBBC038v1 nuclei in ``shared/data/nuclei-dsb2018`` next to the repository
+(``--data`` to point elsewhere): 20 train and 10 test images with instance labels.
+
+*full*: one model trained on the 20 train images (all labels, no region) for ``--minutes 5``,
+scored on the 10 test images. *sparse*: for each test image (``--images N``: the first N), the
+nuclei inside a box of about a third of the image are the annotation and the box the region; a
+model trained on that image alone for ``--minutes 3`` is scored on the nuclei outside the box;
+AP@0.5 is also measured after shorter runs (``--curve``) and plotted against the minutes. The
+box and scoring rules are in bench/real_data.py. AP = TP / (TP + FP + FN) with one-to-one
+matching (:mod:`napari_unet.core.training.metrics`), counts summed over the images, and the mean
+of the per-image APs beside it.
+
+Rows: ``napari-unet (defaults)`` (default :class:`TrainSettings`), ``plain reference`` (the same
+network and budget, unweighted cross-entropy, no gap), ``Otsu + watershed`` (scikit-image, no
+training) and one row per ``--ablation NAME:field=value[,field=value]`` (any TrainSettings fields,
+values as Python literals, bare words as strings). Inference uses the defaults of ``segment``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import shlex
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import real_data as rd
+from napari_unet.core.inference import segment
+from napari_unet.core.progress import run_to_end
+from napari_unet.core.training import TrainSettings, run_training
+
+ROOT = Path(__file__).resolve().parent.parent
+PLOT = ROOT / "docs" / "images" / "ap_vs_minutes_real.png"
+THRESHOLDS = (0.5, 0.75)
+PLAIN = {"border_weights": False, "class_balance": False, "gap": 0}
+OTSU = "Otsu + watershed"
+CURVE_ROWS = ("defaults", "plain")
+SPARSE_TARGET, FULL_TARGET = 0.80, 0.88
+
+
+@dataclass(frozen=True)
+class Method:
+    """A row: a trained U-Net with TrainSettings overrides, or the classical baseline."""
+
+    key: str
+    name: str
+    overrides: dict[str, Any] | None  # None: Otsu + watershed
+
+
+@dataclass
+class Result:
+    """A method's counts on each scored image and its training runs."""
+
+    method: Method
+    counts: list[np.ndarray] = field(default_factory=list)  # per image: (thresholds, 3)
+    seconds: list[float] = field(default_factory=list)
+    iterations: list[int] = field(default_factory=list)
+
+    def ap_summed(self) -> np.ndarray:
+        """AP per threshold from the counts summed over the images."""
+        return rd.ap_from_counts(np.sum(self.counts, axis=0))
+
+    def ap_mean(self) -> np.ndarray:
+        """Mean over the images of each image's AP, per threshold."""
+        return np.mean([rd.ap_from_counts(c) for c in self.counts], axis=0)
+
+
+def parse_ablation(text: str) -> Method:
+    """``NAME:field=value[,field=value]`` -> a Method (values as Python literals or strings)."""
+    name, sep, assignments = text.partition(":")
+    if not sep or not name.strip() or not assignments.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME:field=value[,...], got {text!r}")
+    known = {f.name for f in fields(TrainSettings)}
+    overrides: dict[str, Any] = {}
+    for item in assignments.split(","):
+        key, eq, value = (part.strip() for part in item.partition("="))
+        if not eq or key not in known:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} in {text!r}: expected field=value with a TrainSettings field, one of "
+                f"{', '.join(sorted(known))}"
+            )
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key] = value
+    return Method(f"ablation:{name.strip()}", name.strip(), overrides)
+
+
+def methods_from(args: argparse.Namespace) -> list[Method]:
+    """The rows asked for on the command line, in table order."""
+    builtin = {
+        "defaults": Method("defaults", "napari-unet (defaults)", {}),
+        "plain": Method("plain", "plain reference", dict(PLAIN)),
+        "otsu": Method("otsu", OTSU, None),
+    }
+    return [builtin[k] for k in args.rows] + list(args.ablation)
+
+
+def _segment(model, image: np.ndarray, **kw: Any) -> np.ndarray:
+    """Labels from ``segment`` whether it returns them or is a progress generator."""
+    result = segment(model, image, **kw)
+    if inspect.isgenerator(result):
+        result = run_to_end(result)
+    return np.asarray(result)
+
+
+def _settings(args: argparse.Namespace, budget: float, overrides: dict[str, Any]):
+    """TrainSettings for a run of ``budget`` minutes (or iterations with --iterations)."""
+    limit = {"iterations": int(budget), "minutes": None}
+    if not args.iterations:
+        limit = {"iterations": None, "minutes": float(budget)}
+    base = {"seed": args.seed, "device": args.device, **limit}
+    return TrainSettings(**{**base, **overrides})
+
+
+def train_model(images, labels, regions, settings: TrainSettings):
+    """Train in a worker thread, as the Train widget does; return the model and the seconds.
+
+    (A worker thread also keeps libgomp from spin-waiting at full count when other processes
+    share the cores, which made main-thread runs several times slower on a shared CPU.)
+    """
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        job = pool.submit(run_training, images, labels, regions, settings=settings)
+        model = job.result()
+    return model, time.perf_counter() - t0
+
+
+def _log(text: str) -> None:
+    print(f"[real] {text}", file=sys.stderr, flush=True)
+
+
+def run_full(args: argparse.Namespace, methods: list[Method]) -> list[Result]:
+    """Train each method on the train split and score it on the test images."""
+    train = rd.load_split(args.data, "train")
+    test = rd.load_split(args.data, "test")[: args.images]
+    results = []
+    for method in methods:
+        result = Result(method)
+        if method.overrides is None:
+            preds = [rd.otsu_watershed(s.image) for s in test]
+        else:
+            settings = _settings(args, args.full_budget, method.overrides)
+            model, seconds = train_model(
+                [s.image for s in train], [s.labels for s in train], None, settings
+            )
+            result.seconds.append(seconds)
+            result.iterations.append(model.training["summary"]["iterations_done"])
+            preds = [_segment(model, s.image, device=args.device) for s in test]
+        result.counts = [
+            rd.score_whole(s.labels, p, THRESHOLDS) for s, p in zip(test, preds, strict=True)
+        ]
+        _log(f"full {method.name}: AP {np.round(result.ap_summed(), 3).tolist()}")
+        results.append(result)
+    return results
+
+
+def sparse_one(args, sample: rd.Sample, box: rd.Box, method: Method, budget: float):
+    """Counts outside the box for one method on one image, the seconds and the iterations."""
+    if method.overrides is None:
+        pred = rd.otsu_watershed(sample.image)
+        return rd.score_outside(sample.labels, pred, box, THRESHOLDS), 0.0, 0
+    painted, region = rd.sparse_annotation(sample.labels, box)
+    settings = _settings(args, budget, method.overrides)
+    model, seconds = train_model(sample.image, painted, region, settings)
+    pred = _segment(model, sample.image, device=args.device)
+    counts = rd.score_outside(sample.labels, pred, box, THRESHOLDS)
+    return counts, seconds, int(model.training["summary"]["iterations_done"])
+
+
+def run_sparse(args: argparse.Namespace, methods: list[Method]):
+    """Every method on every chosen test image; returns the samples, boxes and results."""
+    samples = rd.load_split(args.data, "test")[: args.images]
+    boxes = [rd.choose_box(s.labels) for s in samples]
+    results = []
+    for method in methods:
+        result = Result(method)
+        for sample, box in zip(samples, boxes, strict=True):
+            counts, seconds, iterations = sparse_one(args, sample, box, method, args.sparse_budget)
+            result.counts.append(counts)
+            if method.overrides is not None:
+                result.seconds.append(seconds)
+                result.iterations.append(iterations)
+            ap = rd.ap_from_counts(counts)
+            _log(f"sparse {sample.name} {method.name}: AP {np.round(ap, 3).tolist()}")
+        results.append(result)
+    return samples, boxes, results
+
+
+def run_curve(args, samples, boxes, results: list[Result]) -> dict[str, list[tuple]]:
+    """Mean AP@0.5 against measured training minutes on the first ``--curve-images`` images.
+
+    Separate runs of shorter budgets (``--curve`` fractions of the protocol's budget; the
+    cosine schedule makes a checkpoint of a longer run something else), plus the full-budget
+    point of the main runs. Returns ``{row name: [(minutes, mean AP@0.5, summed AP@0.5)]}``.
+    """
+    n = min(args.curve_images, len(samples))
+    curves: dict[str, list[tuple]] = {}
+    for result in results:
+        if result.method.key not in CURVE_ROWS or n == 0:
+            continue
+        points = []
+        for fraction in args.curve:
+            budget = args.sparse_budget * fraction
+            if args.iterations:
+                budget = max(1, round(budget))
+            runs = [
+                sparse_one(args, s, b, result.method, budget)
+                for s, b in zip(samples[:n], boxes[:n], strict=True)
+            ]
+            points.append(_curve_point([r[0] for r in runs], [r[1] for r in runs]))
+            _log(f"curve {result.method.name} x{fraction:g}: {points[-1]}")
+        points.append(_curve_point(result.counts[:n], result.seconds[:n]))
+        curves[result.method.name] = points
+    return curves
+
+
+def _curve_point(counts: list[np.ndarray], seconds: list[float]) -> tuple[float, float, float]:
+    mean_ap = float(np.mean([rd.ap_from_counts(c)[0] for c in counts]))
+    return float(np.mean(seconds)) / 60, mean_ap, float(rd.ap_from_counts(np.sum(counts, 0))[0])
+
+
+def _budget_text(args: argparse.Namespace, budget: float) -> str:
+    return f"{int(budget)} iterations" if args.iterations else f"{budget:g} minutes"
+
+
+def results_table(results: list[Result]) -> list[str]:
+    """Markdown rows: AP summed and mean per image at each threshold, training time."""
+    lines = [
+        "| method | AP@0.5 | AP@0.75 | mean AP@0.5 per image | mean AP@0.75 per image "
+        "| train min (per run) | iterations (per run) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        summed, mean = r.ap_summed(), r.ap_mean()
+        minutes = f"{np.mean(r.seconds) / 60:.2f}" if r.seconds else "-"
+        its = f"{np.mean(r.iterations):.0f}" if r.iterations else "-"
+        lines.append(
+            f"| {r.method.name} | {summed[0]:.3f} | {summed[1]:.3f} | {mean[0]:.3f} "
+            f"| {mean[1]:.3f} | {minutes} | {its} |"
+        )
+    return lines
+
+
+def sparse_image_table(samples, boxes, results: list[Result]) -> list[str]:
+    """Markdown rows: each image's box, scored nuclei and AP@0.5 of every method."""
+    head = "| image | size | nuclei | box (nuclei centred inside) | scored nuclei |"
+    lines = [head + "".join(f" {r.method.name} |" for r in results)]
+    lines.append("| --- | --- | ---: | --- | ---: |" + " ---: |" * len(results))
+    for i, (sample, box) in enumerate(zip(samples, boxes, strict=True)):
+        n = len(rd.centroids(sample.labels)[0])
+        aps = "".join(f" {rd.ap_from_counts(r.counts[i])[0]:.3f} |" for r in results)
+        size = "x".join(map(str, sample.labels.shape))
+        lines.append(f"| {sample.name} | {size} | {n} | {box} | {n - box.count} |{aps}")
+    return lines
+
+
+def curve_table(curves: dict[str, list[tuple]]) -> list[str]:
+    """Markdown rows of the AP-against-minutes points."""
+    lines = [
+        "| method | train min | mean AP@0.5 per image | AP@0.5 (summed) |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, points in curves.items():
+        lines += [f"| {name} | {m:.2f} | {a:.3f} | {s:.3f} |" for m, a, s in points]
+    return lines
+
+
+def _target_line(results: list[Result], target: float, what: str) -> list[str]:
+    """``['', 'Target ... met (AP)']`` for the defaults row, ``[]`` without one."""
+    for r in results:
+        if r.method.key == "defaults":
+            ap = r.ap_mean()[0] if what == "mean" else r.ap_summed()[0]
+            verdict = "met" if ap >= target else "NOT met"
+            return [
+                "",
+                f"Target {what} AP@0.5 >= {target:.2f} (issue 11): **{verdict}** ({ap:.3f}).",
+            ]
+    return []
+
+
+def full_section(args, command: str, results: list[Result]) -> list[str]:
+    """The markdown of the full protocol."""
+    n_train = len(list((Path(args.data) / "train" / "images").glob("*.tif")))
+    return [
+        "### Full protocol: train on the train split, score on the test images",
+        "",
+        f"Command: `{command}`. One model per row trained on the {n_train} train images "
+        f"(all labels, no region) for {_budget_text(args, args.full_budget)}, seed {args.seed}; "
+        f"scored on {args.images or 'all'} test images (whole objects, whole images).",
+        "",
+        *results_table(results),
+        *_target_line(results, FULL_TARGET, "summed"),
+    ]
+
+
+def sparse_section(args, command: str, samples, boxes, results, curves) -> list[str]:
+    """The markdown of the sparse protocol (and its AP-against-minutes points)."""
+    lines = [
+        "### Sparse protocol: a few nuclei painted in a box of the test image itself",
+        "",
+        f"Command: `{command}`. For each test image, the ground truth inside a box of about a "
+        "third of the image (clipped at its edge) is the annotation and the box the region; "
+        f"{_budget_text(args, args.sparse_budget)} of training on that image alone, seed "
+        f"{args.seed}; scored on the nuclei whose centroid lies outside the box (whole-image "
+        "one-to-one matching; unmatched predictions count as false positives when their "
+        "centroid is outside). Box and scoring rules: bench/real_data.py.",
+        "",
+        *results_table(results),
+        *_target_line(results, SPARSE_TARGET, "mean"),
+        "",
+        "AP@0.5 per image:",
+        "",
+        *sparse_image_table(samples, boxes, results),
+    ]
+    if curves:
+        lines += [
+            "",
+            f"AP@0.5 against training minutes (same command; separate runs of "
+            f"{', '.join(f'{c:g}' for c in args.curve)} x the budget and the main runs, on the "
+            f"first {min(args.curve_images, len(samples))} images):",
+            "",
+            *curve_table(curves),
+        ]
+    return lines
+
+
+def _shown(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; ``--quick`` fills in small budgets where none was given."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=rd.DEFAULT_DATA, help="dataset folder")
+    parser.add_argument("--protocols", nargs="+", choices=("full", "sparse"), default=None)
+    parser.add_argument("--rows", nargs="+", choices=("defaults", "plain", "otsu"), default=None)
+    parser.add_argument(
+        "--ablation",
+        action="append",
+        type=parse_ablation,
+        default=[],
+        metavar="NAME:FIELD=VALUE[,...]",
+        help="a row trained with these TrainSettings overrides (repeatable)",
+    )
+    parser.add_argument("--minutes", type=float, help="budget of both protocols (default 5 / 3)")
+    parser.add_argument("--iterations", type=int, help="budget in iterations instead of minutes")
+    parser.add_argument("--images", type=int, help="score only the first N test images")
+    parser.add_argument(
+        "--curve",
+        type=lambda t: [float(v) for v in t.split(",")],
+        help="sparse AP-vs-minutes budgets as fractions of the budget (default 0.167,0.333,0.667)",
+    )
+    parser.add_argument("--curve-images", type=int, help="images of the curve (default 3)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="training and inference device")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads(N)")
+    parser.add_argument("--quick", action="store_true", help="20 iterations, 2 images")
+    parser.add_argument("--out", type=Path, help="also write the markdown section here")
+    parser.add_argument("--plot", type=Path, help=f"AP-vs-minutes plot (default {PLOT})")
+    args = parser.parse_args(argv)
+    args.protocols = args.protocols or ["full", "sparse"]
+    args.rows = args.rows or ["defaults", "plain", "otsu"]
+    if args.quick:
+        args.iterations = args.iterations or 20
+        args.images = args.images or 2
+        args.curve = args.curve or [0.5]
+        args.curve_images = 1 if args.curve_images is None else args.curve_images
+    args.curve = args.curve or [1 / 6, 1 / 3, 2 / 3]
+    args.curve_images = 3 if args.curve_images is None else args.curve_images
+    budgets = (args.iterations,) * 2 if args.iterations else (args.minutes or 5, args.minutes or 3)
+    args.full_budget, args.sparse_budget = budgets
+    if args.plot is None and not args.quick:
+        args.plot = PLOT
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the protocols, print the markdown (and write --out and the plot); return 0."""
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = "python bench/bench_real.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    methods = methods_from(args)
+    started = time.perf_counter()
+    lines = ["## Real nuclei, full and sparse annotation (bench/bench_real.py)", ""]
+    if "full" in args.protocols:
+        lines += [*full_section(args, command.strip(), run_full(args, methods)), ""]
+    if "sparse" in args.protocols:
+        samples, boxes, results = run_sparse(args, methods)
+        curves = run_curve(args, samples, boxes, results)
+        lines += [*sparse_section(args, command.strip(), samples, boxes, results, curves), ""]
+        if curves and args.plot:
+            import plot_quality
+
+            n = min(args.curve_images, len(samples))
+            otsu = [_curve_point(r.counts[:n], [0.0])[1] for r in results if r.method.key == "otsu"]
+            plot_quality.plot_real_curve(curves, otsu[0] if otsu else None, args.plot)
+            lines += [f"Plot: `{_shown(args.plot)}`.", ""]
+    from _machine import machine_table
+
+    lines += [
+        f"Machine ({(time.perf_counter() - started) / 60:.1f} minutes for this command):",
+        "",
+        machine_table(),
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
