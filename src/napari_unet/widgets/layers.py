@@ -3,20 +3,24 @@
 The core takes an image as ``(Y, X)``, ``(C, Y, X)`` with a named channel axis, RGB
 ``(Y, X, 3)`` or a stack ``(Z, ...)`` of such images. A napari Image layer does not say which of
 its axes holds channels (unless it is ``rgb``), so the widgets ask, and :func:`image_layout`
-checks what the user chose against the data. Errors are ``ValueError`` with a message written
+checks what the user chose against the data with the core's
+:func:`napari_unet.core.layout.image_layout`. Errors are ``ValueError`` with a message written
 for the user; the widgets show them as notifications.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
+from napari_unet.core.layout import ImageLayout
+from napari_unet.core.layout import image_layout as core_image_layout
+
 __all__ = [
-    "ImageLayout",
+    "LayerLayout",
     "auto_channel_axis",
     "image_layout",
     "labels_array",
@@ -37,8 +41,12 @@ def layer_array(layer: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class ImageLayout:
-    """Where the channels and the slices of an image layer are.
+class LayerLayout(ImageLayout):
+    """An Image layer's data and where its channels and slices are.
+
+    The core's :class:`~napari_unet.core.layout.ImageLayout` (``channel_axis``, ``rgb``,
+    ``spatial_shape``, ``n_channels``, ``z_axis``, ``describe()``, ...) with the layer's name and
+    data.
 
     Attributes
     ----------
@@ -46,43 +54,10 @@ class ImageLayout:
         The layer's name.
     data : array-like
         numpy, dask or zarr data at full resolution (never copied here).
-    channel_axis : int or None
-        Axis of ``data`` holding channels (None: one channel, or RGB).
-    rgb : bool
-        The last axis holds RGB(A).
-    spatial_shape : tuple of int
-        ``(Y, X)`` or ``(Z, Y, X)``: the shape annotations and results have.
-    n_channels : int
-        Channels the network reads.
-    z_axis : int or None
-        Axis of ``data`` that numbers the slices of a stack.
     """
 
-    name: str
-    data: Any
-    channel_axis: int | None
-    rgb: bool
-    spatial_shape: tuple[int, ...]
-    n_channels: int
-    z_axis: int | None
-
-    @property
-    def is_stack(self) -> bool:
-        """Whether the image is a stack of 2D images."""
-        return self.z_axis is not None
-
-    @property
-    def n_slices(self) -> int:
-        """Number of 2D images (1 for a single image)."""
-        return self.spatial_shape[0] if self.is_stack else 1
-
-    def describe(self) -> str:
-        """A few words for messages, e.g. ``'a stack of 5 RGB images of 96 x 96'``."""
-        yx = f"{self.spatial_shape[-2]} x {self.spatial_shape[-1]}"
-        kind = "RGB" if self.rgb else f"{self.n_channels}-channel" if self.n_channels > 1 else ""
-        if self.is_stack:
-            return f"a stack of {self.n_slices} {kind + ' ' if kind else ''}images of {yx}"
-        return f"a {kind + ' ' if kind else ''}{yx} image"
+    name: str = ""
+    data: Any = None
 
     def slice(self, z: int | None) -> tuple[Any, int | None]:
         """One 2D image of the stack (or the image itself) and its channel axis.
@@ -108,7 +83,7 @@ class ImageLayout:
         return self.data[key], axis
 
 
-def image_layout(layer: Any, channel_axis: int | None = None) -> ImageLayout:
+def image_layout(layer: Any, channel_axis: int | None = None) -> LayerLayout:
     """Check what the user said about an Image layer against its data.
 
     Parameters
@@ -120,8 +95,8 @@ def image_layout(layer: Any, channel_axis: int | None = None) -> ImageLayout:
 
     Returns
     -------
-    ImageLayout
-        The layout.
+    LayerLayout
+        The layout, from :func:`napari_unet.core.layout.image_layout`.
 
     Raises
     ------
@@ -129,40 +104,15 @@ def image_layout(layer: Any, channel_axis: int | None = None) -> ImageLayout:
         If the data cannot be read as a 2D image, a multichannel image or a stack of them.
     """
     data = layer_array(layer)
-    shape = tuple(int(n) for n in data.shape)
-    ndim = len(shape)
-    name = layer.name
-    if getattr(layer, "rgb", False):
-        if ndim not in (3, 4):
-            raise ValueError(
-                f"The RGB image '{name}' has shape {shape}; expected (Y, X, 3) or a stack "
-                "(Z, Y, X, 3)."
-            )
-        spatial = shape[:-1]
-        return ImageLayout(name, data, None, True, spatial, shape[-1], 0 if ndim == 4 else None)
-    if channel_axis is not None:
-        if ndim not in (3, 4):
-            raise ValueError(
-                f"The image '{name}' has {ndim} dimensions {shape}; a channel axis needs "
-                "(C, Y, X) or a stack (Z, C, Y, X). Set 'channels' to 'none'."
-            )
-        axis = channel_axis % ndim
-        if axis >= ndim - 2:
-            raise ValueError(
-                f"Axis {channel_axis} of the image '{name}' {shape} is a spatial axis (Y or X); "
-                "the channel axis must come before the last two."
-            )
-        spatial = tuple(n for k, n in enumerate(shape) if k != axis)
-        z_axis = None if ndim == 3 else (1 if axis == 0 else 0)
-        return ImageLayout(name, data, axis, False, spatial, shape[axis], z_axis)
-    if ndim == 2:
-        return ImageLayout(name, data, None, False, shape, 1, None)
-    if ndim == 3:
-        return ImageLayout(name, data, None, False, shape, 1, 0)
-    raise ValueError(
-        f"The image '{name}' has {ndim} dimensions {shape}. Choose which axis holds the "
-        "channels ('channels'), or use a 2D image or a stack (Z, Y, X)."
+    layout = core_image_layout(
+        data.shape,
+        channel_axis=channel_axis,
+        rgb=bool(getattr(layer, "rgb", False)),
+        what=f"The image '{layer.name}'",
+        channel_option="'channels'",
     )
+    parts = {f.name: getattr(layout, f.name) for f in fields(layout)}
+    return LayerLayout(**parts, name=layer.name, data=data)
 
 
 def auto_channel_axis(layer: Any, in_channels: int) -> int | None:
@@ -186,14 +136,14 @@ def auto_channel_axis(layer: Any, in_channels: int) -> int | None:
     return None
 
 
-def labels_array(layer: Any, layout: ImageLayout, what: str = "annotation") -> np.ndarray:
+def labels_array(layer: Any, layout: LayerLayout, what: str = "annotation") -> np.ndarray:
     """A copy of a Labels layer's data, checked against the image's spatial shape.
 
     Parameters
     ----------
     layer : napari.layers.Labels
         The labels (read, never written).
-    layout : ImageLayout
+    layout : LayerLayout
         The image the labels belong to.
     what : str
         What to call the layer in messages.
@@ -277,7 +227,7 @@ def region_mask(layer: Any, spatial_shape: tuple[int, ...]) -> np.ndarray:
     return mask
 
 
-def slice_index(viewer: Any, layer: Any, layout: ImageLayout) -> int | None:
+def slice_index(viewer: Any, layer: Any, layout: LayerLayout) -> int | None:
     """Index of the slice of ``layout`` the viewer shows now (None for a single image)."""
     if not layout.is_stack:
         return None

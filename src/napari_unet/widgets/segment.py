@@ -37,7 +37,7 @@ from napari_unet.widgets.controls import (
     message,
 )
 from napari_unet.widgets.docs import set_tooltips
-from napari_unet.widgets.layers import ImageLayout, auto_channel_axis, image_layout, slice_index
+from napari_unet.widgets.layers import LayerLayout, auto_channel_axis, image_layout, slice_index
 from napari_unet.widgets.session import session_for
 from napari_unet.widgets.workers import Failure, Job, notify_error
 
@@ -207,7 +207,7 @@ class SegmentWidget(ViewerWidget):
         self._job.start()
         return True
 
-    def _run_state(self, layout: ImageLayout, z0: int | None) -> dict[str, Any]:
+    def _run_state(self, layout: LayerLayout, z0: int | None) -> dict[str, Any]:
         """The output layers made ready (main thread) and what the run's callbacks need."""
         out = self._output_layer(layout)
         prob = self._probability_layer(layout) if self.probabilities.value else None
@@ -230,7 +230,7 @@ class SegmentWidget(ViewerWidget):
         }
 
     @staticmethod
-    def _where(layout: ImageLayout, z0: int | None) -> str:
+    def _where(layout: LayerLayout, z0: int | None) -> str:
         if z0 is not None:
             return f"slice {z0} of {layout.name}"
         if layout.is_stack:
@@ -309,7 +309,7 @@ class SegmentWidget(ViewerWidget):
         return {"layout": layout, "model": model, "image": image, "z": z, "params": params}
 
     # -- output layers (main thread) -----------------------------------------------------------
-    def _spatial_transform(self, layout: ImageLayout) -> dict[str, Any]:
+    def _spatial_transform(self, layout: LayerLayout) -> dict[str, Any]:
         layer = self.image.value
         scale, translate = list(layer.scale), list(layer.translate)
         if layout.channel_axis is not None:
@@ -331,7 +331,7 @@ class SegmentWidget(ViewerWidget):
             return layer
         return None
 
-    def _output_layer(self, layout: ImageLayout) -> Any:
+    def _output_layer(self, layout: LayerLayout) -> Any:
         name = f"{layout.name} segmentation"
         layer = self._find_output(name, Labels, layout.spatial_shape)
         if layer is None:
@@ -349,7 +349,7 @@ class SegmentWidget(ViewerWidget):
             layer.events.data.connect(edited)
         return layer
 
-    def _probability_layer(self, layout: ImageLayout) -> Any:
+    def _probability_layer(self, layout: LayerLayout) -> Any:
         name = f"{layout.name} probability"
         layer = self._find_output(name, Image, layout.spatial_shape)
         if layer is None:
@@ -388,7 +388,7 @@ class SegmentWidget(ViewerWidget):
     def _on_slice(self, done: SliceLabels) -> None:
         run = self._run
         run["done"] += 1
-        layout: ImageLayout = run["layout"]
+        layout: LayerLayout = run["layout"]
         z = done.z if run["z0"] is None else run["z0"]
         labels = done.labels
         key = (z,) if layout.is_stack else (...,)

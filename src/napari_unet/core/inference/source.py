@@ -1,8 +1,9 @@
 """Lazy read access to an image as 2D multichannel slices, for tiled inference.
 
 :class:`SliceSource` validates a numpy, dask or zarr array (anything with ``shape``, ``dtype`` and
-numpy-style slicing) exactly as training lays images out, and reads rectangles of one slice as
-numpy ``(C, h, w)`` arrays without loading the whole image.
+numpy-style slicing) with :func:`napari_unet.core.layout.image_layout`, as training lays images
+out, and reads rectangles of one slice as numpy ``(C, h, w)`` arrays without loading the whole
+image.
 """
 
 from __future__ import annotations
@@ -11,11 +12,24 @@ from typing import Any
 
 import numpy as np
 
-from ..normalize import as_nchw
+from ..layout import image_layout
 
 
 class SliceSource:
-    """Read-only view of an image as 2D multichannel slices ``(N, C, Y, X)``, read lazily."""
+    """Read-only view of an image as 2D multichannel slices ``(N, C, Y, X)``, read lazily.
+
+    Parameters
+    ----------
+    image : array-like
+        numpy, dask or zarr array (or anything numpy can turn into an array).
+    channel_axis, rgb
+        As for :func:`napari_unet.core.layout.image_layout`.
+
+    Raises
+    ------
+    ValueError
+        If the image is empty, not real-valued or not laid out as described.
+    """
 
     def __init__(self, image: Any, channel_axis: int | None, rgb: bool) -> None:
         if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
@@ -28,40 +42,28 @@ class SliceSource:
             raise ValueError(f"image must hold real numbers, got dtype {dtype}")
         if any(s == 0 for s in shape):
             raise ValueError(f"image is empty: expected every axis to be non-empty, got {shape}")
-        # Validate the layout exactly as training does, on a dummy that holds no data.
-        dummy = np.broadcast_to(np.zeros((), np.uint8), shape)
-        self.n, self.c, self.h, self.w = as_nchw(dummy, channel_axis=channel_axis, rgb=rgb).shape
-        ndim = len(shape)
-        if rgb:
-            c_axis: int | None = ndim - 1
-            y_axis, x_axis = ndim - 3, ndim - 2
-        elif channel_axis is not None:
-            c_axis = channel_axis % ndim
-            y_axis, x_axis = ndim - 2, ndim - 1
-        else:
-            c_axis = None
-            y_axis, x_axis = ndim - 2, ndim - 1
-        rest = [a for a in range(ndim) if a not in (c_axis, y_axis, x_axis)]
-        self.z_axis = rest[0] if rest else None
-        self.c_axis, self.y_axis, self.x_axis = c_axis, y_axis, x_axis
-        self.ndim = ndim
+        layout = image_layout(shape, channel_axis=channel_axis, rgb=rgb)
+        self.layout = layout
+        self.n, self.c = layout.n_slices, layout.n_channels
+        self.h, self.w = layout.spatial_shape[-2:]
         self.image = image
         self.dtype = dtype
-        self.is_stack = self.z_axis is not None
+        self.is_stack = layout.is_stack
         self.description = f"shape {shape}, channel_axis={channel_axis}, rgb={rgb}"
 
     def read(self, z: int, rows: slice, cols: slice) -> np.ndarray:
         """Pixels of slice ``z`` as a numpy ``(C, h, w)`` array."""
-        index: list[Any] = [slice(None)] * self.ndim
-        index[self.y_axis] = rows
-        index[self.x_axis] = cols
-        if self.z_axis is not None:
-            index[self.z_axis] = z
+        layout = self.layout
+        index: list[Any] = [slice(None)] * len(layout.shape)
+        index[layout.y_axis] = rows
+        index[layout.x_axis] = cols
+        if layout.z_axis is not None:
+            index[layout.z_axis] = z
         block = self.image[tuple(index)]
         if hasattr(block, "compute"):  # dask: read in this thread, whatever the default scheduler
             block = block.compute(scheduler="synchronous")
         block = np.asarray(block)
-        kept = [a for a in range(self.ndim) if a != self.z_axis]
-        if self.c_axis is None:
+        if layout.c_axis is None:
             return block[None]
-        return np.moveaxis(block, kept.index(self.c_axis), 0)
+        kept = [a for a in range(len(layout.shape)) if a != layout.z_axis]
+        return np.moveaxis(block, kept.index(layout.c_axis), 0)
