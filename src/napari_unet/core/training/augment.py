@@ -3,8 +3,9 @@
 Every geometric change of a batch, the paper's elastic deformation (random displacements on a
 coarse 3x3 grid, upsampled bicubically), the 8 flips and 90° rotations, and a small rotation and
 scaling, is folded into **one** sampling grid per sample, which
-:func:`torch.nn.functional.grid_sample` applies to the image (bilinear), the target classes
-(nearest neighbour) and the loss weights (bilinear). Intensity changes (gain, offset, gamma,
+:func:`torch.nn.functional.grid_sample` applies to the image (bilinear) and to the target classes
+and loss weights (together, nearest neighbour: the high weight of the gap between two cells never
+spreads onto the cells). Intensity changes (gain, offset, gamma,
 noise) then act on the image only. Everything runs batched on whatever device the tensors are on.
 
 Input patches may be larger than the output (a margin of context around the patch), so that
@@ -254,7 +255,8 @@ def augment_batch(
     classes : torch.Tensor
         int64 ``(N, h', w')`` (nearest-neighbour sampled).
     weights : torch.Tensor
-        float32 ``(N, h', w')`` (bilinear), 0 wherever the class is ``IGNORE``.
+        float32 ``(N, h', w')`` (nearest neighbour, with the classes), 0 wherever the class
+        is ``IGNORE``.
 
     Examples
     --------
@@ -317,15 +319,13 @@ def _warp(
     grid = sampling_grid(n, (h_in, w_in), out, settings, generator=generator, device=images.device)
     x = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     grid_t = _center_crop(grid.permute(0, 3, 1, 2), tgt).permute(0, 2, 3, 1)
-
-    def resample(t: torch.Tensor, mode: str) -> torch.Tensor:
-        return F.grid_sample(
-            t[:, None].float(), grid_t, mode=mode, padding_mode="reflection", align_corners=False
-        )[:, 0]
-
-    y = resample(classes, "nearest").round_().long()
-    w = resample(weights, "bilinear")
-    return x, y, w
+    # classes and weights in one nearest-neighbour pass: every target pixel takes the class and
+    # the weight of one input pixel, so the high weight of a gap never spreads onto the cells
+    targets = torch.stack([classes.float(), weights.float()], dim=1)
+    targets = F.grid_sample(
+        targets, grid_t, mode="nearest", padding_mode="reflection", align_corners=False
+    )
+    return x, targets[:, 0].round_().long(), targets[:, 1]
 
 
 def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
