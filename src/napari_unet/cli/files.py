@@ -1,18 +1,19 @@
 """Reading and writing the image files the command line takes: TIFF, PNG, NPY and zarr.
 
 zarr inputs are opened lazily as dask arrays, so that images larger than memory are read tile by
-tile; every other format is read whole. Writes are atomic: a temporary file in the same folder,
-then a rename, so a crash never leaves half a file.
+tile; every other format is read whole. Writes are atomic
+(:func:`napari_unet.core.atomic.atomic_path`), so a crash never leaves half a file.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from napari_unet.core.atomic import atomic_path
 
 __all__ = ["is_zarr_path", "read_image", "write_image"]
 
@@ -95,24 +96,23 @@ def write_image(path: str | os.PathLike[str], data: np.ndarray) -> Path:
     -------
     pathlib.Path
         The written path.
+
+    Raises
+    ------
+    ValueError
+        If the suffix is not one of the above.
+    FileNotFoundError
+        If the destination's folder does not exist.
     """
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix not in (".tif", ".tiff", ".npy"):
         raise ValueError(f"cannot write {p}: expected a .tif, .tiff or .npy path, got {suffix!r}")
-    if not p.parent.exists():
-        raise FileNotFoundError(f"folder does not exist: {p.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
-    os.close(fd)
-    try:
+    with atomic_path(p) as tmp:
         if suffix == ".npy":
             np.save(tmp, np.asarray(data), allow_pickle=False)
         else:
             import tifffile
 
             tifffile.imwrite(tmp, np.asarray(data))
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return p

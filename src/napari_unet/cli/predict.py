@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_unet.cli import UsageError
+from napari_unet.cli.options import add_channel_layout, add_command, add_device, add_output
 
 __all__ = ["add_parser", "run"]
 
@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 _WRITABLE = (".tif", ".tiff", ".npy", ".zarr")
 #: Target edge of an output zarr chunk (rounded to whole tile strides).
 CHUNK = 1024
+#: Seconds between two progress lines in the log.
+LOG_EVERY = 5.0
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -50,7 +52,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     argparse.ArgumentParser
         The ``predict`` parser.
     """
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "predict",
         help="segment an image or a stack into instance labels with a trained model",
         description=(
@@ -65,11 +68,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "input", type=Path, metavar="INPUT", help="image (.tif, .tiff, .png, .npy or .zarr)"
     )
-    parser.add_argument(
-        "--out",
-        "-o",
-        type=Path,
-        required=True,
+    add_output(
+        parser,
         metavar="LABELS",
         help="where to write the int32 labels (.tif, .tiff, .npy or .zarr)",
     )
@@ -79,6 +79,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="OUT",
         help="also write the float32 foreground probability (.tif, .tiff, .npy or .zarr)",
     )
+    _add_tiling(parser)
+    _add_labelling(parser)
+    add_channel_layout(parser)
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help=(
+            "run on a dask.distributed cluster at this address (e.g. tcp://host:8786); "
+            "a zarr input must be readable by the workers at the same path"
+        ),
+    )
+    return parser
+
+
+def _add_tiling(parser: argparse.ArgumentParser) -> None:
+    """``--tile``, ``--batch``, ``--device`` and ``--tta``: how the network runs."""
     parser.add_argument(
         "--tile",
         type=int,
@@ -91,14 +107,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch", type=int, metavar="N", help="tiles per forward pass (default: from memory)"
     )
-    parser.add_argument(
-        "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)"
-    )
+    add_device(parser)
     parser.add_argument(
         "--tta",
         action="store_true",
         help="test-time augmentation: mean over the 8 flips and 90-degree rotations (8x time)",
     )
+
+
+def _add_labelling(parser: argparse.ArgumentParser) -> None:
+    """``--threshold`` and ``--min-size``: from probabilities to labels."""
     parser.add_argument(
         "--threshold",
         type=float,
@@ -111,71 +129,64 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="PIXELS",
         help="drop objects smaller than this (default: the model's, else 16 pixels)",
     )
-    parser.add_argument(
-        "--channel-axis",
-        type=int,
-        metavar="AXIS",
-        help="axis of the channels in a multichannel image (e.g. 0 for (C, Y, X))",
-    )
-    parser.add_argument(
-        "--rgb", action="store_true", help="the last axis holds RGB(A) colour channels"
-    )
-    parser.add_argument(
-        "--scheduler",
-        metavar="ADDRESS",
-        help=(
-            "run on a dask.distributed cluster at this address (e.g. tcp://host:8786); "
-            "a zarr input must be readable by the workers at the same path"
-        ),
-    )
-    return parser
 
 
 # ----------------------------------------------------------------------------------------------
-# Outputs
+# What one run needs, and its outputs
 # ----------------------------------------------------------------------------------------------
 
 
-class _Output:
-    """An output array: numpy (written at the end) or a zarr store (written chunk by chunk into
-    a temporary store that replaces the destination at the end)."""
+@dataclass
+class _Job:
+    """One prediction: the model, the image, the tiling, the labelling and the outputs."""
 
-    def __init__(self, path: Path, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...]):
-        self.path = path
-        self.zarr = path.suffix.lower() == ".zarr"
-        self.tmp: Path | None = None
-        if self.zarr:
-            import zarr
+    model: Any
+    image: Any
+    plan: Any
+    #: channel_axis, rgb, device and tta, as the core functions take them
+    options: dict[str, Any]
+    threshold: float
+    min_size: int
+    labels: Any = None
+    probabilities: Any = None
 
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-            self.array: Any = zarr.open_array(
-                str(self.tmp), mode="w", shape=shape, chunks=chunks, dtype=dtype
-            )
-        else:
-            self.array = np.zeros(shape, dtype)
+    def chunks(self) -> tuple[int, int]:
+        """``(Y, X)`` edge of an output zarr chunk: about :data:`CHUNK`, whole tile strides."""
+        return _chunk(self.plan.layout.y), _chunk(self.plan.layout.x)
 
-    def commit(self) -> None:
-        """Put the finished output in place."""
-        if not self.zarr:
-            from napari_unet.cli.files import write_image
+    def write_probabilities(self, z: int, rows: tuple, cols: tuple, data: np.ndarray) -> None:
+        """Write a rectangle of slice ``z``'s probabilities, if they are wanted."""
+        if self.probabilities is not None:
+            index = (slice(*rows), slice(*cols))
+            self.probabilities[(z, *index) if self.plan.stack else index] = data
 
-            write_image(self.path, self.array)
-            return
-        assert self.tmp is not None
-        old = None
-        if self.path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old.", dir=self.path.parent))
-            os.replace(self.path, old / "store")
-        os.replace(self.tmp, self.path)
-        self.tmp = None
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
-    def discard(self) -> None:
-        """Remove a temporary store left by a failure."""
-        if self.tmp is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            self.tmp = None
+def _chunk(axis: Any) -> int:
+    if axis.count == 1:
+        return axis.size
+    return min(axis.size, axis.stride * max(1, CHUNK // axis.stride))
+
+
+@contextmanager
+def _output(path: Path, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...]) -> Iterator:
+    """An output array that lands at ``path`` whole when the block ends without an error.
+
+    A ``.zarr`` output is written chunk by chunk into a temporary store beside ``path``
+    (:func:`~napari_unet.core.atomic.atomic_path`); other formats are kept in memory and written
+    at the end (:func:`~napari_unet.cli.files.write_image`, atomic too).
+    """
+    from napari_unet.cli.files import write_image
+    from napari_unet.core.atomic import atomic_path
+
+    if path.suffix.lower() != ".zarr":
+        array = np.zeros(shape, dtype)
+        yield array
+        write_image(path, array)
+        return
+    import zarr
+
+    with atomic_path(path, folder=True) as tmp:
+        yield zarr.open_array(str(tmp), mode="w", shape=shape, chunks=chunks, dtype=dtype)
 
 
 def _check_out_path(path: Path, option: str) -> None:
@@ -185,10 +196,85 @@ def _check_out_path(path: Path, option: str) -> None:
         raise FileNotFoundError(f"folder for {option} does not exist: {path.parent}")
 
 
-def _chunk(size: int, stride: int, count: int) -> int:
-    if count == 1:
-        return size
-    return min(size, stride * max(1, CHUNK // stride))
+def _check_args(args: argparse.Namespace) -> None:
+    """Raise UsageError (or FileNotFoundError) on options that cannot work, before any work."""
+    _check_out_path(args.out, "--out")
+    if args.probabilities is not None:
+        _check_out_path(args.probabilities, "--probabilities")
+        if args.probabilities.resolve() == args.out.resolve():
+            raise UsageError("--probabilities and --out must be different files")
+    for name in ("tile", "batch"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name} must be a positive integer, got {value}")
+    if not 0.0 <= args.threshold < 1.0:
+        raise UsageError(f"--threshold must be in [0, 1), got {args.threshold}")
+    if args.min_size is not None and args.min_size < 0:
+        raise UsageError(f"--min-size must be 0 or more, got {args.min_size}")
+
+
+def _plan_job(args: argparse.Namespace) -> _Job:
+    """Read the model and the image, check the image's layout and plan the tiling."""
+    from napari_unet.cli.files import read_image
+    from napari_unet.core.inference import DEFAULT_MIN_SIZE, prediction_plan
+    from napari_unet.core.layout import image_layout
+    from napari_unet.core.model_files import load_model
+
+    model = load_model(args.model)
+    image = read_image(args.input)
+    layout = {"channel_axis": args.channel_axis, "rgb": args.rgb}
+    image_layout(image.shape, **layout, what=str(args.input), channel_option="--channel-axis")
+    plan = prediction_plan(
+        model, image, tile=args.tile, batch_size=args.batch, device=args.device, **layout
+    )
+    min_size = args.min_size
+    if min_size is None:
+        min_size = int(model.training.get("min_size", DEFAULT_MIN_SIZE))
+    options = {**layout, "device": args.device, "tta": args.tta}
+    return _Job(model, image, plan, options, args.threshold, min_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Local run
+# ----------------------------------------------------------------------------------------------
+
+
+class _ProgressLog:
+    """Logs tile progress every :data:`LOG_EVERY` seconds and counts the labelled objects."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.n_objects = 0
+
+    def __call__(self, event: Any) -> None:
+        if event.stage == "labels":
+            self.n_objects = max(self.n_objects, int(event.item.labels.max(initial=0)))
+            return
+        now = time.perf_counter()
+        if event.done == event.total or now - self.last > LOG_EVERY:
+            self.last = now
+            logger.info("%d of %d tiles", event.done, event.total)
+
+
+def _run_local(job: _Job) -> int:
+    """Segment in this process; the number of objects."""
+    from napari_unet.core.inference import segment
+    from napari_unet.core.progress import run_to_end
+
+    log = _ProgressLog()
+    work = segment(
+        job.model,
+        job.image,
+        threshold=job.threshold,
+        min_size=job.min_size,
+        tile=job.plan.tile,
+        batch_size=job.plan.batch_size,
+        out=job.labels,
+        probabilities_out=job.probabilities,
+        **job.options,
+    )
+    run_to_end(work, log)
+    return log.n_objects
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,60 +320,58 @@ def _region_task(
     )
 
 
-def _run_distributed(
-    address: str,
-    model: Any,
-    image: Any,
-    input_path: Path,
-    plan: Any,
-    chunks: tuple[int, int],
-    options: dict[str, Any],
-    write_prob: Callable[[int, tuple[int, int], tuple[int, int], np.ndarray], None],
-    slice_ready: Callable[[int, np.ndarray], None],
-) -> None:
+def _submit(client: Any, job: _Job, ref: Any) -> tuple[dict[Any, tuple], dict[int, int]]:
+    """One task per output chunk of every slice: futures -> (z, rows, cols); chunks per slice."""
+    model_ref = client.scatter(job.model, broadcast=True)
+    options = {**job.options, "tile": job.plan.tile, "batch_size": job.plan.batch_size}
+    h, w = job.plan.layout.y.size, job.plan.layout.x.size
+    cy, cx = job.chunks()
+    regions = [
+        ((y, min(y + cy, h)), (x, min(x + cx, w))) for y in range(0, h, cy) for x in range(0, w, cx)
+    ]
+    futures: dict[Any, tuple] = {}
+    for z in range(job.plan.n_slices):
+        norm = client.submit(_normalization_task, model_ref, ref, z, job.options, pure=False)
+        for rows, cols in regions:
+            fut = client.submit(
+                _region_task, model_ref, ref, z, rows, cols, norm, options, pure=False
+            )
+            futures[fut] = (z, rows, cols)
+    return futures, {z: len(regions) for z in range(job.plan.n_slices)}
+
+
+def _run_distributed(address: str, job: _Job, input_path: Path) -> int:
+    """Segment on a dask.distributed cluster; the number of objects.
+
+    Every output chunk is a task; slices are labelled here, in slice order (so the numbering
+    is the local run's), as soon as all their chunks have arrived.
+    """
     from dask.distributed import Client, as_completed
 
     from napari_unet.cli.files import is_zarr_path
+    from napari_unet.core.inference import StackLabeller
 
+    labeller = StackLabeller(threshold=job.threshold, gap=job.model.gap, min_size=job.min_size)
+    shape = (job.plan.layout.y.size, job.plan.layout.x.size)
     client = Client(address)
     try:
         logger.info("running on the dask cluster at %s", address)
-        model_ref = client.scatter(model, broadcast=True)
-        ref = str(input_path) if is_zarr_path(input_path) else client.scatter(np.asarray(image))
-        norm_options = {"channel_axis": options["channel_axis"], "rgb": options["rgb"]}
-        h, w = plan.layout.y.size, plan.layout.x.size
-        futures = {}
-        pending_chunks = {}
-        for z in range(plan.n_slices):
-            norm = client.submit(_normalization_task, model_ref, ref, z, norm_options, pure=False)
-            regions = [
-                ((y, min(y + chunks[0], h)), (x, min(x + chunks[1], w)))
-                for y in range(0, h, chunks[0])
-                for x in range(0, w, chunks[1])
-            ]
-            pending_chunks[z] = len(regions)
-            for rows, cols in regions:
-                fut = client.submit(
-                    _region_task, model_ref, ref, z, rows, cols, norm, options, pure=False
-                )
-                futures[fut] = (z, rows, cols)
+        ref = str(input_path) if is_zarr_path(input_path) else client.scatter(np.asarray(job.image))
+        futures, pending = _submit(client, job, ref)
         buffers: dict[int, np.ndarray] = {}
-        complete: set[int] = set()
         next_z = 0
         for fut in as_completed(list(futures)):
             z, rows, cols = futures.pop(fut)
             data = fut.result()
-            write_prob(z, rows, cols, data)
-            buf = buffers.setdefault(z, np.empty((h, w), np.float32))
-            buf[rows[0] : rows[1], cols[0] : cols[1]] = data
-            pending_chunks[z] -= 1
-            if pending_chunks[z] == 0:
-                complete.add(z)
-            while next_z in complete:  # label in slice order: the same numbering as locally
-                slice_ready(next_z, buffers.pop(next_z))
+            job.write_probabilities(z, rows, cols, data)
+            buffers.setdefault(z, np.empty(shape, np.float32))[slice(*rows), slice(*cols)] = data
+            pending[z] -= 1
+            while next_z in pending and pending[next_z] == 0:  # label in slice order
+                job.labels[next_z if job.plan.stack else ...] = labeller(buffers.pop(next_z))
                 next_z += 1
     finally:
         client.close()
+    return labeller.n_objects
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,148 +397,33 @@ def run(args: argparse.Namespace) -> int:
     ValueError, UsageError, FileNotFoundError
         On unreadable or unsuitable input, or an unwritable output path.
     """
-    from napari_unet.cli.files import read_image
-    from napari_unet.core.inference import (
-        DEFAULT_MIN_SIZE,
-        prediction_plan,
-        probabilities_to_labels,
-        segment,
-    )
-    from napari_unet.core.model_files import load_model
-    from napari_unet.core.progress import run_to_end
-
-    _check_out_path(args.out, "--out")
-    if args.probabilities is not None:
-        _check_out_path(args.probabilities, "--probabilities")
-        if args.probabilities.resolve() == args.out.resolve():
-            raise UsageError("--probabilities and --out must be different files")
-    for name in ("tile", "batch"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name} must be a positive integer, got {value}")
-    if not 0.0 <= args.threshold < 1.0:
-        raise UsageError(f"--threshold must be in [0, 1), got {args.threshold}")
-    if args.min_size is not None and args.min_size < 0:
-        raise UsageError(f"--min-size must be 0 or more, got {args.min_size}")
-
-    model = load_model(args.model)
-    image = read_image(args.input)
-    options = {
-        "channel_axis": args.channel_axis,
-        "rgb": args.rgb,
-        "device": args.device,
-        "tta": args.tta,
-    }
-    plan = prediction_plan(
-        model, image, tile=args.tile, batch_size=args.batch, **_without(options, "tta")
-    )
-    min_size = args.min_size
-    if min_size is None:
-        min_size = int(model.training.get("min_size", DEFAULT_MIN_SIZE))
-    lay = plan.layout
-    yx_chunks = (
-        _chunk(lay.y.size, lay.y.stride, lay.y.count),
-        _chunk(lay.x.size, lay.x.stride, lay.x.count),
-    )
-    chunks = (1, *yx_chunks) if plan.stack else yx_chunks
+    _check_args(args)
+    job = _plan_job(args)
+    plan = job.plan
+    chunks = (1, *job.chunks()) if plan.stack else job.chunks()
     logger.info(
         "%s: %s, %d tile(s) of %dx%d per slice, batch %d, on %s",
         args.input,
         " x ".join(map(str, plan.shape)),
-        lay.count,
+        plan.layout.count,
         *plan.tile,
         plan.batch_size,
         plan.device,
     )
-
-    outputs = [_Output(args.out, plan.shape, "int32", chunks)]
-    if args.probabilities is not None:
-        outputs.append(_Output(args.probabilities, plan.shape, "float32", chunks))
-    labels_out = outputs[0].array
-    prob_out = outputs[1].array if len(outputs) > 1 else None
     started = time.perf_counter()
-    next_label = 1
-    try:
+    with ExitStack() as outputs:  # labels land first, then the probabilities
+        if args.probabilities is not None:
+            job.probabilities = outputs.enter_context(
+                _output(args.probabilities, plan.shape, "float32", chunks)
+            )
+        job.labels = outputs.enter_context(_output(args.out, plan.shape, "int32", chunks))
         if args.scheduler:
-
-            def write_prob(z: int, rows: tuple, cols: tuple, data: np.ndarray) -> None:
-                if prob_out is not None:
-                    index = (slice(*rows), slice(*cols))
-                    prob_out[(z, *index) if plan.stack else index] = data
-
-            def slice_ready(z: int, prob: np.ndarray) -> None:
-                nonlocal next_label
-                labels = probabilities_to_labels(
-                    prob,
-                    threshold=args.threshold,
-                    gap=model.gap,
-                    min_size=min_size,
-                    start_label=next_label,
-                )
-                if labels.size and labels.max() >= next_label:
-                    next_label = int(labels.max()) + 1
-                if plan.stack:
-                    labels_out[z] = labels
-                else:
-                    labels_out[...] = labels
-
-            region_options = {
-                **options,
-                "tile": plan.tile,
-                "batch_size": plan.batch_size,
-            }
-            _run_distributed(
-                args.scheduler,
-                model,
-                image,
-                args.input,
-                plan,
-                yx_chunks,
-                region_options,
-                write_prob,
-                slice_ready,
-            )
+            n_objects = _run_distributed(args.scheduler, job, args.input)
         else:
-            last = [0.0]
-
-            def progress(event: Any) -> None:
-                nonlocal next_label
-                if event.stage == "labels":
-                    labels = event.item.labels
-                    next_label = max(next_label, int(labels.max(initial=0)) + 1)
-                    return
-                now = time.perf_counter()
-                if event.done == event.total or now - last[0] > 5:
-                    last[0] = now
-                    logger.info("%d of %d tiles", event.done, event.total)
-
-            run_to_end(
-                segment(
-                    model,
-                    image,
-                    threshold=args.threshold,
-                    min_size=min_size,
-                    tile=plan.tile,
-                    batch_size=plan.batch_size,
-                    out=labels_out,
-                    probabilities_out=prob_out,
-                    **options,
-                ),
-                progress,
-            )
-        for output in outputs:
-            output.commit()
-    finally:
-        for output in outputs:
-            output.discard()
-    n_objects = next_label - 1
+            n_objects = _run_local(job)
     print(
         f"wrote {args.out}: {' x '.join(map(str, plan.shape))} int32, {n_objects} objects "
         f"in {time.perf_counter() - started:.1f} s"
         + (f"; probabilities in {args.probabilities}" if args.probabilities else "")
     )
     return 0
-
-
-def _without(options: dict[str, Any], *keys: str) -> dict[str, Any]:
-    return {k: v for k, v in options.items() if k not in keys}
