@@ -86,6 +86,7 @@ def test_stop_mid_training_leaves_a_usable_model(
     viewer, train_widget, tiny_model, qtbot, wait_idle, notes, cells
 ) -> None:
     from napari_unet.core.inference import predict_probabilities
+    from napari_unet.core.progress import run_to_end
 
     _use_tiny(viewer, tiny_model)
     widget = train_widget
@@ -100,7 +101,7 @@ def test_stop_mid_training_leaves_a_usable_model(
     assert any("Training stopped at iteration" in m and "kept" in m for m in infos)
     model = session_for(viewer).model
     assert model.training["summary"]["stopped"] is True
-    prob = predict_probabilities(model, cells[0], device="cpu")
+    prob = run_to_end(predict_probabilities(model, cells[0], device="cpu"))
     assert prob.shape == cells[0].shape and np.isfinite(prob).all()
     assert 0.0 <= prob.min() <= prob.max() <= 1.0
     widget.stop()  # nothing running any more
@@ -247,3 +248,33 @@ def test_time_limited_training(viewer, train_widget, tiny_model, wait_idle, note
         assert any("Training finished" in m for m in notes.messages("info"))
     else:  # preparing the data took longer than the limit (a slow or busy machine)
         assert any("before its first step" in m for m in notes.messages("warning"))
+
+
+def test_controls_come_from_train_settings(train_widget) -> None:
+    """Every shown TrainSettings field has a control with its default, bounds and doc."""
+    import dataclasses
+
+    from napari_unet.core.training import TrainSettings
+
+    widget = train_widget
+    widget.extra_settings = {}
+    shown = [f for f in dataclasses.fields(TrainSettings) if f.metadata["show"] != "hidden"]
+    assert {f.name for f in shown} >= {"iterations", "patch_size", "seed", "learning_rate"}
+    for f in shown:
+        control = getattr(widget, f.name)
+        assert len(control.tooltip) > 10, f.name
+        if "min" in f.metadata:
+            assert control.min == f.metadata["min"], f.name
+    expected = TrainSettings(device=widget.device.value)
+    assert widget.settings() == expected  # the widget's defaults are the CLI's
+    widget.preset.value = "paper"  # the preset's training settings are shown
+    assert (widget.patch_size.value, widget.batch_size.value) == (388, 1)
+    assert widget.optimizer.value == "sgd"
+    assert widget.settings() == TrainSettings.for_preset("paper", device=widget.device.value)
+    widget.batch_size.value = 3  # the user's own value survives a preset change
+    widget.preset.value = "fast"
+    assert (widget.patch_size.value, widget.batch_size.value) == (128, 3)
+    widget.seed.value = 7
+    widget.iterations.value = 0
+    settings = widget.settings()
+    assert settings.seed == 7 and settings.iterations is None and settings.optimizer == "adam"

@@ -1,25 +1,40 @@
-"""Controls shared by the widgets: layer pickers that follow the viewer, and a device picker.
+"""Controls shared by the widgets: layer pickers, a device picker, forms built from dataclasses.
 
 :class:`ViewerWidget` is the base of the three widgets: a magicgui ``Container`` that keeps its
 layer pickers in step with the viewer's layer list through public napari events, and lets go of
-them when its Qt widget is destroyed.
+them when its Qt widget is destroyed. :class:`SettingsForm` makes one magicgui control per field
+of a settings dataclass (name, type, default, bounds from the field's metadata, tooltip from the
+class docstring) and reads the values back; :func:`push_button`, :func:`form`,
+:func:`button_row`, :func:`collapsible` and :func:`qt_box` lay a widget out.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from magicgui.widgets import ComboBox, Container, Label, PushButton
+from magicgui.widgets import ComboBox, Container, Label, PushButton, Widget, create_widget
+
+from napari_unet.widgets.docs import numpydoc_params
 
 __all__ = [
+    "SettingsForm",
     "ViewerWidget",
     "button_row",
+    "collapsible",
+    "describe",
     "device_picker",
     "form",
     "layer_picker",
     "message",
+    "push_button",
+    "qt_box",
+    "same_value",
+    "setting_control",
 ]
 
 logger = logging.getLogger(__name__)
@@ -118,7 +133,7 @@ def message(name: str, value: str = "") -> Label:
     return label
 
 
-def form(*widgets: Any, name: str = "settings") -> Container:
+def form(*widgets: Widget, name: str = "settings") -> Container:
     """Controls one under the other, each with its label in a column on the left."""
     box = Container(name=name, widgets=list(widgets), labels=True)
     box.margins = (0, 0, 0, 0)
@@ -130,6 +145,165 @@ def button_row(*buttons: PushButton, name: str = "buttons") -> Container:
     row = Container(name=name, widgets=list(buttons), layout="horizontal", labels=False)
     row.margins = (0, 0, 0, 0)
     return row
+
+
+def push_button(
+    name: str, text: str, tooltip: str, on_click: Callable[..., Any] | None = None
+) -> PushButton:
+    """A button with its tooltip, calling ``on_click`` when pressed.
+
+    Parameters
+    ----------
+    name : str
+        The button's name (also its attribute on the container).
+    text : str
+        What the button says.
+    tooltip : str
+        What pressing it does.
+    on_click : callable, optional
+        Called (with the button's value) when it is pressed.
+
+    Returns
+    -------
+    PushButton
+        The button.
+    """
+    button = PushButton(name=name, text=text, tooltip=tooltip)
+    if on_click is not None:
+        button.changed.connect(on_click)
+    return button
+
+
+def qt_box(name: str, widget: Any) -> Container:
+    """A plain Qt widget (a plot) as a full-width row of a magicgui container."""
+    box = Container(name=name, labels=False)
+    box.margins = (0, 0, 0, 0)
+    box.native.layout().addWidget(widget)
+    return box
+
+
+def collapsible(name: str, title: str, widgets: Sequence[Widget]) -> Container:
+    """A section that opens when its title is clicked (superqt's ``QCollapsible``), closed.
+
+    Parameters
+    ----------
+    name : str
+        The row's name.
+    title : str
+        The clickable title.
+    widgets : sequence of magicgui widgets
+        The section's controls, laid out as a :func:`form`.
+
+    Returns
+    -------
+    Container
+        A row holding the section.
+    """
+    from superqt import QCollapsible
+
+    section = QCollapsible(title)
+    section.addWidget(form(*widgets, name=f"{name}_form").native)
+    section.collapse(animate=False)
+    return qt_box(name, section)
+
+
+def _plain_type(annotation: Any) -> Any:
+    """``int | None`` -> ``int``; ``bool | None`` stays a union (no single control for it)."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return kinds[0] if len(kinds) == 1 and kinds[0] is not bool else annotation
+    return annotation
+
+
+def setting_control(field: dataclasses.Field, annotation: Any, tooltip: str = "") -> Widget:
+    """A magicgui control for one field of a settings dataclass.
+
+    Parameters
+    ----------
+    field : dataclasses.Field
+        The field; its metadata may give ``label``, ``min``, ``max``, ``step``, ``choices`` and
+        ``none`` (the control value that stands for ``None``), as
+        :func:`napari_unet.core.training.settings.setting` writes them.
+    annotation : type
+        The field's type (``int | None`` gives a number control).
+    tooltip : str
+        The control's tooltip.
+
+    Returns
+    -------
+    magicgui.widgets.Widget
+        A SpinBox, FloatSpinBox, CheckBox or ComboBox (magicgui's choice for the type).
+    """
+    meta = field.metadata
+    kind = _plain_type(annotation)
+    value = meta.get("none") if field.default is None else field.default
+    options = {k: meta[k] for k in ("min", "max", "step", "choices") if k in meta}
+    label = meta.get("label", field.name.replace("_", " "))
+    options["tooltip"] = tooltip
+    return create_widget(
+        value=value, annotation=kind, name=field.name, label=label, options=options
+    )
+
+
+class SettingsForm:
+    """One control per field of a settings dataclass that metadata ``show`` puts in this form.
+
+    Parameters
+    ----------
+    cls : type
+        The dataclass, e.g. :class:`~napari_unet.core.training.TrainSettings`; tooltips come
+        from its docstring.
+    show : str
+        Fields whose metadata ``show`` is this (``'main'`` or ``'advanced'``) get a control.
+    replace : mapping of str to Widget, optional
+        Controls made elsewhere for some fields (a device picker).
+
+    Attributes
+    ----------
+    controls : dict of str to Widget
+        Field name -> control, in the dataclass's order.
+    rows : list of Widget
+        The controls as rows of a form; fields with the same metadata ``group`` share a row.
+    """
+
+    def __init__(self, cls: type, show: str, replace: Mapping[str, Widget] | None = None) -> None:
+        hints = typing.get_type_hints(cls)
+        docs = numpydoc_params(cls)
+        self.fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("show") == show}
+        self.controls: dict[str, Widget] = {}
+        self.rows: list[Widget] = []
+        groups: dict[str, Container] = {}
+        for name, f in self.fields.items():
+            control = (replace or {}).get(name) or setting_control(f, hints[name])
+            control.tooltip = control.tooltip or docs.get(name, "")
+            self.controls[name] = control
+            group = f.metadata.get("group")
+            if group is None:
+                self.rows.append(control)
+            elif group in groups:
+                groups[group].append(control)
+            else:
+                groups[group] = Container(
+                    name=group, label=group, layout="horizontal", labels=False, widgets=[control]
+                )
+                groups[group].margins = (0, 0, 0, 0)
+                self.rows.append(groups[group])
+
+    def values(self) -> dict[str, Any]:
+        """Field name -> the value its control shows (the ``none`` value read as ``None``)."""
+        out = {}
+        for name, control in self.controls.items():
+            value = control.value
+            none = self.fields[name].metadata.get("none")
+            out[name] = None if none is not None and value == none else value
+        return out
+
+    def set_values(self, values: Mapping[str, Any]) -> None:
+        """Show ``values`` (field name -> value; ``None`` shown as the field's ``none``)."""
+        for name, value in values.items():
+            if name in self.controls:
+                none = self.fields[name].metadata.get("none")
+                self.controls[name].value = none if value is None else value
 
 
 class ViewerWidget(Container):

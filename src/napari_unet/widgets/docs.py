@@ -1,5 +1,8 @@
 """Widget tooltips taken from numpydoc docstrings, so that a control and its documentation agree.
 
+The docstrings are read by ``docstring_parser``, the parser magicgui itself uses for the tooltips
+of ``magicgui``-decorated functions.
+
 Examples
 --------
 >>> def f(threshold: float = 0.5) -> None:
@@ -17,20 +20,18 @@ Examples
 from __future__ import annotations
 
 import inspect
-import re
 from typing import Any
 
-__all__ = ["numpydoc_params", "set_tooltips"]
+from docstring_parser import parse
 
-_SECTIONS = ("Parameters", "Attributes", "Other Parameters")
-_HEADER = re.compile(r"^([A-Za-z][A-Za-z ]*)\n-{3,}\s*$", re.MULTILINE)
+__all__ = ["numpydoc_params", "set_tooltips"]
 
 
 def numpydoc_params(obj: Any) -> dict[str, str]:
     """Map each documented name of ``obj`` to its description, as one line of text.
 
-    Reads the ``Parameters``, ``Other Parameters`` and ``Attributes`` sections of a numpydoc
-    docstring. Entries documenting several names (``low, high : float``) give each name the text.
+    Reads the ``Parameters``, ``Other Parameters`` and ``Attributes`` sections. Entries
+    documenting several names (``low, high : float``) give each name the text.
 
     Parameters
     ----------
@@ -40,28 +41,13 @@ def numpydoc_params(obj: Any) -> dict[str, str]:
     Returns
     -------
     dict of str to str
-        Name -> description (whitespace collapsed); empty when there is no docstring.
+        Name -> description (whitespace collapsed, double backticks removed); empty when there
+        is no docstring.
     """
-    doc = inspect.getdoc(obj) or ""
     out: dict[str, str] = {}
-    headers = list(_HEADER.finditer(doc))
-    for k, header in enumerate(headers):
-        if header.group(1).strip() not in _SECTIONS:
-            continue
-        end = headers[k + 1].start() if k + 1 < len(headers) else len(doc)
-        body = doc[header.end() : end]
-        names: list[str] = []
-        text: list[str] = []
-        for line in body.splitlines():
-            if line and not line[0].isspace():
-                for name in names:
-                    out[name] = " ".join(text).replace("``", "").strip()
-                names = [n.strip() for n in line.split(":")[0].split(",") if n.strip()]
-                text = []
-            elif line.strip():
-                text.append(line.strip())
-        for name in names:
-            out[name] = " ".join(text).replace("``", "").strip()
+    for param in parse(inspect.getdoc(obj) or "").params:
+        text = " ".join((param.description or "").split()).replace("``", "")
+        out.update(dict.fromkeys((n.strip() for n in param.arg_name.split(",")), text))
     return out
 
 
@@ -71,7 +57,7 @@ def set_tooltips(container: Any, *sources: Any) -> None:
     Parameters
     ----------
     container : magicgui.widgets.Container
-        Controls are matched by their ``name``.
+        Controls are matched by their ``name``, nested containers included.
     *sources : object
         Documented objects, searched in order; the first that documents a name wins. A control
         that already has a tooltip keeps it.

@@ -15,19 +15,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton, SpinBox
+from magicgui.widgets import ComboBox
 from napari.layers import Image, Labels, Shapes
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 
 from napari_unet.widgets.controls import (
+    SettingsForm,
     ViewerWidget,
     button_row,
+    collapsible,
     device_picker,
     form,
     layer_picker,
     message,
+    push_button,
+    qt_box,
     same_value,
 )
 from napari_unet.widgets.docs import set_tooltips
@@ -46,6 +50,14 @@ logger = logging.getLogger(__name__)
 CHANNEL_CHOICES = [("none", None), ("axis 0", 0), ("axis 1", 1)]
 #: steps of the progress bar of a run limited by time only
 PROGRESS_STEPS = 1000
+TRAIN_TIP = "Train a new network on the annotation with the settings above."
+AGAIN_TIP = (
+    "Fine-tune the session's model on the current annotations (after correcting a "
+    "segmentation) instead of training a new one."
+)
+STOP_TIP = "End training after the current step; the model so far is kept."
+SAVE_TIP = "Save the session's model to a .pt file."
+LOAD_TIP = "Load a napari-unet model file into this session."
 
 
 def _train_job(
@@ -101,18 +113,16 @@ class TrainWidget(ViewerWidget):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer)
         from napari_unet.core.training import TrainSettings
+        from napari_unet.core.training.settings import ADVANCED, MAIN
 
-        self._settings_class = TrainSettings
-        defaults = TrainSettings()
         self.extra_settings: dict[str, Any] = {}
         self._session = session_for(viewer)
         self._job: Job | None = None
         self._pbar: Any = None
-        self._fine_tune = False
-        self._stopped_by_user = False
+        self._fine_tune = self._stopped_by_user = False
         self._last_event: Any = None
         self._result: Any = None
-        self._preset = ""
+        self._preset = TrainSettings().preset
 
         self.image = layer_picker(viewer, "image", (Image,))
         self.channels = ComboBox(name="channels", choices=CHANNEL_CHOICES, value=None)
@@ -122,62 +132,19 @@ class TrainWidget(ViewerWidget):
         self.region = layer_picker(
             viewer, "region", (Shapes, Labels), label="annotated region", nullable=True
         )
-        self.preset = ComboBox(name="preset", choices=["fast", "paper"], value=defaults.preset)
-        self.iterations = SpinBox(
-            name="iterations",
-            label="iterations (0: no limit)",
-            min=0,
-            max=10_000_000,
-            value=defaults.iterations or 0,
-        )
-        self.minutes = FloatSpinBox(
-            name="minutes",
-            label="minutes (0: no limit)",
-            min=0.0,
-            max=7 * 24 * 60.0,
-            step=1.0,
-            value=float(defaults.minutes or 0.0),
-        )
-        self.patch_size = SpinBox(
-            name="patch_size", label="patch size", min=16, max=4096, step=16,
-            value=defaults.patch_size,
-        )  # fmt: skip
-        self.batch_size = SpinBox(
-            name="batch_size", label="batch size", min=1, max=1024, value=defaults.batch_size
-        )
-        self.elastic = CheckBox(name="elastic", text="elastic", value=defaults.elastic)
-        self.flips = CheckBox(name="flips", text="flips", value=defaults.flips)
-        self.affine = CheckBox(name="affine", text="rotate/scale", value=defaults.affine)
-        self.intensity = CheckBox(name="intensity", text="intensity", value=defaults.intensity)
-        augment = Container(
-            name="augment",
-            label="augment",
-            layout="horizontal",
-            labels=False,
-            widgets=[self.elastic, self.flips, self.affine, self.intensity],
-        )
-        augment.margins = (0, 0, 0, 0)
-        self.w0 = FloatSpinBox(name="w0", min=0.0, max=1000.0, step=1.0, value=defaults.w0)
-        self.sigma = FloatSpinBox(name="sigma", min=0.1, max=200.0, step=0.5, value=defaults.sigma)
-        self.class_balance = CheckBox(
-            name="class_balance", text="balance classes", value=defaults.class_balance
-        )
         self.device, self.device_readout = device_picker()
-        if defaults.device in self.device.choices:
-            self.device.value = defaults.device
-
-        self.train_button = PushButton(name="train_button", text="Train")
-        self.again_button = PushButton(name="again_button", text="Train again")
-        self.stop_button = PushButton(name="stop_button", text="Stop")
+        self.main_form = SettingsForm(TrainSettings, MAIN, replace={"device": self.device})
+        self.advanced_form = SettingsForm(TrainSettings, ADVANCED)
+        for name, control in {**self.main_form.controls, **self.advanced_form.controls}.items():
+            setattr(self, name, control)
+        self.train_button = push_button("train_button", "Train", TRAIN_TIP, self._on_train)
+        self.again_button = push_button("again_button", "Train again", AGAIN_TIP, self._on_again)
+        self.stop_button = push_button("stop_button", "Stop", STOP_TIP, self.stop)
         self.status = message("status", "Paint cells in a Labels layer, then Train.")
         self.plot = LossPlot()
-        plot_box = Container(name="plot", labels=False)
-        plot_box.margins = (0, 0, 0, 0)
-        plot_box.native.layout().addWidget(self.plot)
         self.model_info = message("model_info", "")
-        self.save_button = PushButton(name="save_button", text="Save model…")
-        self.load_button = PushButton(name="load_button", text="Load model…")
-
+        self.save_button = push_button("save_button", "Save model…", SAVE_TIP, self._on_save)
+        self.load_button = push_button("load_button", "Load model…", LOAD_TIP, self._on_load)
         self.extend(
             [
                 form(
@@ -185,42 +152,21 @@ class TrainWidget(ViewerWidget):
                     self.channels,
                     self.annotation_layer,
                     self.region,
-                    self.preset,
-                    self.iterations,
-                    self.minutes,
-                    self.patch_size,
-                    self.batch_size,
-                    augment,
-                    self.w0,
-                    self.sigma,
-                    self.class_balance,
-                    self.device,
+                    *self.main_form.rows,
                 ),
                 self.device_readout,
+                collapsible("advanced", "Advanced settings", self.advanced_form.rows),
                 button_row(self.train_button, self.again_button, self.stop_button),
                 self.status,
-                plot_box,
+                qt_box("plot", self.plot),
                 self.model_info,
                 button_row(self.save_button, self.load_button, name="model_buttons"),
             ]
         )
-        self.again_button.tooltip = (
-            "Fine-tune the session's model on the current annotations (after correcting a "
-            "segmentation) instead of training a new one."
-        )
-        self.stop_button.tooltip = "End training after the current step; the model so far is kept."
-        self.save_button.tooltip = "Save the session's model to a .pt file."
-        self.load_button.tooltip = "Load a napari-unet model file into this session."
-        set_tooltips(self, type(self), TrainSettings)
-
-        self.train_button.changed.connect(self._on_train_clicked)
-        self.again_button.changed.connect(self._on_again_clicked)
-        self.stop_button.changed.connect(self.stop)
-        self.save_button.changed.connect(self._on_save_clicked)
-        self.load_button.changed.connect(self._on_load_clicked)
+        set_tooltips(self, type(self))
+        self.preset.changed.connect(self._on_preset)
         self._session.connect(self._on_session_model)
         self._on_session_model()
-        self._set_busy(False)
 
     # -- public API ----------------------------------------------------------------------------
     @property
@@ -239,24 +185,10 @@ class TrainWidget(ViewerWidget):
         ``extra_settings`` (a dict of TrainSettings fields) is applied last, for scripts and
         tests that need settings the widget does not show.
         """
-        minutes = float(self.minutes.value)
-        values = {
-            "preset": self.preset.value,
-            "iterations": int(self.iterations.value) or None,
-            "minutes": minutes if minutes > 0 else None,
-            "patch_size": int(self.patch_size.value),
-            "batch_size": int(self.batch_size.value),
-            "elastic": bool(self.elastic.value),
-            "flips": bool(self.flips.value),
-            "affine": bool(self.affine.value),
-            "intensity": bool(self.intensity.value),
-            "w0": float(self.w0.value),
-            "sigma": float(self.sigma.value),
-            "class_balance": bool(self.class_balance.value),
-            "device": self.device.value,
-        }
-        values.update(self.extra_settings)
-        return self._settings_class(**values)
+        from napari_unet.core.training import TrainSettings
+
+        values = {**self.main_form.values(), **self.advanced_form.values()}
+        return TrainSettings(**{**values, **self.extra_settings})
 
     def train(self, fine_tune: bool = False) -> bool:
         """Start training, as the Train (or Train again) button does.
@@ -497,14 +429,27 @@ class TrainWidget(ViewerWidget):
             self._set_busy(False)
         self.training_done.emit(result)
 
-    # -- buttons -------------------------------------------------------------------------------
-    def _on_train_clicked(self, *_args: Any) -> None:
+    # -- controls ------------------------------------------------------------------------------
+    def _on_preset(self, preset: str) -> None:
+        """Show the new preset's training settings where they differ from the old one's."""
+        from napari_unet.core.training import TrainSettings
+
+        before = TrainSettings.for_preset(self._preset).to_dict()
+        after = TrainSettings.for_preset(preset).to_dict()
+        self._preset = preset
+        for form_ in (self.main_form, self.advanced_form):
+            shown = form_.values()
+            form_.set_values(
+                {k: after[k] for k in shown if k != "preset" and shown[k] == before[k] != after[k]}
+            )
+
+    def _on_train(self, *_args: Any) -> None:
         self.train(fine_tune=False)
 
-    def _on_again_clicked(self, *_args: Any) -> None:
+    def _on_again(self, *_args: Any) -> None:
         self.train(fine_tune=True)
 
-    def _on_save_clicked(self, *_args: Any) -> None:
+    def _on_save(self, *_args: Any) -> None:
         if self._session.model is None:
             show_warning("There is no model to save yet: train one or load a model file.")
             return
@@ -512,7 +457,7 @@ class TrainWidget(ViewerWidget):
         if path:
             self.save_model(path)
 
-    def _on_load_clicked(self, *_args: Any) -> None:
+    def _on_load(self, *_args: Any) -> None:
         path = self._ask_path(save=False)
         if path:
             self.load_model(path)
