@@ -40,18 +40,7 @@ LOG_EVERY = 5.0
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``predict`` sub-command.
-
-    Parameters
-    ----------
-    subparsers : argparse._SubParsersAction
-        The command line's sub-parsers.
-
-    Returns
-    -------
-    argparse.ArgumentParser
-        The ``predict`` parser.
-    """
+    """Add the ``predict`` sub-command to ``subparsers`` and return its parser."""
     parser = add_command(
         subparsers,
         "predict",
@@ -380,22 +369,10 @@ def _run_distributed(address: str, job: _Job, input_path: Path) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Segment the input and write the outputs.
+    """Segment ``args.input`` and write the outputs; 0 on success.
 
-    Parameters
-    ----------
-    args : argparse.Namespace
-        Parsed arguments of the ``predict`` sub-command.
-
-    Returns
-    -------
-    int
-        0 on success.
-
-    Raises
-    ------
-    ValueError, UsageError, FileNotFoundError
-        On unreadable or unsuitable input, or an unwritable output path.
+    Unreadable or unsuitable input and unwritable output paths raise ``ValueError``,
+    ``UsageError`` or ``FileNotFoundError`` (one line on stderr, exit code 2).
     """
     _check_args(args)
     job = _plan_job(args)

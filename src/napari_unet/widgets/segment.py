@@ -55,6 +55,20 @@ MODEL_CHOICES = [("this session's model", "session"), ("model file", "file")]
 SCOPE_CHOICES = ["current slice", "whole stack"]
 #: marks the layers this widget made (layer.metadata key)
 OUTPUT_KEY = "napari_unet_output"
+#: the output layers: layer type, dtype and display options
+OUTPUT_LAYERS: dict[str, tuple[type, type, dict[str, Any]]] = {
+    "segmentation": (Labels, np.int32, {}),
+    "probability": (
+        Image,
+        np.float32,
+        {
+            "colormap": "magma",
+            "contrast_limits": (0.0, 1.0),
+            "blending": "additive",
+            "opacity": 0.6,
+        },
+    ),
+}
 
 
 class SegmentWidget(ViewerWidget):
@@ -209,8 +223,8 @@ class SegmentWidget(ViewerWidget):
 
     def _run_state(self, layout: LayerLayout, z0: int | None) -> dict[str, Any]:
         """The output layers made ready (main thread) and what the run's callbacks need."""
-        out = self._output_layer(layout)
-        prob = self._probability_layer(layout) if self.probabilities.value else None
+        out = self._output_layer(layout, "segmentation")
+        prob = self._output_layer(layout, "probability") if self.probabilities.value else None
         if z0 is None:  # the whole image or stack: this run's result replaces the last one
             offset = 0
             out.data[...] = 0
@@ -331,38 +345,29 @@ class SegmentWidget(ViewerWidget):
             return layer
         return None
 
-    def _output_layer(self, layout: LayerLayout) -> Any:
-        name = f"{layout.name} segmentation"
-        layer = self._find_output(name, Labels, layout.spatial_shape)
-        if layer is None:
-            layer = self.viewer.add_labels(
-                np.zeros(layout.spatial_shape, np.int32),
-                name=name,
-                metadata={OUTPUT_KEY: {"kind": "segmentation", "edited": False}},
-                **self._spatial_transform(layout),
-            )
+    def _output_layer(self, layout: LayerLayout, kind: str) -> Any:
+        """The ``'<image> <kind>'`` layer for this run: the last run's if it is unedited and
+        fits, else a new one (``kind``: 'segmentation' or 'probability')."""
+        name = f"{layout.name} {kind}"
+        layer_type, dtype, display = OUTPUT_LAYERS[kind]
+        layer = self._find_output(name, layer_type, layout.spatial_shape)
+        if layer is not None:
+            return layer
+        add = self.viewer.add_labels if layer_type is Labels else self.viewer.add_image
+        layer = add(
+            np.zeros(layout.spatial_shape, dtype),
+            name=name,
+            metadata={OUTPUT_KEY: {"kind": kind, "edited": False}},
+            **display,
+            **self._spatial_transform(layout),
+        )
+        if layer_type is Labels:  # the user's corrections are never overwritten
 
             def edited(_event: Any = None, layer: Any = layer) -> None:
                 layer.metadata[OUTPUT_KEY]["edited"] = True
 
             layer.events.paint.connect(edited)
             layer.events.data.connect(edited)
-        return layer
-
-    def _probability_layer(self, layout: LayerLayout) -> Any:
-        name = f"{layout.name} probability"
-        layer = self._find_output(name, Image, layout.spatial_shape)
-        if layer is None:
-            layer = self.viewer.add_image(
-                np.zeros(layout.spatial_shape, np.float32),
-                name=name,
-                colormap="magma",
-                contrast_limits=(0.0, 1.0),
-                blending="additive",
-                opacity=0.6,
-                metadata={OUTPUT_KEY: {"kind": "probability"}},
-                **self._spatial_transform(layout),
-            )
         return layer
 
     # -- worker callbacks (main thread) --------------------------------------------------------
