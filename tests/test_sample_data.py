@@ -58,3 +58,14 @@ def test_napari_sample_layers() -> None:
     assert (image_type, labels_type) == ("image", "labels")
     assert image.shape == labels.shape
     assert image_kw["name"] == "touching cells" and labels_kw["name"] == "ground truth"
+
+
+def test_same_output_as_the_reference() -> None:
+    """The image and labels for a seed are fixed (hash taken before make_touching_cells was split
+    into placing, drawing and rendering)."""
+    import hashlib
+
+    image, labels = make_touching_cells((64, 80), n_cells=8, seed=5)
+    digest = hashlib.sha256(image.tobytes() + labels.tobytes()).hexdigest()
+    assert int(image.sum()) == 23688181 and int(labels.max()) == 8
+    assert digest == "127bf80c800479c9b93428aceb266835295c7fd87a0e54f68b0d6234dcc34b0b"

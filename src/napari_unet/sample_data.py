@@ -74,7 +74,22 @@ def make_touching_cells(
         raise ValueError(f"n_cells must be >= 0, got {n_cells}")
     if not 0.3 < touching <= 2.0:
         raise ValueError(f"touching must be in (0.3, 2], got {touching}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # one generator, drawn from in this order:
+    centres, radii = _place_cells(rng, shape, n_cells, radius, touching, cluster)
+    labels, brightness = _draw_cells(rng, shape, centres, radii)
+    image = _render(rng, labels, brightness, blur=blur, illumination=illumination, noise=noise)
+    return image, labels
+
+
+def _place_cells(
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    n_cells: int,
+    radius: tuple[float, float],
+    touching: float,
+    cluster: float,
+) -> tuple[list[np.ndarray], list[float]]:
+    """Centres and radii of up to ``n_cells`` cells, many placed against an earlier one."""
     height, width = shape
     centres: list[np.ndarray] = []
     radii: list[float] = []
@@ -98,7 +113,17 @@ def make_touching_cells(
                 continue
         centres.append(c)
         radii.append(r)
+    return centres, radii
 
+
+def _draw_cells(
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    centres: list[np.ndarray],
+    radii: list[float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ellipse labels (an overlap goes to the nearest scaled centre) and each cell's brightness."""
+    height, width = shape
     labels = np.zeros(shape, dtype=np.int32)
     best = np.full(shape, np.inf, dtype=np.float32)
     brightness = np.zeros(len(centres) + 1, dtype=np.float32)
@@ -120,10 +145,22 @@ def make_touching_cells(
         best[y0:y1, x0:x1][win] = score[win]
         labels[y0:y1, x0:x1][win] = k
         brightness[k] = rng.uniform(0.5, 1.0)
-    labels = _relabel_connected(labels)
+    return _relabel_connected(labels), brightness
 
-    # Cell bodies with some texture, a slightly darker rim, then optics and noise.
-    body = brightness[labels] if len(centres) else np.zeros(shape, np.float32)
+
+def _render(
+    rng: np.random.Generator,
+    labels: np.ndarray,
+    brightness: np.ndarray,
+    *,
+    blur: float,
+    illumination: float,
+    noise: float,
+) -> np.ndarray:
+    """The uint16 image: textured cell bodies with a darker rim, blur, uneven light, noise."""
+    shape = labels.shape
+    height, width = shape
+    body = brightness[labels] if len(brightness) > 1 else np.zeros(shape, np.float32)
     body = body * (1.0 + 0.08 * ndi.gaussian_filter(rng.standard_normal(shape), 2.0))
     rim = ndi.morphological_gradient(labels, size=3) > 0
     body = np.where(rim & (labels > 0), body * 0.8, body)
@@ -137,7 +174,7 @@ def make_touching_cells(
     image = image * (1.0 - illumination * ramp)
     image = image + rng.normal(0.0, noise * 0.75, size=shape)
     image = np.clip(image, 0, None) * 20000 + 100
-    return np.clip(image, 0, 65535).astype(np.uint16), labels
+    return np.clip(image, 0, 65535).astype(np.uint16)
 
 
 def _relabel_connected(labels: np.ndarray) -> np.ndarray:
