@@ -17,7 +17,7 @@ from .tiling import (
     tile_layout,
 )
 
-__all__ = ["Plan"]
+__all__ = ["Plan", "make_plan"]
 
 #: Share of the memory at hand one forward pass may use (CPU: available RAM; CUDA: free memory).
 CPU_MEMORY_SHARE = 0.35
@@ -83,6 +83,34 @@ def make_plan(
     batch_size: int | None,
     autocast: torch.dtype | None,
 ) -> Plan:
+    """Plan the tiling of ``src`` on ``device``.
+
+    Parameters
+    ----------
+    config : UNetConfig
+        The network's configuration (admissible sizes, halo, activation memory).
+    src : SliceSource
+        The image.
+    device : torch.device
+        Where the network runs (its memory sets the default tile and batch).
+    tile : int or tuple of int, optional
+        Input tile edge, as for :func:`~napari_unet.core.inference.prediction_plan`; default:
+        the largest tile the memory at hand holds.
+    batch_size : int, optional
+        Tiles per forward pass; default from the memory at hand.
+    autocast : torch.dtype, optional
+        The autocast dtype (bfloat16 halves the activation memory).
+
+    Returns
+    -------
+    Plan
+        The plan.
+
+    Raises
+    ------
+    ValueError
+        On a ``tile`` or ``batch_size`` that is not a positive integer.
+    """
     bad_batch = isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer)
     if batch_size is not None and (bad_batch or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")

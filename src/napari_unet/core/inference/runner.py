@@ -2,14 +2,15 @@
 
 :func:`make_runner` makes a private eval-mode copy of a model's network on a device (channels-last
 on CPU and CUDA, bfloat16 autocast on CUDA by default); calling the :class:`NetworkRunner` on a
-batch
-``(N, C, H, W)`` gives the foreground probability ``(N, H, W)`` (:func:`foreground_probability`),
-optionally as the mean over the 8 flips and 90-degree rotations.
+batch ``(N, C, H, W)`` gives the foreground probability ``(N, H, W)``
+(:func:`foreground_probability`), optionally as the mean over the 8 flips and 90-degree
+rotations.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -21,7 +22,14 @@ from ..model import TrainedModel
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["foreground_probability"]
+__all__ = [
+    "NetworkRunner",
+    "cudnn_benchmark",
+    "foreground_probability",
+    "is_out_of_memory",
+    "make_runner",
+    "resolve_precision",
+]
 
 
 def foreground_probability(logits: torch.Tensor) -> torch.Tensor:
@@ -56,6 +64,7 @@ class NetworkRunner:
     tta: bool
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Foreground probability ``(N, H, W)`` of a batch ``(N, C, H, W)`` on the device."""
         if not self.tta:
             return self._one(x)
         total = None
@@ -81,6 +90,25 @@ class NetworkRunner:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``; None for float32.
+
+    Parameters
+    ----------
+    precision : {'auto', 'float32', 'bfloat16'}
+        ``'auto'``: bfloat16 on CUDA, float32 elsewhere.
+    device : torch.device
+        Where the network runs.
+
+    Returns
+    -------
+    torch.dtype or None
+        ``torch.bfloat16``, or None (no autocast).
+
+    Raises
+    ------
+    ValueError
+        On another ``precision``.
+    """
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     if precision == "float32":
@@ -104,7 +132,8 @@ def make_runner(
 
 
 @contextmanager
-def cudnn_benchmark(device: torch.device):
+def cudnn_benchmark(device: torch.device) -> Iterator[None]:
+    """Within the block, let cuDNN pick the fastest kernels for the one tile shape (CUDA only)."""
     if device.type != "cuda":
         yield
         return
@@ -121,6 +150,7 @@ _OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says the device (CUDA, or the CPU allocator) ran out of memory."""
     if isinstance(exc, _OUT_OF_MEMORY):
         return True
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)

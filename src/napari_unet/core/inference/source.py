@@ -14,6 +14,8 @@ import numpy as np
 
 from ..layout import image_layout
 
+__all__ = ["SliceSource"]
+
 
 class SliceSource:
     """Read-only view of an image as 2D multichannel slices ``(N, C, Y, X)``, read lazily.

@@ -5,7 +5,7 @@ and, through max-pooling, on where the image sits on the ``2 ** depth`` pooling 
 whose origin lies on that grid and which carries a halo of at least the receptive radius (for
 valid padding: exactly the pixels the network loses per side) therefore produces, once its halo
 is cropped away, exactly the pixels of one whole-image pass. This module computes such layouts;
-:mod:`napari_unet.core.predict` runs them.
+:mod:`napari_unet.core.inference.predict` runs them.
 
 Coordinates: image pixel ``y`` of an output tile starting at ``y0`` is read from the input tile
 that starts at image row ``y0 - halo``; rows outside the image are mirrored (``'reflect'``
