@@ -395,21 +395,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the protocols, print the markdown (and write --out and the plot); return 0."""
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    command = "python bench/bench_real.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+def report(args: argparse.Namespace, command: str) -> str:
+    """Run the protocols ``args`` asks for and return the markdown section (writes the plot)."""
     methods = methods_from(args)
     started = time.perf_counter()
     lines = ["## Real nuclei, full and sparse annotation (bench/bench_real.py)", ""]
     if "full" in args.protocols:
-        lines += [*full_section(args, command.strip(), run_full(args, methods)), ""]
+        lines += [*full_section(args, command, run_full(args, methods)), ""]
     if "sparse" in args.protocols:
         samples, boxes, results = run_sparse(args, methods)
         curves = run_curve(args, samples, boxes, results)
-        lines += [*sparse_section(args, command.strip(), samples, boxes, results, curves), ""]
+        lines += [*sparse_section(args, command, samples, boxes, results, curves), ""]
         if curves and args.plot:
             import plot_quality
 
@@ -424,7 +420,24 @@ def main(argv: list[str] | None = None) -> int:
         "",
         machine_table(),
     ]
-    text = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def run(quick: bool = False) -> str:
+    """The section with the default settings (``--quick`` when ``quick``), for bench/run_all.py."""
+    argv = ["--quick"] if quick else []
+    return report(parse_args(argv), " ".join(["python bench/bench_real.py", *argv]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the protocols, print the markdown (and write --out and the plot); return 0."""
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = shlex.join(
+        ["python", "bench/bench_real.py", *(sys.argv[1:] if argv is None else argv)]
+    )
+    text = report(args, command)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
