@@ -34,8 +34,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """Build the argument parser.
 
     Only the sub-command named in ``argv`` gets its options (building them may import torch);
-    the others get their one-line help, from the first line of their module's docstring, so that
-    ``napari-unet --help`` stays quick.
+    the others get their one-line help (the module's ``HELP``, else the first line of its
+    docstring), so that ``napari-unet --help`` stays quick.
 
     Parameters
     ----------
@@ -62,7 +62,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
             sub.choices[name].set_defaults(module=module)
         else:
             summary = (module.__doc__ or "").strip().splitlines()[0]
-            sub.add_parser(name, help=summary.split(": ", 1)[-1].rstrip("."))
+            help_ = getattr(module, "HELP", summary.split(": ", 1)[-1].rstrip("."))
+            sub.add_parser(name, help=help_)
     return parser
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from napari_unet.cli import UsageError
 from napari_unet.cli.options import add_command, add_device
 
-__all__ = ["PLUGIN", "WIDGETS", "Demo", "add_parser", "run"]
+__all__ = ["DESCRIPTION", "HELP", "PLUGIN", "WIDGETS", "Demo", "add_parser", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,18 +29,18 @@ WIDGETS = ("Train", "Border weights", "Segment")
 _FORMATS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
+#: the line in ``napari-unet --help``
+HELP = "open napari with the sample data and the Train, Border weights and Segment widgets"
+DESCRIPTION = (
+    "Open napari with the synthetic touching-cells sample and the three U-Net widgets "
+    "docked. With --run, train a small network briefly on the sample's ground truth and "
+    "segment the image; with --screenshot, save the whole window and quit."
+)
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``demo`` sub-command."""
-    parser = add_command(
-        subparsers,
-        "demo",
-        help="open napari with the sample data and the Train, Border weights and Segment widgets",
-        description=(
-            "Open napari with the synthetic touching-cells sample and the three U-Net widgets "
-            "docked. With --run, train a small network briefly on the sample's ground truth and "
-            "segment the image; with --screenshot, save the whole window and quit."
-        ),
-    )
+    parser = add_command(subparsers, "demo", help=HELP, description=DESCRIPTION)
     parser.add_argument(
         "--run",
         action="store_true",

@@ -2,7 +2,7 @@
 
 Every sub-command module builds its parser with :func:`add_command` and adds the blocks it needs:
 :func:`add_device`, :func:`add_channel_layout` (``--channel-axis`` / ``--rgb``),
-:func:`add_preset`, :func:`add_output`, :func:`add_seed`. :func:`add_dataclass_options` turns the
+:func:`add_preset`, :func:`add_output`. :func:`add_dataclass_options` turns the
 fields of a settings dataclass (e.g. :class:`~napari_unet.core.training.TrainSettings`) into
 options, with help from the class docstring and choices and extra spellings from the fields'
 metadata; :func:`given_fields` reads them back.
@@ -25,7 +25,6 @@ __all__ = [
     "add_device",
     "add_output",
     "add_preset",
-    "add_seed",
     "field_docs",
     "given_fields",
 ]
@@ -104,19 +103,6 @@ def add_preset(parser: argparse.ArgumentParser) -> None:
         default="fast",
         help="fast: small net, Adam (default); paper: Ronneberger et al. 2015, SGD momentum "
         "0.99, 572 px tiles",
-    )
-
-
-def add_seed(parser: argparse.ArgumentParser) -> None:
-    """``--seed N``: the random seed (default: a random one).
-
-    Parameters
-    ----------
-    parser : argparse.ArgumentParser
-        Where to add it.
-    """
-    parser.add_argument(
-        "--seed", type=int, metavar="N", help="random seed (same seed, same result on the CPU)"
     )
 
 

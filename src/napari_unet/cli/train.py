@@ -33,25 +33,25 @@ from napari_unet.cli.options import (
     given_fields,
 )
 
-__all__ = ["ProgressLine", "add_parser", "run"]
+__all__ = ["DESCRIPTION", "HELP", "ProgressLine", "add_parser", "run"]
 
 logger = logging.getLogger(__name__)
+
+
+#: the line in ``napari-unet --help``
+HELP = "train a U-Net on annotated images and write a model file"
+DESCRIPTION = (
+    "Train a U-Net on images and their instance labels (0 = background, k = cell k) "
+    "and write one .pt model file. Stacks (Z, Y, X) are sets of 2D images; slices "
+    "without labels are ignored unless a region marks them as annotated."
+)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``train`` sub-command: its files, then one option per training setting."""
     from napari_unet.core.training import TrainSettings
 
-    parser = add_command(
-        subparsers,
-        "train",
-        help="train a U-Net on annotated images and write a model file",
-        description=(
-            "Train a U-Net on images and their instance labels (0 = background, k = cell k) "
-            "and write one .pt model file. Stacks (Z, Y, X) are sets of 2D images; slices "
-            "without labels are ignored unless a region marks them as annotated."
-        ),
-    )
+    parser = add_command(subparsers, "train", help=HELP, description=DESCRIPTION)
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument(
         "--labels",

@@ -18,28 +18,28 @@ import numpy as np
 from napari_unet.cli import UsageError
 from napari_unet.cli.options import add_command, add_dataclass_options, add_output, given_fields
 
-__all__ = ["add_parser", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_parser", "run"]
 
 logger = logging.getLogger(__name__)
 
 _WRITABLE = (".tif", ".tiff", ".npy")
 
 
+#: the line in ``napari-unet --help``
+HELP = "compute the U-Net border-weight map of a label image"
+DESCRIPTION = (
+    "Compute the border-weight map of Ronneberger et al. (2015, eq. 2), "
+    "w = w_c + w0 * exp(-(d1 + d2)^2 / (2 sigma^2)), of an integer label image "
+    "(0 = background, k > 0 = cell k) and write it as float32. A (Z, Y, X) stack is "
+    "weighted slice by slice."
+)
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``weights`` sub-command; ``--w0``, ``--sigma`` as in training."""
     from napari_unet.core.training import TrainSettings
 
-    parser = add_command(
-        subparsers,
-        "weights",
-        help="compute the U-Net border-weight map of a label image",
-        description=(
-            "Compute the border-weight map of Ronneberger et al. (2015, eq. 2), "
-            "w = w_c + w0 * exp(-(d1 + d2)^2 / (2 sigma^2)), of an integer label image "
-            "(0 = background, k > 0 = cell k) and write it as float32. A (Z, Y, X) stack is "
-            "weighted slice by slice."
-        ),
-    )
+    parser = add_command(subparsers, "weights", help=HELP, description=DESCRIPTION)
     parser.add_argument(
         "labels", type=Path, metavar="LABELS", help="label image (.tif, .png, .npy, .zarr)"
     )

@@ -129,7 +129,7 @@ class BorderWeightsWidget(ViewerWidget):
     Parameters
     ----------
     viewer : napari.viewer.Viewer
-        The viewer whose layers are offered.
+        The viewer to work in: its Labels and Shapes layers are offered.
 
     Attributes
     ----------

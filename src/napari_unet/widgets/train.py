@@ -89,7 +89,7 @@ class TrainWidget(ViewerWidget):
     Parameters
     ----------
     viewer : napari.viewer.Viewer
-        The viewer whose layers are offered.
+        The viewer to train in: its Image, Labels and Shapes layers are offered.
 
     Attributes
     ----------
