@@ -166,19 +166,8 @@ class ProgressLine:
             self.bar.close()
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``napari-unet train``.
-
-    Parameters
-    ----------
-    args : argparse.Namespace
-        Parsed arguments.
-
-    Returns
-    -------
-    int
-        0 on success.
-    """
+def _check_files(args: argparse.Namespace) -> None:
+    """One label file (and mask) per image, and a writable ``--out``; else UsageError."""
     if len(args.labels) != len(args.images):
         raise UsageError(
             f"--labels needs one file per image: got {len(args.images)} image(s) and "
@@ -194,6 +183,22 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--out: folder does not exist: {out.parent}")
     if out.is_dir():
         raise UsageError(f"--out must be a file name, got a folder: {out}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``napari-unet train``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed arguments.
+
+    Returns
+    -------
+    int
+        0 on success.
+    """
+    _check_files(args)
     settings = _settings(args)
     from napari_unet.core.model_files import load_model, save_model
     from napari_unet.core.progress import run_to_end
@@ -230,6 +235,6 @@ def run(args: argparse.Namespace) -> int:
             progress.close()
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-    path = save_model(result, out)
+    path = save_model(result, Path(args.out))
     print(f"saved {path}: {describe_run(result)}")
     return 0

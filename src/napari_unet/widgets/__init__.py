@@ -8,7 +8,9 @@ this package module imports nothing heavy:
   :class:`~napari_unet.widgets.border_weights.BorderWeightsWidget`
 - :mod:`napari_unet.widgets.segment` -> :class:`~napari_unet.widgets.segment.SegmentWidget`
 
-Shared helpers: ``_session`` (the viewer's model, Qt-free), ``_workers`` (stoppable thread
-workers, errors as notifications), ``_layers`` (layer data in the core's layout), ``_plot``
-(the live loss plot) and ``_docs`` (tooltips from docstrings).
+Shared helpers: :mod:`.controls` (layer and device pickers, forms built from settings
+dataclasses, buttons, the ``ViewerWidget`` base), :mod:`.session` (the viewer's model, Qt-free),
+:mod:`.workers` (stoppable thread workers, errors as notifications), :mod:`.layers` (layer data
+in the core's layout), :mod:`.plot` (the live loss plot) and :mod:`.docs` (tooltips from
+docstrings).
 """
