@@ -1,0 +1,157 @@
+"""``napari-unet export``: write a trained model as a bioimage.io model package (``.zip``).
+
+The package (model spec 0.5) carries ``pytorch_state_dict``, ``torchscript`` and ``onnx`` weights,
+the model's normalisation as preprocessing, test tensors cut from a real image, a cover,
+documentation, the license and the U-Net citation (see :mod:`napari_unet.bioimageio.export`).
+After writing it, the command runs ``bioimageio.core``'s model test on every weight format,
+as ``bioimageio test`` does, unless ``--no-check``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from napari_unet.cli import UsageError
+
+__all__ = ["add_parser", "run"]
+
+
+_EXTRA = "pip install 'napari-unet[bioimageio]'"
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``export`` sub-command.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The command line's sub-parsers.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The ``export`` parser.
+    """
+    parser = subparsers.add_parser(
+        "export",
+        help="write a trained model as a bioimage.io model package (.zip)",
+        description=(
+            "Write a trained model as a bioimage.io model package (spec 0.5) for bioimage.io, "
+            "deepImageJ/Fiji, ilastik, QuPath and bioimageio.core: pytorch_state_dict, "
+            "torchscript and onnx weights, the model's percentile normalisation as "
+            "preprocessing, test tensors cut from a real image (the synthetic sample by "
+            "default), a cover, documentation, license and citation. The package is then "
+            "tested with bioimageio.core for every weight format (as `bioimageio test`)."
+        ),
+    )
+    parser.add_argument("model", type=Path, metavar="MODEL", help="model file (.pt)")
+    parser.add_argument(
+        "--out", "-o", type=Path, required=True, metavar="NAME.zip", help="package to write"
+    )
+    parser.add_argument("--name", help="package name (default: 'napari-unet U-Net (PRESET)')")
+    parser.add_argument("--description", help="one or two sentences on what the model segments")
+    parser.add_argument(
+        "--authors", nargs="+", metavar="NAME", help="the people who made the model"
+    )
+    parser.add_argument(
+        "--license",
+        default="CC-BY-4.0",
+        help="license of the weights: CC-BY-4.0 or BSD-3-Clause (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--test-image",
+        type=Path,
+        metavar="IMAGE",
+        help="image to cut the test input from (.tif, .png, .npy, .zarr; first slice of a "
+        "stack); default: the synthetic sample",
+    )
+    parser.add_argument(
+        "--channel-axis",
+        type=int,
+        metavar="AXIS",
+        help="channel axis of the test image (default: as the model was trained)",
+    )
+    parser.add_argument(
+        "--rgb",
+        action="store_true",
+        default=None,
+        help="the test image is RGB(A) (Y, X, 3|4) (default: as the model was trained)",
+    )
+    parser.add_argument(
+        "--no-check",
+        dest="check",
+        action="store_false",
+        help="do not run the bioimageio.core model test after writing",
+    )
+    return parser
+
+
+def _test_image(args: argparse.Namespace) -> Any:
+    if args.test_image is None:
+        return None
+    from napari_unet.cli.files import read_image
+
+    return read_image(args.test_image)  # a zarr stays lazy: only the test crop is read
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the package and check it.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed arguments of the ``export`` sub-command.
+
+    Returns
+    -------
+    int
+        0 on success, 1 if the written package fails the bioimageio.core test.
+
+    Raises
+    ------
+    ValueError, UsageError, FileNotFoundError
+        On an unreadable model or test image, bad metadata or an unwritable output path.
+    """
+    if importlib.util.find_spec("bioimageio") is None or (
+        importlib.util.find_spec("bioimageio.spec") is None
+    ):
+        raise UsageError(f"exporting needs the bioimage.io libraries: {_EXTRA}")
+    from napari_unet.bioimageio import export_package, load_model_or_package
+
+    if args.out.suffix.lower() != ".zip":
+        raise UsageError(f"--out must name a .zip file, got {args.out}")
+    started = time.perf_counter()
+    model = load_model_or_package(args.model)
+    path = export_package(
+        model,
+        args.out,
+        test_image=_test_image(args),
+        name=args.name,
+        description=args.description,
+        authors=args.authors,
+        license=args.license,
+        channel_axis=args.channel_axis,
+        rgb=args.rgb,
+    )
+    print(f"wrote {path} in {time.perf_counter() - started:.1f} s")
+    if not args.check:
+        return 0
+    if importlib.util.find_spec("bioimageio.core") is None:
+        print(f"not tested: bioimageio.core is not installed ({_EXTRA})", file=sys.stderr)
+        return 0
+    from napari_unet.bioimageio.check import check_package
+
+    result = check_package(path)
+    formats = ", ".join(result.weight_formats)
+    if result.passed:
+        print(f"bioimageio test passed ({formats})")
+        return 0
+    print(f"bioimageio test FAILED ({formats}):", file=sys.stderr)
+    for line in result.problems:
+        print(f"  {line}", file=sys.stderr)
+    return 1
