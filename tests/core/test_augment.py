@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from napari_unet.core.targets import IGNORE
 from napari_unet.core.training.augment import (
+    ELASTIC_GRID_FACTOR,
     AugmentSettings,
     augment_batch,
     context_margin,
@@ -118,18 +120,48 @@ def test_valid_padding_targets_are_the_center_of_the_output():
 
 def test_elastic_displacements_have_the_paper_statistics():
     n, size = 4000, 17
-    settings = AugmentSettings(elastic=True, flips=False, affine=False, elastic_std=10.0)
+    settings = AugmentSettings(
+        elastic=True, flips=False, affine=False, elastic_std=10.0, elastic_spacing=8
+    )
+    assert settings.elastic_sigma == pytest.approx(10.0 * ELASTIC_GRID_FACTOR * 8 / 286)
     g = torch.Generator().manual_seed(0)
     grid = sampling_grid(n, (size, size), (size, size), settings, generator=g)
     identity = sampling_grid(1, (size, size), (size, size), NONE)
     disp = (grid - identity) * size / 2  # back to pixels
-    # corners and centre are control points of the 3x3 grid: std 10 px in x and y
-    for iy, ix in [(0, 0), (0, size - 1), (size // 2, size // 2), (size - 1, 0)]:
+    # corners and centre are control points of the grid (8 px apart): std elastic_sigma in x, y
+    for iy, ix in [(0, 0), (0, size - 1), (size // 2, size // 2), (size - 1, 0), (8, 0)]:
         std = disp[:, iy, ix].std(dim=0)
-        np.testing.assert_allclose(std.numpy(), [10.0, 10.0], rtol=0.06)
+        np.testing.assert_allclose(std.numpy(), [settings.elastic_sigma] * 2, rtol=0.06)
     # bicubic upsampling: smooth, neighbouring pixels move together
     step = (disp[:, :, 1:] - disp[:, :, :-1]).abs().mean()
-    assert step < 2.0
+    assert step < 0.5 * settings.elastic_sigma
+
+
+def _area_change(size: int, settings: AugmentSettings) -> np.ndarray:
+    """1st and 99th percentile of the local area change of the elastic deformation."""
+    g = torch.Generator().manual_seed(0)
+    grid = sampling_grid(64, (size, size), (size, size), settings, generator=g) * size / 2
+    gx = grid[:, 1:-1, 2:] - grid[:, 1:-1, :-2]
+    gy = grid[:, 2:, 1:-1] - grid[:, :-2, 1:-1]
+    det = (gx[..., 0] * gy[..., 1] - gx[..., 1] * gy[..., 0]) / 4
+    return np.percentile(det.numpy(), [1, 99])
+
+
+def test_elastic_strength_is_the_papers_whatever_the_patch_size():
+    elastic = AugmentSettings(flips=False, affine=False, intensity=False)
+    # the paper: 10 px on a 3 x 3 grid over its 572 px tile
+    paper = _area_change(572, replace(elastic, elastic_spacing=286))
+    for size in (96, 192, 400):
+        np.testing.assert_allclose(_area_change(size, elastic), paper, atol=0.04)
+    # a 3 x 3 grid spanning a 128 px patch (10 px at points 64 px apart) stretched far more
+    old = replace(elastic, elastic_spacing=64, elastic_std=10 * 286 / 64 / ELASTIC_GRID_FACTOR)
+    assert old.elastic_sigma == pytest.approx(10.0)
+    spanning = _area_change(128, old)
+    assert spanning[0] < 0.5 and spanning[1] > 1.6
+    # the training settings carry the spacing
+    from napari_unet.core.training import TrainSettings
+
+    assert TrainSettings(elastic_spacing=32).augment_settings().elastic_spacing == 32
 
 
 def test_affine_rotation_and_zoom_stay_in_range():
@@ -183,8 +215,11 @@ def test_same_generator_seed_same_batch():
 def test_context_margin():
     s = AugmentSettings(elastic=True, affine=True, max_rotation=15, scale_range=(0.85, 1.15))
     expected = (math.cos(math.radians(15)) + math.sin(math.radians(15))) / 0.85 - 1
-    assert context_margin(128, s) == math.ceil(expected * 64 + 20)
-    assert context_margin(128, AugmentSettings(affine=False, elastic_std=10)) == 20
+    sigma = s.elastic_sigma
+    assert context_margin(128, s) == math.ceil(expected * 64 + 2 * sigma)
+    assert context_margin(128, AugmentSettings(affine=False, elastic_std=10)) == math.ceil(
+        2 * sigma
+    )
 
 
 def test_bad_inputs():

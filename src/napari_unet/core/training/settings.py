@@ -121,8 +121,9 @@ class TrainSettings:
     optimizer : {'adam', 'sgd'}
         Adam, or SGD with the paper's momentum of 0.99.
     elastic, flips, affine, intensity : bool
-        Augmentations: elastic deformation (3x3 grid, std ``elastic_std`` px), the 8 flips and
-        90° rotations, small rotation and scaling, gain/offset/gamma/noise.
+        Augmentations: elastic deformation (the paper's strength, control points
+        ``elastic_spacing`` px apart), the 8 flips and 90° rotations, small rotation and
+        scaling, gain/offset/gamma/noise.
     w0, sigma : float
         Border weight height and width in pixels (paper: 10 and 5).
     class_balance : bool
@@ -152,7 +153,11 @@ class TrainSettings:
     validate_every : int, optional
         Iterations between validation scores; ``None``: a tenth of the run (10 to 100).
     elastic_std : float
-        Standard deviation of the elastic displacements in pixels.
+        Strength of the elastic deformation: the standard deviation in pixels of the
+        displacements on the paper's grid (control points 286 px apart; 10 in the paper),
+        scaled to ``elastic_spacing`` so that the local stretch is the same.
+    elastic_spacing : float
+        Pixels between the control points of the elastic deformation.
     amp : bool, optional
         bf16 autocast; ``None``: on for CUDA, off elsewhere.
     channels_last : bool, optional
@@ -199,6 +204,7 @@ class TrainSettings:
         None, label="validate every (0: auto)", min=0, max=1_000_000, none=0
     )
     elastic_std: float = setting(10.0, label="elastic std (px)", min=0.0, max=100.0, step=1.0)
+    elastic_spacing: float = setting(64.0, label="elastic grid (px)", min=8.0, max=1024.0, step=8.0)
     amp: bool | None = setting(None, show=HIDDEN, label="bf16 autocast")
     channels_last: bool | None = setting(None, show=HIDDEN, label="channels last")
     compile: bool = setting(False, label="torch.compile")
@@ -277,6 +283,7 @@ class TrainSettings:
         return AugmentSettings(
             elastic=self.elastic,
             elastic_std=self.elastic_std,
+            elastic_spacing=self.elastic_spacing,
             flips=self.flips,
             affine=self.affine,
             intensity=self.intensity,
