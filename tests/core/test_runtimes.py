@@ -64,6 +64,9 @@ def test_resolve_runtime():
         rt.resolve_runtime("onnxruntime", torch.device("cuda", 0))
     with pytest.raises(ValueError, match="runtime must be one of"):
         rt.resolve_runtime("tensorrt", "cpu")
+    assert rt.resolve_runtime("auto", "cpu", torch.bfloat16) == "torch"
+    with pytest.raises(ValueError, match="float32 only"):
+        rt.resolve_runtime("openvino", "cpu", torch.bfloat16)
 
 
 def test_auto_without_graph_runtimes_is_torch(monkeypatch):

@@ -33,7 +33,6 @@ import torch
 
 from ..device import describe_device, select_device
 from ..model import TrainedModel, UNetConfig
-from .runner import foreground_probability
 
 __all__ = [
     "CPU_DEFAULT_RUNTIME",
@@ -62,7 +61,7 @@ CPU_DEFAULT_RUNTIME = "onnxruntime"
 RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "torch": "torch"}
 #: ONNX opset of the export.
 OPSET = 17
-#: Largest difference in foreground probability the check of a fresh export accepts.
+#: Largest difference in class probability the check of a fresh export accepts.
 EXPORT_TOLERANCE = 1e-4
 #: Exported networks kept for the session (least recently used dropped first).
 CACHE_SIZE = 4
@@ -88,16 +87,22 @@ def available_runtimes() -> list[str]:
     return [r for r in RUNTIMES if r == "auto" or _installed(r)]
 
 
-def resolve_runtime(runtime: str, device: torch.device | str) -> str:
+def resolve_runtime(
+    runtime: str, device: torch.device | str, autocast: torch.dtype | None = None
+) -> str:
     """The runtime a choice means on a device.
 
     Parameters
     ----------
     runtime : {'auto', 'torch', 'onnxruntime', 'openvino'}
-        ``'auto'``: on the CPU :data:`CPU_DEFAULT_RUNTIME` when it is installed, else the other
-        graph runtime when installed, else torch; torch on CUDA and MPS.
+        ``'auto'``: on the CPU in float32, :data:`CPU_DEFAULT_RUNTIME` when it is installed,
+        else the other graph runtime when installed, else torch; torch on CUDA and MPS and
+        under autocast.
     device : torch.device or str
         Where the network runs.
+    autocast : torch.dtype, optional
+        The autocast precision the network is to run in (None: float32). Exported graphs run
+        in float32 only.
 
     Returns
     -------
@@ -108,7 +113,7 @@ def resolve_runtime(runtime: str, device: torch.device | str) -> str:
     ------
     ValueError
         If ``runtime`` is not one of :data:`RUNTIMES`, or names a graph runtime for a device
-        other than the CPU.
+        other than the CPU or together with autocast.
 
     Examples
     --------
@@ -119,7 +124,7 @@ def resolve_runtime(runtime: str, device: torch.device | str) -> str:
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
     kind = torch.device(device).type
     if runtime == "auto":
-        if kind != "cpu":
+        if kind != "cpu" or autocast is not None:
             return "torch"
         order = (CPU_DEFAULT_RUNTIME, *(r for r in GRAPH_RUNTIMES if r != CPU_DEFAULT_RUNTIME))
         return next((r for r in order if _installed(r)), "torch")
@@ -127,6 +132,11 @@ def resolve_runtime(runtime: str, device: torch.device | str) -> str:
         raise ValueError(
             f"runtime {runtime!r} runs on the CPU only; got device {str(device)!r} "
             "(use runtime 'torch' or 'auto' there)"
+        )
+    if runtime in GRAPH_RUNTIMES and autocast is not None:
+        raise ValueError(
+            f"runtime {runtime!r} runs in float32 only; got autocast to {autocast} "
+            "(use precision 'float32' or runtime 'torch')"
         )
     return runtime
 
@@ -306,12 +316,12 @@ def _openvino_model(graph: bytes, threads: int) -> Any:
 
 
 def _check_export(model: TrainedModel, network: ExportedNetwork) -> None:
-    """Raise RuntimeError unless the graph gives the torch network's probabilities."""
+    """Raise RuntimeError unless the graph gives the torch network's class probabilities."""
     x = _example_input(model.config, batch=2, extra=model.config.grid + 1)
     net = copy.deepcopy(model.net).cpu().float().eval()
     with torch.inference_mode():
-        expected = foreground_probability(net(x))
-        got = foreground_probability(network(x))
+        expected = torch.softmax(net(x), dim=1)
+        got = torch.softmax(network(x), dim=1)
     if got.shape != expected.shape:
         raise RuntimeError(f"the graph gives shape {tuple(got.shape)}, torch {expected.shape}")
     diff = float((got - expected).abs().max())
@@ -325,7 +335,7 @@ def exported_network(
     """The model's network exported and loaded in a graph runtime, cached for the session.
 
     The cache is keyed by :func:`model_fingerprint`, the runtime and the thread count; a fresh
-    export is checked once against the torch network (foreground probability within
+    export is checked once against the torch network (class probabilities within
     :data:`EXPORT_TOLERANCE` on a small batch of another shape than the export's).
 
     Parameters
