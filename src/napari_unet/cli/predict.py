@@ -28,7 +28,7 @@ import numpy as np
 from napari_unet.cli import UsageError
 from napari_unet.cli.options import add_channel_layout, add_command, add_device, add_output
 
-__all__ = ["add_parser", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_parser", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,21 +38,20 @@ CHUNK = 1024
 #: Seconds between two progress lines in the log.
 LOG_EVERY = 5.0
 
+#: the line in ``napari-unet --help``
+HELP = "segment an image or a stack into instance labels with a trained model"
+DESCRIPTION = (
+    "Segment a 2D image, a multichannel image or a (Z, Y, X) stack with a trained "
+    "napari-unet model: exact overlap-tile inference (the result equals one whole-image "
+    "pass), threshold, connected components, cells grown back across the training gap, "
+    "small objects dropped; labels are unique across the stack. A .zarr input is read "
+    "lazily and a .zarr output written chunk by chunk."
+)
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``predict`` sub-command to ``subparsers`` and return its parser."""
-    parser = add_command(
-        subparsers,
-        "predict",
-        help="segment an image or a stack into instance labels with a trained model",
-        description=(
-            "Segment a 2D image, a multichannel image or a (Z, Y, X) stack with a trained "
-            "napari-unet model: exact overlap-tile inference (the result equals one whole-image "
-            "pass), threshold, connected components, cells grown back across the training gap, "
-            "small objects dropped; labels are unique across the stack. A .zarr input is read "
-            "lazily and a .zarr output written chunk by chunk."
-        ),
-    )
+    parser = add_command(subparsers, "predict", help=HELP, description=DESCRIPTION)
     parser.add_argument("model", type=Path, metavar="MODEL", help="model file (.pt)")
     parser.add_argument(
         "input", type=Path, metavar="INPUT", help="image (.tif, .tiff, .png, .npy or .zarr)"
