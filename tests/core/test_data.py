@@ -211,3 +211,10 @@ def test_patch_geometry():
     assert n_out >= 100 and preset_config("paper").output_size(n_in) == n_out
     with pytest.raises(ValueError, match="patch_size"):
         patch_geometry(preset_config("fast"), 0)
+    # same padding: the loss area in the centre of an input with context around it
+    assert patch_geometry(preset_config("fast"), 128, context=32) == (192, 128)
+    assert patch_geometry(preset_config("fast"), 120, context=20) == (160, 120)
+    # valid padding reads its context anyway
+    assert patch_geometry(preset_config("paper"), 388, context=32) == (572, 388)
+    with pytest.raises(ValueError, match="context"):
+        patch_geometry(preset_config("fast"), 128, context=-1)

@@ -239,8 +239,11 @@ def test_small_image_is_mirrored_up_to_the_patch():
     image, labels = make_touching_cells((24, 20), n_cells=2, seed=0)
     events, model = _drain(train(image, labels, settings=_settings(patch_size=64), model=_tiny()))
     assert len(events) == 4
-    # reduced to what the image needs: 24 px on the depth-2 net's grid of 4
-    assert model.training["summary"]["input_size"] == 24
+    # reduced to what the image needs: 24 px on the depth-2 net's grid of 4, plus its context
+    # (the depth-2 net's halo of 24 px is less than the default context of 32 px)
+    summary = model.training["summary"]
+    assert summary["output_size"] == 24 and summary["context"] == 24
+    assert summary["input_size"] == 24 + 2 * 24
 
 
 def test_bad_inputs_fail_before_training(cells):
@@ -262,7 +265,7 @@ def test_bad_inputs_fail_before_training(cells):
     with pytest.raises(ValueError, match="device"):
         next(train(image, labels, settings=_settings(device="tpu")))
     with pytest.raises(ValueError, match="batch_size >= 2 or a larger patch_size"):
-        next(train(image, labels, settings=_settings(batch_size=1, patch_size=16)))
+        next(train(image, labels, settings=_settings(batch_size=1, patch_size=16, context=0)))
     with pytest.raises(ValueError, match="never end"):
         run_training(image, labels, settings=_settings(iterations=None))
 
@@ -304,3 +307,17 @@ def test_events_follow_the_progress_protocol(cells):
     events, _ = _drain(train(image, labels, settings=_settings(iterations=2), model=_tiny()))
     assert all(isinstance(e, ProgressEvent) for e in events)
     assert [(e.done, e.total, e.stage) for e in events] == [(1, 2, "training"), (2, 2, "training")]
+
+
+def test_the_loss_area_sees_image_context_not_zero_padding(cells):
+    image, labels = cells
+    # the fast preset (same padding): the input is the loss area plus 32 px of image per side
+    fast = run_training(image, labels, settings=_settings(preset="fast", iterations=1))
+    summary = fast.training["summary"]
+    assert (summary["output_size"], summary["context"], summary["input_size"]) == (32, 32, 96)
+    # context 0: the loss covers the whole input (its border pixels see the zero padding)
+    settings = _settings(preset="fast", iterations=1, context=0)
+    summary = run_training(image, labels, settings=settings).training["summary"]
+    assert summary["input_size"] == summary["output_size"] == 32
+    with pytest.raises(ValueError, match="context"):
+        next(train(image, labels, settings=_settings(context=-1)))

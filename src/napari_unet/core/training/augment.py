@@ -29,6 +29,7 @@ __all__ = [
     "PAPER_ELASTIC_SPACING",
     "AugmentSettings",
     "augment_batch",
+    "center_crop",
     "context_margin",
     "elastic_field",
     "sampling_grid",
@@ -278,10 +279,17 @@ def elastic_field(
     coarse = coarse * settings.elastic_sigma
     full = (steps[0] * spacing + 1, steps[1] * spacing + 1)
     field = F.interpolate(coarse, size=full, mode="bicubic", align_corners=True)
-    return _center_crop(field, size)
+    return center_crop(field, size)
 
 
-def _center_crop(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def center_crop(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The central ``size`` ``(h, w)`` of the last two axes of ``t`` (a view).
+
+    Examples
+    --------
+    >>> center_crop(torch.arange(16).reshape(4, 4), (2, 2)).tolist()
+    [[5, 6], [9, 10]]
+    """
     h, w = t.shape[-2:]
     top, left = (h - size[0]) // 2, (w - size[1]) // 2
     return t[..., top : top + size[0], left : left + size[1]]
@@ -342,9 +350,9 @@ def augment_batch(
     if settings.geometric:
         x, y, w = _warp(images, classes, weights, settings, out, tgt, generator)
     else:
-        x = _center_crop(images, out)
-        y = _center_crop(classes, tgt).long()
-        w = _center_crop(weights, tgt).float()
+        x = center_crop(images, out)
+        y = center_crop(classes, tgt).long()
+        w = center_crop(weights, tgt).float()
     w = torch.where(y == IGNORE, torch.zeros((), device=w.device), w)
     if settings.intensity:
         x = _intensity(x, settings, generator)
@@ -389,7 +397,7 @@ def _warp(
     n, _, h_in, w_in = images.shape
     grid = sampling_grid(n, (h_in, w_in), out, settings, generator=generator, device=images.device)
     x = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    grid_t = _center_crop(grid.permute(0, 3, 1, 2), tgt).permute(0, 2, 3, 1)
+    grid_t = center_crop(grid.permute(0, 3, 1, 2), tgt).permute(0, 2, 3, 1)
     # classes and weights in one nearest-neighbour pass: every target pixel takes the class and
     # the weight of one input pixel, so the high weight of a gap never spreads onto the cells
     targets = torch.stack([classes.float(), weights.float()], dim=1)

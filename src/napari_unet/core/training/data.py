@@ -577,8 +577,8 @@ class PatchSampler:
         return torch.stack(xs), torch.stack(ys), torch.stack(ws)
 
 
-def patch_geometry(config: UNetConfig, patch_size: int) -> tuple[int, int]:
-    """Network input and output edge for a training patch of ``patch_size`` output pixels.
+def patch_geometry(config: UNetConfig, patch_size: int, context: int = 0) -> tuple[int, int]:
+    """Network input and loss-area edge for a training patch of ``patch_size`` output pixels.
 
     Parameters
     ----------
@@ -586,12 +586,18 @@ def patch_geometry(config: UNetConfig, patch_size: int) -> tuple[int, int]:
         The network.
     patch_size : int
         Requested edge of the area the loss is computed on.
+    context : int
+        With same padding, pixels of image around the loss area in the network's input, so
+        that the pixels that carry loss see image (or its mirror) rather than the network's
+        zero padding. Valid convolutions always read their full context; ignored there.
 
     Returns
     -------
     in_size, out_size : int
-        The smallest admissible input whose output is at least ``patch_size`` (same padding:
-        ``patch_size`` rounded up to a multiple of ``2**depth``), and its output size.
+        The network's input edge and the edge of the area the loss is computed on (the centre
+        of the network's output). Valid padding: the smallest admissible input whose output is
+        at least ``patch_size``, and that output. Same padding: ``patch_size + 2 * context``
+        rounded up to a multiple of ``2**depth``, and that minus ``2 * context``.
 
     Examples
     --------
@@ -600,11 +606,18 @@ def patch_geometry(config: UNetConfig, patch_size: int) -> tuple[int, int]:
     (572, 388)
     >>> patch_geometry(preset_config("fast"), 100)
     (112, 112)
+    >>> patch_geometry(preset_config("fast"), 128, context=32)
+    (192, 128)
     """
     if isinstance(patch_size, bool) or not isinstance(patch_size, int | np.integer):
         raise ValueError(f"patch_size must be an integer number of pixels, got {patch_size!r}")
     if patch_size < 1:
         raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+    if isinstance(context, bool) or not isinstance(context, int | np.integer) or context < 0:
+        raise ValueError(f"context must be an integer >= 0 pixels, got {context!r}")
+    if config.padding == "same":
+        n_in = config.admissible_size(int(patch_size) + 2 * int(context))
+        return n_in, n_in - 2 * int(context)
     n_in = config.input_size_for_output(int(patch_size))
     return n_in, config.output_size(n_in)
 

@@ -8,12 +8,15 @@ best model: the one with the best validation score when part of the annotations 
 else the last one. A stop request (``stop.set()``) ends training before the next step and still
 returns a usable model.
 
-One step: draw a batch of patches centred on annotated pixels (:class:`~napari_unet.core.data.
-PatchSampler`), augment it on the training device with one sampling grid
-(:func:`~napari_unet.core.augment.augment_batch`), and minimise the weighted softmax
+One step: draw a batch of patches centred on annotated pixels (:class:`~napari_unet.core.
+training.data.PatchSampler`), augment it on the training device with one sampling grid
+(:func:`~napari_unet.core.training.augment.augment_batch`), and minimise the weighted softmax
 cross-entropy over the annotated pixels (Ronneberger et al. 2015), with Adam or the paper's SGD
-(momentum 0.99). bf16 autocast and channels-last memory are used on CUDA; on the CPU they are
-off by default because ``bench/bench_training.py`` measured no gain there.
+(momentum 0.99). With same padding the network's input holds ``settings.context`` pixels of
+image (mirrored at the image's edges) around the area the loss is computed on, so that no pixel
+that carries loss sees the network's zero padding, as no pixel does at inference. bf16 autocast
+and channels-last memory are used on CUDA; on the CPU they are off by default because
+``bench/bench_training.py`` measured no gain there.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from ..model import TrainedModel, UNet, UNetConfig, preset_config
 from ..normalize import normalization_spec
 from ..progress import run_to_end
 from ..targets import FOREGROUND, IGNORE
-from .augment import augment_batch, context_margin
+from .augment import augment_batch, center_crop, context_margin
 from .data import (
     AnnotatedImage,
     PatchSampler,
@@ -425,7 +428,7 @@ def _geometry(
     """Network input and output edge of the training patches, checked for batch norm."""
     largest = max(max(s.classes.shape) for s in samples)
     patch = min(int(settings.patch_size), config.admissible_size(largest))
-    in_size, out_size = patch_geometry(config, patch)
+    in_size, out_size = patch_geometry(config, patch, min(settings.context, config.halo))
     deepest = (in_size - 2 * config.halo if config.padding == "valid" else in_size) // config.grid
     if config.batch_norm and settings.batch_size * max(deepest, 1) ** 2 < 2:
         raise ValueError(
@@ -500,7 +503,8 @@ class _Optimisation:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.plan.device.type, dtype=torch.bfloat16, enabled=self.plan.amp):
             logits = self.forward(x)
-        loss = weighted_cross_entropy(logits, y, w)
+        # same padding with context: the loss area is the centre of the output
+        loss = weighted_cross_entropy(center_crop(logits, tuple(y.shape[-2:])), y, w)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
@@ -769,6 +773,7 @@ class _TrainingRun:
             "validation_blocks": len(data.blocks),
             "input_size": data.in_size,
             "output_size": data.out_size,
+            "context": (data.in_size - data.out_size) // 2 if data.config.padding == "same" else 0,
             "seed": self.plan.seed,
             "device": self.plan.device_text,
             "n_images": len(data.samples),

@@ -112,8 +112,9 @@ class TrainSettings:
         it is asked to stop.
     patch_size : int
         Edge in pixels of the square area the loss is computed on (the network's output); the
-        network's input is this, rounded up to the network's grid, plus the context valid
-        convolutions need. Reduced automatically when every image is smaller.
+        network's input is this plus the context (``context`` with same padding, what valid
+        convolutions need with valid padding), rounded up to the network's grid. Reduced
+        automatically when every image is smaller.
     batch_size : int
         Patches per step.
     learning_rate : float
@@ -164,6 +165,10 @@ class TrainSettings:
         Channels-last memory format; ``None``: on for CUDA, off elsewhere.
     compile : bool
         ``torch.compile`` the network (a start-up cost; measured no gain on the CPU).
+    context : int
+        Pixels of image (mirrored at the image's edges) around the loss area in the network's
+        input with same padding (at most the network's halo), so that no pixel that carries
+        loss sees the network's zero padding. 0: the loss covers the whole input.
     """
 
     preset: str = setting("fast", show=MAIN, choices=tuple(PRESETS))
@@ -208,6 +213,7 @@ class TrainSettings:
     amp: bool | None = setting(None, show=HIDDEN, label="bf16 autocast")
     channels_last: bool | None = setting(None, show=HIDDEN, label="channels last")
     compile: bool = setting(False, label="torch.compile")
+    context: int = setting(32, label="context (px)", min=0, max=512, step=8)
 
     @classmethod
     def for_preset(cls, preset: str, **overrides: Any) -> TrainSettings:
@@ -254,6 +260,8 @@ class TrainSettings:
         positive_int("patch_size", self.patch_size)
         positive_int("batch_size", self.batch_size)
         positive_int("validate_every", self.validate_every, allow_none=True)
+        if isinstance(self.context, bool) or not isinstance(self.context, int) or self.context < 0:
+            raise ValueError(f"context must be an integer >= 0 pixels, got {self.context!r}")
         if not (isinstance(self.learning_rate, int | float) and self.learning_rate >= 0):
             raise ValueError(f"learning_rate must be a number >= 0, got {self.learning_rate!r}")
         if self.optimizer not in ("adam", "sgd"):
