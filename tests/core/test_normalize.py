@@ -6,7 +6,12 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from napari_unet.core.normalize import as_nchw, normalization_spec, normalize_image
+from napari_unet.core.normalize import (
+    as_nchw,
+    intensity_range,
+    normalization_spec,
+    normalize_image,
+)
 
 
 @pytest.mark.parametrize(
@@ -65,7 +70,13 @@ def test_normalize_percentiles_per_channel() -> None:
 
 
 def test_normalize_constant_and_custom_spec() -> None:
-    assert np.all(normalize_image(np.full((1, 8, 8), 7, np.int16)) == 0)
+    # a constant image holds nothing to learn from: a clear error, never raw values
+    with pytest.raises(ValueError, match=r"image is constant \(every pixel is 7\)"):
+        normalize_image(np.full((1, 8, 8), 7, np.int16))
+    # a constant channel beside others becomes 0
+    two = np.stack([np.full((8, 8), 7, np.int16), np.arange(64, dtype=np.int16).reshape(8, 8)])
+    out = normalize_image(two)
+    assert np.all(out[0] == 0) and float(out[1].max()) > 0.9
     image = np.arange(100, dtype=np.float64).reshape(1, 10, 10)
     out = normalize_image(image, normalization_spec(0, 100))
     assert float(out.min()) == 0.0 and float(out.max()) == 1.0
@@ -82,3 +93,21 @@ def test_normalize_rejects_nan_and_bad_specs() -> None:
         normalize_image(np.ones((1, 4, 4)), {"method": "zscore"})
     with pytest.raises(ValueError, match="expected one"):
         normalize_image(np.ones((4, 4)))
+
+
+def test_degenerate_percentiles_fall_back_to_min_max() -> None:
+    # a sparse uint16 image: fewer than 1% bright pixels, the 1st and 99.8th percentiles are 0
+    sparse = np.zeros((1, 100, 100), np.uint16)
+    sparse[0, 0, :10] = 4000
+    sparse[0, 50, 50] = 1000
+    out = normalize_image(sparse)
+    assert float(out.max()) == 1.0 and float(out.min()) == 0.0
+    assert out[0, 50, 50] == pytest.approx(0.25)
+    offset, scale = intensity_range(sparse)
+    assert (float(offset[0, 0, 0]), float(scale[0, 0, 0])) == (0.0, 4000.0)
+    # a channel with a proper range keeps its percentiles
+    rng = np.random.default_rng(0)
+    both = np.concatenate([sparse, rng.integers(0, 1000, (1, 100, 100)).astype(np.uint16)])
+    offset, scale = intensity_range(both)
+    lo, hi = np.percentile(both[1].astype(np.float64), [1, 99.8])
+    np.testing.assert_allclose([offset[1, 0, 0], scale[1, 0, 0]], [lo, hi - lo], rtol=1e-5)

@@ -1,7 +1,8 @@
 """Image layout and intensity normalisation shared by training and inference.
 
-Every 2D image is normalised by its own percentiles, channel by channel; the method and its
-parameters travel with the model so that inference normalises exactly as training did.
+Every 2D image is normalised by its own percentiles, channel by channel (minimum and maximum
+where the percentiles coincide; a constant image is refused); the method and its parameters
+travel with the model so that inference normalises exactly as training did.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 __all__ = [
     "as_nchw",
     "check_finite",
+    "intensity_range",
     "normalization_spec",
     "normalize_image",
     "percentile_range",
@@ -139,7 +141,67 @@ def percentile_range(
     return lo[:, None, None], hi[:, None, None]
 
 
-def normalize_image(image: np.ndarray, spec: dict[str, Any] | None = None) -> np.ndarray:
+def intensity_range(
+    image: np.ndarray,
+    low: float = DEFAULT_LOW,
+    high: float = DEFAULT_HIGH,
+    name: str = "image",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel offset and scale that map one ``(C, Y, X)`` image to about [0, 1].
+
+    The offset is the ``low`` percentile and the scale the distance to the ``high`` one. Where
+    the two percentiles coincide (a sparse image, a zero-filled mosaic) the channel's minimum and
+    maximum are used instead, so that raw intensities never enter the network; a channel that
+    is constant is mapped to 0 (scale 1), and an image whose every channel is constant is
+    refused: it holds nothing to learn from or to segment.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(C, Y, X)``, any real dtype, finite.
+    low, high : float
+        Percentiles (0-100).
+    name : str
+        What to call the image in the error message.
+
+    Returns
+    -------
+    offset, scale : numpy.ndarray
+        float32 arrays of shape ``(C, 1, 1)``; ``normalised = (image - offset) / scale``.
+
+    Raises
+    ------
+    ValueError
+        If every channel of the image is constant.
+
+    Examples
+    --------
+    >>> sparse = np.zeros((1, 100, 100), np.uint16)
+    >>> sparse[0, 0, :10] = 4000  # 0.1% of the pixels: the 1st and 99.8th percentiles are 0
+    >>> offset, scale = intensity_range(sparse)
+    >>> float(offset[0, 0, 0]), float(scale[0, 0, 0])
+    (0.0, 4000.0)
+    """
+    lo, hi = percentile_range(image, low, high)
+    degenerate = hi <= lo
+    if degenerate.any():
+        flat = np.asarray(image).reshape(image.shape[0], -1)
+        lo = np.where(degenerate, flat.min(axis=1)[:, None, None], lo).astype(np.float32)
+        hi = np.where(degenerate, flat.max(axis=1)[:, None, None], hi).astype(np.float32)
+    constant = hi <= lo
+    if constant.all():
+        value = float(np.asarray(image).flat[0]) if np.size(image) else float("nan")
+        raise ValueError(
+            f"{name} is constant (every pixel is {value:g}): it holds nothing to learn from or "
+            "to segment; expected an image with some contrast"
+        )
+    scale = np.where(constant, 1.0, hi - lo).astype(np.float32)
+    return lo, scale
+
+
+def normalize_image(
+    image: np.ndarray, spec: dict[str, Any] | None = None, name: str = "image"
+) -> np.ndarray:
     """Normalise one multichannel 2D image ``(C, Y, X)`` to float32 by its own percentiles.
 
     Parameters
@@ -148,17 +210,21 @@ def normalize_image(image: np.ndarray, spec: dict[str, Any] | None = None) -> np
         Any numeric dtype, shape ``(C, Y, X)``.
     spec : dict, optional
         From :func:`normalization_spec`; defaults to percentiles 1 and 99.8.
+    name : str
+        What to call the image in error messages.
 
     Returns
     -------
     numpy.ndarray
-        float32 ``(C, Y, X)``, the low percentile at 0 and the high one at 1. A constant channel
-        becomes 0.
+        float32 ``(C, Y, X)``, the low percentile at 0 and the high one at 1 (minimum and
+        maximum where the percentiles coincide, see :func:`intensity_range`). A constant
+        channel of a multichannel image becomes 0.
 
     Raises
     ------
     ValueError
-        On NaN or infinite values, or an unknown method.
+        On NaN or infinite values, an unknown method, or an image whose every channel is
+        constant.
 
     Examples
     --------
@@ -175,8 +241,7 @@ def normalize_image(image: np.ndarray, spec: dict[str, Any] | None = None) -> np
     if image.dtype == bool or not np.issubdtype(image.dtype, np.number):
         if image.dtype != bool:
             raise ValueError(f"expected a numeric image, got dtype {image.dtype}")
-    check_finite(image)
+    check_finite(image, name)
     data = image.astype(np.float32, copy=False)
-    lo, hi = percentile_range(data, spec["low"], spec["high"])
-    scale = np.where(hi > lo, hi - lo, 1.0).astype(np.float32)
+    lo, scale = intensity_range(data, spec["low"], spec["high"], name)
     return ((data - lo) / scale).astype(np.float32, copy=False)

@@ -170,10 +170,12 @@ def prepare_samples(
         an image side below :data:`MIN_SIDE`, or annotations without any foreground pixel.
     """
     inputs = _check_inputs(images, labels, regions, channel_axis, rgb, in_channels)
+    inputs_by_index = {item.index: item for item in inputs}
     spec = normalization or normalization_spec()
     samples = []
     for i, z, data, lab, reg in _read_slices(inputs):
-        image = normalize_image(data, spec)
+        name = f"images[{i}]" + (f" slice {z}" if inputs_by_index[i].nchw.shape[0] > 1 else "")
+        image = normalize_image(data, spec, name)
         targets = training_targets(
             lab,
             region=reg,
