@@ -76,3 +76,26 @@ def test_bad_arguments(kwargs: dict, match: str) -> None:
     prob = kwargs.pop("prob", np.zeros((4, 4), np.float32))
     with pytest.raises(ValueError, match=match):
         probabilities_to_labels(prob, **kwargs)
+
+
+def test_broken_gap_still_separates_touching_cells() -> None:
+    truth = np.zeros((30, 40), np.int32)
+    truth[5:20, 3:15] = 1
+    truth[5:20, 15:30] = 2
+    prob = (cut_gap(truth, 1) > 0).astype(np.float32) * 0.95
+    prob[10:13, 14:16] = 0.6  # the predicted gap is broken by a weak 3-pixel bridge
+    labels = probabilities_to_labels(prob, gap=1, min_size=1)
+    assert _same_partition(labels, truth)
+    # plain connected components (seeds at the threshold) merge the two cells
+    merged = probabilities_to_labels(prob, gap=1, min_size=1, seed_threshold=0.5)
+    assert merged.max() == 1
+
+
+def test_foreground_without_a_confident_core_is_kept() -> None:
+    prob = np.zeros((10, 20), np.float32)
+    prob[2:8, 2:8] = 0.95
+    prob[2:8, 12:18] = 0.6  # never above the seed threshold
+    labels = probabilities_to_labels(prob, gap=0, min_size=1)
+    assert labels.max() == 2 and labels[4, 4] == 1 and labels[4, 14] == 2
+    with pytest.raises(ValueError, match="seed_threshold"):
+        probabilities_to_labels(prob, threshold=0.5, seed_threshold=0.4)
