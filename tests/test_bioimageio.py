@@ -157,14 +157,16 @@ def test_architecture_file_is_self_contained(model):
 
 def test_valid_padding_package(tmp_path, image):
     model = _model(padding="valid", batch_norm=False)
-    path = export_package(model, tmp_path / "valid.zip", test_image=image)
+    path = export_package(model, tmp_path / "valid.zip", test_image=image, weight_formats=["onnx"])
     from bioimageio.spec import load_model_description
 
     descr = load_model_description(path, perform_io_checks=False)
     y = descr.outputs[0].axes[2]
     assert y.size.offset == -2 * model.config.halo and not hasattr(y, "halo")
-    result = check_package(path, weight_format="onnx")
+    assert descr.weights.torchscript is None and descr.weights.onnx is not None
+    result = check_package(path)
     assert result.passed, result.problems
+    assert result.weight_formats == ("onnx", "pytorch_state_dict")
 
 
 def test_not_a_package_is_a_clear_error(tmp_path):
@@ -200,6 +202,8 @@ def test_bad_export_arguments(model, image, tmp_path):
         export_package(model, tmp_path / "model.pt", test_image=image)
     with pytest.raises(ValueError, match="package name"):
         export_package(model, tmp_path / "a.zip", test_image=image, name="a/b")
+    with pytest.raises(ValueError, match="weight formats"):
+        export_package(model, tmp_path / "a.zip", test_image=image, weight_formats=["keras"])
     with pytest.raises(ValueError, match="license"):
         export_package(model, tmp_path / "a.zip", test_image=image, license="MIT")
     with pytest.raises(ValueError, match="at least 52x52"):
@@ -227,9 +231,11 @@ def test_export_cli(export_command, model, image, tmp_path, capsys):
     tifffile.imwrite(tmp_path / "image.tif", image)
     out = tmp_path / "exported.zip"
     argv = ["export", str(pt), "--out", str(out), "--test-image", str(tmp_path / "image.tif")]
-    assert cli.main([*argv, "--no-check", "--authors", "A", "B"]) == 0
+    assert cli.main([*argv, "--no-check", "--authors", "A", "B", "--formats"]) == 0
     assert "wrote" in capsys.readouterr().out
     assert load_package(out).config == model.config
+    with zipfile.ZipFile(out) as archive:  # --formats alone: pytorch_state_dict only
+        assert {n for n in archive.namelist() if "weights" in n} == {"weights.pt"}
     assert cli.main(["export", str(pt), "--out", str(tmp_path / "x.zip"), "--name", "x"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "package name" in err

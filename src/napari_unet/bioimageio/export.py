@@ -47,6 +47,7 @@ __all__ = [
     "LICENSES",
     "UNET_CITATION",
     "UNET_DOI",
+    "WEIGHT_FORMATS",
     "default_package_name",
     "export_package",
     "package_test_input",
@@ -63,7 +64,12 @@ UNET_CITATION = (
     "Ronneberger, O., Fischer, P., Brox, T. (2015). U-Net: Convolutional Networks for "
     "Biomedical Image Segmentation. MICCAI 2015, LNCS 9351, 234-241."
 )
+DEFAULT_DESCRIPTION = (
+    "U-Net for cell segmentation trained with napari-unet; outputs the foreground probability."
+)
 ONNX_OPSET = 17
+#: Weight formats written besides ``pytorch_state_dict`` by default.
+WEIGHT_FORMATS = ("torchscript", "onnx")
 #: Largest edge of the test input (the test image is cropped around its centre).
 TEST_EDGE = 256
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+- ()")
@@ -190,7 +196,7 @@ def _write_files(
     """Write every file of the package into ``folder``; return their paths by role."""
     import tifffile
 
-    files = _write_weights(net, _normalized(model, test_input), folder)
+    files = _write_weights(net, _normalized(model, test_input), folder, meta["formats"])
     files.update(
         test_input=folder / "test_input.npy",
         test_output=folder / "test_output.npy",
@@ -220,34 +226,38 @@ def _normalized(model: TrainedModel, test_input: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(normalize_image(test_input[0], model.normalization)[None])
 
 
-def _write_weights(net: ForegroundUNet, example: torch.Tensor, folder: Path) -> dict[str, Path]:
-    """Write the three weight files and the architecture file into ``folder``."""
+def _write_weights(
+    net: ForegroundUNet, example: torch.Tensor, folder: Path, formats: tuple[str, ...]
+) -> dict[str, Path]:
+    """Write the architecture file and the weights in ``formats`` into ``folder``."""
     files = {
         "architecture": folder / "unet_architecture.py",
         "pytorch_state_dict": folder / "weights.pt",
-        "torchscript": folder / "weights_torchscript.pt",
-        "onnx": folder / "weights.onnx",
     }
     files["architecture"].write_text(architecture_source(), encoding="utf-8")
     torch.save(net.state_dict(), files["pytorch_state_dict"])
-    dynamic = {0: "batch", 2: "y", 3: "x"}
     with warnings.catch_warnings(), torch.no_grad():
         # The legacy exporters warn that they are deprecated and that the shape test in
         # ``Up.forward`` is traced as a constant, which holds for every admissible size.
         warnings.simplefilter("ignore")
-        # check_trace=False: the bioimageio test runs the traced graph at several sizes.
-        traced = torch.jit.trace(net, example, check_trace=False)
-        torch.jit.save(traced, str(files["torchscript"]))
-        torch.onnx.export(
-            net,
-            (example,),
-            str(files["onnx"]),
-            dynamo=False,
-            opset_version=ONNX_OPSET,
-            input_names=["raw"],
-            output_names=["probability"],
-            dynamic_axes={"raw": dynamic, "probability": dynamic},
-        )
+        if "torchscript" in formats:
+            files["torchscript"] = folder / "weights_torchscript.pt"
+            # check_trace=False: the bioimageio test runs the traced graph at several sizes.
+            traced = torch.jit.trace(net, example, check_trace=False)
+            torch.jit.save(traced, str(files["torchscript"]))
+        if "onnx" in formats:
+            files["onnx"] = folder / "weights.onnx"
+            dynamic = {0: "batch", 2: "y", 3: "x"}
+            torch.onnx.export(
+                net,
+                (example,),
+                str(files["onnx"]),
+                dynamo=False,
+                opset_version=ONNX_OPSET,
+                input_names=["raw"],
+                output_names=["probability"],
+                dynamic_axes={"raw": dynamic, "probability": dynamic},
+            )
     return files
 
 
@@ -346,8 +356,8 @@ def _weights_descr(model: TrainedModel, files: dict[str, Path]) -> Any:
     )
 
     torch_version = Version(torch.__version__.split("+")[0])
-    return WeightsDescr(
-        pytorch_state_dict=PytorchStateDictWeightsDescr(
+    weights: dict[str, Any] = {
+        "pytorch_state_dict": PytorchStateDictWeightsDescr(
             source=files["pytorch_state_dict"],
             architecture=ArchitectureFromFileDescr(
                 source=files["architecture"],
@@ -355,16 +365,19 @@ def _weights_descr(model: TrainedModel, files: dict[str, Path]) -> Any:
                 kwargs=model.config.to_dict(),
             ),
             pytorch_version=torch_version,
-        ),
-        torchscript=TorchscriptWeightsDescr(
+        )
+    }
+    if "torchscript" in files:
+        weights["torchscript"] = TorchscriptWeightsDescr(
             source=files["torchscript"],
             pytorch_version=torch_version,
             parent="pytorch_state_dict",
-        ),
-        onnx=OnnxWeightsDescr(
+        )
+    if "onnx" in files:
+        weights["onnx"] = OnnxWeightsDescr(
             source=files["onnx"], opset_version=ONNX_OPSET, parent="pytorch_state_dict"
-        ),
-    )
+        )
+    return WeightsDescr(**weights)
 
 
 def _plain(value: Any) -> Any:
@@ -425,17 +438,17 @@ A U-Net (Ronneberger et al., 2015) trained with
 
 ## Input and output
 - Input `raw`: `(batch, channel, y, x)`, {config.in_channels} channel(s), any intensity range.
-  Each image is normalised channel by channel so that its {norm["low"]:g}th percentile maps
-  to 0 and its {norm["high"]:g}th percentile to 1 (`scale_range` preprocessing), as in training.
+  Each image is normalised channel by channel: its percentile {norm["low"]:g} maps to 0 and
+  its percentile {norm["high"]:g} to 1 (`scale_range` preprocessing), as in training.
 - Sizes: `y` and `x` each `{min_size} + n * {step}` pixels (n = 0, 1, 2, ...); {geometry}.
 - Output `probability`: `(batch, 1, y, x)` float32, the foreground probability
   `1 - softmax(logits)[background]`.
 
 ## Network
 depth {config.depth}, {config.base_channels} base channels, {config.padding!r} padding,
-batch norm: {config.batch_norm}, {config.n_classes} classes. Instances are obtained in
-napari-unet by thresholding the probability at 0.5, labelling the connected components (cut
-apart by a gap of {model.gap} pixel(s) learnt between touching cells) and growing them back.
+batch norm: {config.batch_norm}, {config.n_classes} classes. napari-unet makes instances by
+thresholding the probability (0.5 by default), labelling the connected components (cut apart
+by a gap of {model.gap} pixel(s) learnt between touching cells) and growing them back.
 
 ## Validation
 {checked} To validate on your own data, compare instance labels with a ground truth by average
@@ -491,7 +504,8 @@ def _model_descr(
     )
 
 
-def _check_meta(name: str, authors: list[str], license: str, description: str) -> None:
+def _check_meta(meta: dict[str, Any]) -> None:
+    name, authors, license = meta["name"], meta["authors"], meta["license"]
     bad = sorted(set(name) - _NAME_CHARS)
     if not 5 <= len(name) <= 128 or bad:
         raise ValueError(
@@ -502,8 +516,31 @@ def _check_meta(name: str, authors: list[str], license: str, description: str) -
         raise ValueError(f"license must be one of {', '.join(LICENSES)}, got {license!r}")
     if not authors or any(not a.strip() or "/" in a for a in authors):
         raise ValueError(f"authors must be non-empty names without '/', got {authors!r}")
-    if len(description) > 1024:
-        raise ValueError(f"the description must be at most 1024 characters, got {len(description)}")
+    if len(meta["description"]) > 1024:
+        raise ValueError(
+            f"the description must be at most 1024 characters, got {len(meta['description'])}"
+        )
+    unknown = sorted(set(meta["formats"]) - set(WEIGHT_FORMATS))
+    if unknown:
+        raise ValueError(
+            f"weight formats must be among {', '.join(WEIGHT_FORMATS)} (pytorch_state_dict is "
+            f"always written), got {', '.join(unknown)}"
+        )
+
+
+def _check_destination(model: TrainedModel, path: str | os.PathLike[str]) -> Path:
+    if not isinstance(model, TrainedModel):
+        raise ValueError(f"model must be a TrainedModel, got {type(model).__name__}")
+    if model.normalization.get("method") != "percentile":
+        raise ValueError(
+            f"only percentile normalisation can be exported, got {model.normalization!r}"
+        )
+    dest = Path(path)
+    if dest.suffix.lower() != ".zip":
+        raise ValueError(f"a bioimage.io package is a .zip file, got {dest.name!r}")
+    if not dest.parent.is_dir():
+        raise FileNotFoundError(f"folder does not exist: {dest.parent}")
+    return dest
 
 
 def export_package(
@@ -517,6 +554,7 @@ def export_package(
     license: str = "CC-BY-4.0",
     channel_axis: int | None = None,
     rgb: bool | None = None,
+    weight_formats: tuple[str, ...] = WEIGHT_FORMATS,
 ) -> Path:
     """Write a trained model as a bioimage.io model package (a ``.zip``), atomically.
 
@@ -546,6 +584,9 @@ def export_package(
         Channel axis of ``test_image``; defaults to the model's training settings.
     rgb : bool, optional
         ``test_image`` is RGB(A) ``(Y, X, 3|4)``; defaults to the model's training settings.
+    weight_formats : tuple of str
+        Weight formats to write besides ``pytorch_state_dict`` (always written: napari-unet
+        reads it back): any of ``'torchscript'``, ``'onnx'``; default both.
 
     Returns
     -------
@@ -562,27 +603,16 @@ def export_package(
     """
     from bioimageio.spec import save_bioimageio_package
 
-    if not isinstance(model, TrainedModel):
-        raise ValueError(f"model must be a TrainedModel, got {type(model).__name__}")
-    if model.normalization.get("method") != "percentile":
-        raise ValueError(
-            f"only percentile normalisation can be exported, got {model.normalization!r}"
-        )
-    dest = Path(path)
-    if dest.suffix.lower() != ".zip":
-        raise ValueError(f"a bioimage.io package is a .zip file, got {dest.name!r}")
-    if not dest.parent.is_dir():
-        raise FileNotFoundError(f"folder does not exist: {dest.parent}")
+    dest = _check_destination(model, path)
     meta = {
         "name": name or default_package_name(model),
-        "description": description
-        or "U-Net for cell segmentation trained with napari-unet; outputs the foreground "
-        "probability.",
+        "description": description or DEFAULT_DESCRIPTION,
         "authors": list(authors or ["napari-unet user"]),
         "license": license,
         "rgb": _layout_defaults(model, channel_axis, rgb)[1],
+        "formats": (weight_formats,) if isinstance(weight_formats, str) else tuple(weight_formats),
     }
-    _check_meta(meta["name"], meta["authors"], license, meta["description"])
+    _check_meta(meta)
     test_input = package_test_input(model, test_image, channel_axis=channel_axis, rgb=rgb)
     net = _export_net(model)
     with torch.no_grad():

@@ -40,8 +40,13 @@ def is_package(path: str | os.PathLike[str]) -> bool:
 
 
 def _description(p: Path) -> Any:
-    from bioimageio.spec import load_model_description
-
+    try:
+        from bioimageio.spec import load_model_description
+    except ImportError as exc:
+        raise ModelFileError(
+            f"{p}: reading a bioimage.io package needs bioimageio.spec "
+            "(pip install 'napari-unet[bioimageio]')"
+        ) from exc
     try:
         return load_model_description(p, perform_io_checks=False)
     except Exception as exc:  # the spec raises ValueError, pydantic and zip errors

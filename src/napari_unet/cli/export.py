@@ -83,6 +83,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="the test image is RGB(A) (Y, X, 3|4) (default: as the model was trained)",
     )
     parser.add_argument(
+        "--formats",
+        nargs="*",
+        metavar="FORMAT",
+        help="weight formats besides pytorch_state_dict (always written): torchscript, onnx "
+        "(default: both; --formats alone: neither, a smaller package)",
+    )
+    parser.add_argument(
         "--no-check",
         dest="check",
         action="store_false",
@@ -137,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         license=args.license,
         channel_axis=args.channel_axis,
         rgb=args.rgb,
+        **({} if args.formats is None else {"weight_formats": tuple(args.formats)}),
     )
     print(f"wrote {path} in {time.perf_counter() - started:.1f} s")
     if not args.check:
