@@ -184,10 +184,10 @@ def test_export_that_differs_from_torch_is_refused(runtime, monkeypatch):
 
 
 def test_missing_runtime_falls_back(monkeypatch, caplog):
-    def no_module(graph, threads):
+    def no_module(graph, threads, smallest_input):
         raise ImportError("No module named 'openvino'")
 
-    monkeypatch.setattr(rt, "_openvino_model", no_module)
+    monkeypatch.setattr(rt, "_OpenVinoBackend", no_module)
     with caplog.at_level(logging.WARNING, logger=rt.logger.name):
         assert rt.exported_network_or_none(_model(), "openvino") is None
     assert "OpenVINO could not run it (ImportError" in caplog.text
@@ -197,17 +197,32 @@ def test_bad_runtime_names():
     with pytest.raises(ValueError, match="runtime must be one of"):
         rt.exported_network(_model(), "torch")
     with pytest.raises(ValueError, match="runtime must be one of"):
-        rt.ExportedNetwork(b"", "tensorrt", 1)
+        rt.ExportedNetwork(b"", "tensorrt", 1, (1, 1, 4, 4))
 
 
 @pytest.mark.parametrize("runtime", INSTALLED)
 def test_allocation_failure_reads_as_out_of_memory(runtime):
-    network = rt.ExportedNetwork(rt.export_onnx(_model()), runtime, 1)
+    network = rt.ExportedNetwork(rt.export_onnx(_model()), runtime, 1, (1, 1, 4, 4))
 
     def fail(x):
         raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : bad allocation")
 
-    network._run = fail
+    network._backend.run = fail
     with pytest.raises(RuntimeError) as info:
         network(torch.zeros(1, 1, 16, 16))
     assert is_out_of_memory(info.value)
+
+
+@pytest.mark.parametrize("runtime", INSTALLED)
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_release_memory_keeps_results(runtime, padding):
+    model = _model(padding)
+    network = rt.exported_network(model, runtime)
+    size = model.config.admissible_size(90)
+    x = torch.randn(2, 1, size, size)
+    with torch.inference_mode():
+        before = network(x)
+        network.release_memory()
+        network.release_memory()
+        after = network(x)
+    assert torch.equal(before, after)

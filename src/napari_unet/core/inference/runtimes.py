@@ -26,7 +26,6 @@ import logging
 import threading
 import warnings
 from collections import OrderedDict
-from typing import Any
 
 import numpy as np
 import torch
@@ -243,7 +242,9 @@ class ExportedNetwork:
     """An exported network run by ONNX Runtime or OpenVINO on the CPU.
 
     Called like the torch network: a float32 batch ``(N, C, H, W)`` (any admissible ``H``,
-    ``W``) gives the class logits ``(N, n_classes, H', W')`` as a CPU tensor.
+    ``W``) gives the class logits ``(N, n_classes, H', W')`` as a CPU tensor. The runtime keeps
+    its working memory between calls (a third faster than allocating it afresh); call
+    :meth:`release_memory` when a prediction is over.
 
     Parameters
     ----------
@@ -253,66 +254,84 @@ class ExportedNetwork:
         What runs it.
     threads : int
         Threads of the runtime's thread pool.
+    smallest_input : tuple of int
+        The smallest input ``(1, C, H, W)`` the network takes (ONNX Runtime gives its memory
+        back at the end of a run on it).
     """
 
-    def __init__(self, graph: bytes, runtime: str, threads: int) -> None:
+    def __init__(
+        self, graph: bytes, runtime: str, threads: int, smallest_input: tuple[int, ...]
+    ) -> None:
         if runtime not in GRAPH_RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(GRAPH_RUNTIMES)}; got {runtime!r}")
         self.runtime, self.threads = runtime, int(threads)
         self._lock = threading.Lock()
-        load = _ort_session if runtime == "onnxruntime" else _openvino_model
-        self._run = load(graph, self.threads)
+        backend = _OrtBackend if runtime == "onnxruntime" else _OpenVinoBackend
+        self._backend = backend(graph, self.threads, smallest_input)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().cpu().float().numpy())
         try:
             with self._lock:
-                out = self._run(array)
+                out = self._backend.run(array)
         except Exception as exc:
             if "alloc" in str(exc).lower():  # the tile engine's out-of-memory test reads this
                 raise RuntimeError(f"{self.runtime}: can't allocate memory ({exc})") from exc
             raise
         return torch.from_numpy(out)
 
+    def release_memory(self) -> None:
+        """Give the runtime's working memory back (the next call allocates it again)."""
+        with self._lock:
+            self._backend.release()
+
     def __repr__(self) -> str:
         return f"ExportedNetwork({self.runtime!r}, threads={self.threads})"
 
 
-def _ort_session(graph: bytes, threads: int) -> Any:
-    import onnxruntime as ort
+class _OrtBackend:
+    def __init__(self, graph: bytes, threads: int, smallest_input: tuple[int, ...]) -> None:
+        import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self.name = self.session.get_inputs()[0].name
+        self.smallest = np.zeros(smallest_input, np.float32)
+        self.shrink = ort.RunOptions()
+        self.shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
-    def run(x: np.ndarray) -> np.ndarray:
-        return session.run(None, {name: x})[0]
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.name: x})[0]
 
-    return run
+    def release(self) -> None:
+        # The arena frees its unused blocks at the end of a run with this option.
+        self.session.run(None, {self.name: self.smallest}, self.shrink)
 
 
-def _openvino_model(graph: bytes, threads: int) -> Any:
-    import openvino as ov
+class _OpenVinoBackend:
+    def __init__(self, graph: bytes, threads: int, smallest_input: tuple[int, ...]) -> None:
+        import openvino as ov
 
-    core = ov.Core()
-    config = {
-        "INFERENCE_NUM_THREADS": threads,
-        "INFERENCE_PRECISION_HINT": "f32",  # never bf16/f16 on CPUs that have them: exactness
-        "PERFORMANCE_HINT": "LATENCY",
-    }
-    compiled = core.compile_model(core.read_model(graph), "CPU", config)
-    request = compiled.create_infer_request()
+        core = ov.Core()
+        config = {
+            "INFERENCE_NUM_THREADS": threads,
+            "INFERENCE_PRECISION_HINT": "f32",  # never bf16/f16 on CPUs that have them
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        self.compiled = core.compile_model(core.read_model(graph), "CPU", config)
+        self.request = self.compiled.create_infer_request()
 
-    def run(x: np.ndarray) -> np.ndarray:
-        request.infer({0: x})
-        return request.get_output_tensor(0).data.copy()
+    def run(self, x: np.ndarray) -> np.ndarray:
+        self.request.infer({0: x})
+        return self.request.get_output_tensor(0).data.copy()
 
-    return run
+    def release(self) -> None:
+        self.compiled.release_memory()
 
 
 def _check_export(model: TrainedModel, network: ExportedNetwork) -> None:
@@ -373,7 +392,9 @@ def _load(
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-        network = ExportedNetwork(export_onnx(model), runtime, threads)
+        config = model.config
+        smallest = (1, config.in_channels, config.admissible_size(1), config.admissible_size(1))
+        network = ExportedNetwork(export_onnx(model), runtime, threads, smallest)
         _check_export(model, network)
         _cache[key] = network
         while len(_cache) > CACHE_SIZE:
