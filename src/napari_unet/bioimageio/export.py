@@ -75,6 +75,13 @@ TEST_EDGE = 256
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+- ()")
 
 
+def _settings(model: TrainedModel) -> dict[str, Any]:
+    """The training settings stored with the model (empty when there are none)."""
+    training = model.training if isinstance(model.training, dict) else {}
+    settings = training.get("settings")
+    return settings if isinstance(settings, dict) else {}
+
+
 def default_package_name(model: TrainedModel) -> str:
     """A package name that says what the network is, e.g. ``'napari-unet U-Net (fast)'``.
 
@@ -88,7 +95,7 @@ def default_package_name(model: TrainedModel) -> str:
     str
         The name.
     """
-    preset = str(model.training.get("settings", {}).get("preset", "") or "")
+    preset = str(_settings(model).get("preset", "") or "")
     preset = "".join(ch for ch in preset if ch in _NAME_CHARS).strip()
     return f"napari-unet U-Net ({preset})" if preset else "napari-unet U-Net"
 
@@ -108,7 +115,7 @@ def _size_rule(config: UNetConfig) -> tuple[int, int, int, int]:
 def _layout_defaults(
     model: TrainedModel, channel_axis: int | None, rgb: bool | None
 ) -> tuple[int | None, bool]:
-    settings = model.training.get("settings", {}) if isinstance(model.training, dict) else {}
+    settings = _settings(model)
     if rgb is None:
         rgb = bool(settings.get("rgb", False)) and channel_axis is None
     if channel_axis is None and not rgb:
@@ -531,6 +538,10 @@ def _check_meta(meta: dict[str, Any]) -> None:
 def _check_destination(model: TrainedModel, path: str | os.PathLike[str]) -> Path:
     if not isinstance(model, TrainedModel):
         raise ValueError(f"model must be a TrainedModel, got {type(model).__name__}")
+    if getattr(model.config, "spatial_dims", 2) != 2:
+        raise ValueError(
+            f"only 2D models can be exported, got spatial_dims={model.config.spatial_dims}"
+        )
     if model.normalization.get("method") != "percentile":
         raise ValueError(
             f"only percentile normalisation can be exported, got {model.normalization!r}"
