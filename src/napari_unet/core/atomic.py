@@ -58,6 +58,7 @@ def atomic_path(path: str | os.PathLike, *, folder: bool = False) -> Iterator[Pa
         fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=dest.suffix, dir=dest.parent)
         os.close(fd)
         tmp = Path(name)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
     try:
         yield tmp
         replace_path(tmp, dest)
@@ -87,6 +88,12 @@ def replace_path(source: str | os.PathLike, dest: str | os.PathLike) -> None:
     os.replace(dest, aside / "old")
     os.replace(source, dest)
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _remove(path: Path) -> None:
