@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet.cli import predict as predict_cli
+from napari_unet.cli.batch import output_array
 from napari_unet.cli.files import read_image, write_image
 
 
@@ -43,11 +43,11 @@ def test_bad_destinations(tmp_path) -> None:
 def test_predict_output_lands_only_when_complete(tmp_path, name) -> None:
     zarr = pytest.importorskip("zarr")
     path = tmp_path / name
-    with predict_cli._output(path, (4, 6), "int32", (4, 6)) as out:
+    with output_array(path, (4, 6), "int32", (4, 6)) as out:
         out[:] = 7
     read = zarr.open_array(str(path), mode="r")[:] if name.endswith("zarr") else np.load(path)
     np.testing.assert_array_equal(read, np.full((4, 6), 7))
-    with pytest.raises(RuntimeError), predict_cli._output(path, (4, 6), "int32", (4, 6)) as out:
+    with pytest.raises(RuntimeError), output_array(path, (4, 6), "int32", (4, 6)) as out:
         out[:] = 1
         raise RuntimeError("stopped")
     read = zarr.open_array(str(path), mode="r")[:] if name.endswith("zarr") else np.load(path)

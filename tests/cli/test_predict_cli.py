@@ -11,8 +11,7 @@ import torch
 import zarr
 
 from napari_unet import cli
-from napari_unet.cli import main
-from napari_unet.cli import predict as predict_cli
+from napari_unet.cli import batch, main
 from napari_unet.core.inference import predict_probabilities, segment
 from napari_unet.core.model import TrainedModel, UNet, UNetConfig
 from napari_unet.core.model_files import save_model
@@ -127,7 +126,7 @@ def test_predict_zarr_lazily_to_zarr(tmp_path, model, model_path, stack):
 
 def test_predict_on_a_dask_cluster_equals_local(tmp_path, model_path, stack, monkeypatch):
     distributed = pytest.importorskip("distributed")
-    monkeypatch.setattr(predict_cli, "CHUNK", 32)  # several chunks (tasks) per slice
+    monkeypatch.setattr(batch, "CHUNK", 32)  # several chunks (tasks) per slice
     src = tmp_path / "in.zarr"
     _write_zarr(src, stack, (1, 32, 32))
     local, remote = tmp_path / "local.zarr", tmp_path / "remote.tif"

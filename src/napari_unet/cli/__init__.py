@@ -2,7 +2,18 @@
 
 Each sub-command lives in a module of this package that defines ``add_parser(subparsers)`` and
 ``run(args) -> int``. Modules are imported only when their command runs, so ``napari-unet --help``
-stays quick. Errors in the user's input end with one line on stderr and exit code 2.
+stays quick.
+
+Every error ends with one line on stderr (``napari-unet COMMAND: error: ...``; with ``--verbose``
+the traceback comes first) and an exit code:
+
+- 0: success;
+- 1: the work failed while running: a ``RuntimeError`` (e.g. a loss that became NaN), out of
+  memory, an ``OSError`` such as a full disk; and ``predict`` on several inputs when any of them
+  failed (each failure had its own line);
+- 2: bad input: unreadable or unsuitable files, options that cannot work (``ValueError``,
+  :class:`UsageError`, a missing file);
+- 130: interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -11,11 +22,26 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 
 from napari_unet import __version__
 
-__all__ = ["UsageError", "main"]
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "UsageError",
+    "error_line",
+    "main",
+]
+
+#: exit code for a failure while running (RuntimeError, MemoryError, OSError)
+EXIT_FAILED = 1
+#: exit code for bad input (unreadable files, options that cannot work)
+EXIT_BAD_INPUT = 2
+#: exit code after Ctrl-C
+EXIT_INTERRUPTED = 130
 
 #: sub-command name -> module in this package
 COMMANDS: dict[str, str] = {
@@ -67,6 +93,34 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(exc: BaseException) -> str:
+    """One line that says what went wrong, for stderr.
+
+    Parameters
+    ----------
+    exc : BaseException
+        The error.
+
+    Returns
+    -------
+    str
+        The first line of its message (the project's errors are written for users); an error
+        without a message is named, and running out of memory says what to try.
+
+    Examples
+    --------
+    >>> error_line(RuntimeError("loss became NaN at iteration 12\\nmore detail"))
+    'loss became NaN at iteration 12'
+    >>> error_line(MemoryError())
+    'out of memory (MemoryError); try a smaller --tile, --batch or image'
+    """
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    if isinstance(exc, MemoryError):
+        detail = f": {text}" if text else " (MemoryError)"
+        return f"out of memory{detail}; try a smaller --tile, --batch or image"
+    return text or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line.
 
@@ -78,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        Exit code: 0 on success, 1 on an unexpected failure, 2 on bad input, 130 when
+        Exit code: 0 on success, :data:`EXIT_FAILED` (1) when the work failed while running,
+        :data:`EXIT_BAD_INPUT` (2) on bad input, :data:`EXIT_INTERRUPTED` (130) when
         interrupted.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -90,11 +145,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.module.run(args) or 0)
     except (UsageError, ValueError, FileNotFoundError, IsADirectoryError) as exc:
-        print(f"napari-unet {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        code = EXIT_BAD_INPUT
+        error = exc
+    except (RuntimeError, MemoryError, OSError) as exc:
+        code = EXIT_FAILED
+        error = exc
     except KeyboardInterrupt:
         print(f"napari-unet {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    if args.verbose:
+        traceback.print_exception(error, file=sys.stderr)
+    print(f"napari-unet {args.command}: error: {error_line(error)}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

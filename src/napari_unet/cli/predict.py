@@ -1,9 +1,17 @@
-"""``napari-unet predict``: segment an image or a stack with a trained model, headless.
+"""``napari-unet predict``: segment images or stacks with a trained model, headless.
 
 The image is tiled exactly (see :mod:`napari_unet.core.inference.predict`): the result equals one
-whole-image pass. A zarr input is read lazily, tile by tile; a ``.zarr`` output is written chunk
-by chunk (its chunks follow the tile layout), into a temporary store that is renamed into place
-at the end, so a crash never leaves half an output.
+whole-image pass. A zarr or OME-Zarr input is read lazily, tile by tile; a ``.zarr`` output is
+written chunk by chunk (its chunks follow the tile layout), into a temporary store that is
+renamed into place at the end, so a crash never leaves half an output. ``--labels-into NAME``
+writes the labels into an OME-Zarr input's ``labels/`` group (:mod:`napari_unet.cli.ngff`).
+
+One input with ``--out FILE`` writes that file. Several inputs (files, folders, glob patterns)
+with ``--out FOLDER`` are a batch (:mod:`napari_unet.cli.batch`): outputs named after the
+inputs, one progress bar over the images, a failing image reported in one line and the others
+done; the exit code is then 1 if any failed. The channel layout (``--channel-axis``, ``--rgb``)
+comes, when not given, from the file (OME-Zarr's ``c`` axis) or from the model's training
+settings when the image has that layout.
 
 With ``--scheduler ADDRESS`` the work runs on a dask.distributed cluster: every output chunk of
 the probability map is a task (:func:`napari_unet.core.inference.predict_region`, with the tile
@@ -15,37 +23,38 @@ from its path (it must be reachable from them); other inputs are sent to them.
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
+import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
+from tqdm import tqdm
 
-from napari_unet.cli import UsageError
+from napari_unet.cli import EXIT_FAILED, UsageError
 from napari_unet.cli.options import add_channel_layout, add_command, add_device, add_output
 
-__all__ = ["DESCRIPTION", "HELP", "add_parser", "run"]
+__all__ = ["DESCRIPTION", "HELP", "ProgressBars", "add_parser", "run"]
 
 logger = logging.getLogger(__name__)
 
 _WRITABLE = (".tif", ".tiff", ".npy", ".zarr")
-#: Target edge of an output zarr chunk (rounded to whole tile strides).
-CHUNK = 1024
-#: Seconds between two progress lines in the log.
-LOG_EVERY = 5.0
+#: the label image name ``--labels-into`` takes when given without one
+DEFAULT_LABELS_NAME = "unet"
 
 #: the line in ``napari-unet --help``
-HELP = "segment an image or a stack into instance labels with a trained model"
+HELP = "segment images or stacks into instance labels with a trained model"
 DESCRIPTION = (
-    "Segment a 2D image, a multichannel image or a (Z, Y, X) stack with a trained "
-    "napari-unet model: exact overlap-tile inference (the result equals one whole-image "
-    "pass), threshold, connected components, cells grown back across the training gap, "
-    "small objects dropped; labels are unique across the stack. A .zarr input is read "
-    "lazily and a .zarr output written chunk by chunk."
+    "Segment 2D images, multichannel images or (Z, Y, X) stacks with a trained napari-unet "
+    "model: exact overlap-tile inference (the result equals one whole-image pass), threshold, "
+    "connected components, cells grown back across the training gap, small objects dropped; "
+    "labels are unique across a stack. One INPUT with --out FILE writes that file; several "
+    "INPUTs (files, folders, quoted glob patterns) with --out FOLDER write <name>_labels.tif "
+    "(.zarr for zarr inputs) for each, and a failing image is reported while the others are "
+    "done (exit code 1 if any failed). zarr and OME-Zarr inputs are read lazily; "
+    "--labels-into writes the labels into an OME-Zarr input's labels/ group."
 )
 
 
@@ -54,19 +63,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = add_command(subparsers, "predict", help=HELP, description=DESCRIPTION)
     parser.add_argument("model", type=Path, metavar="MODEL", help="model file (.pt)")
     parser.add_argument(
-        "input", type=Path, metavar="INPUT", help="image (.tif, .tiff, .png, .npy or .zarr)"
-    )
-    add_output(
-        parser,
-        metavar="LABELS",
-        help="where to write the int32 labels (.tif, .tiff, .npy or .zarr)",
-    )
-    parser.add_argument(
-        "--probabilities",
+        "inputs",
         type=Path,
-        metavar="OUT",
-        help="also write the float32 foreground probability (.tif, .tiff, .npy or .zarr)",
+        nargs="+",
+        metavar="INPUT",
+        help="images (.tif, .tiff, .png, .npy, .zarr, OME-Zarr), folders of them, or glob "
+        "patterns in quotes ('data/*.tif')",
     )
+    _add_outputs(parser)
     _add_tiling(parser)
     _add_labelling(parser)
     add_channel_layout(parser)
@@ -79,6 +83,37 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     return parser
+
+
+def _add_outputs(parser: argparse.ArgumentParser) -> None:
+    """``--out``, ``--labels-into``, ``--probabilities`` and ``--skip-existing``."""
+    add_output(
+        parser,
+        metavar="LABELS",
+        required=False,
+        help="where to write the int32 labels: a .tif, .tiff, .npy or .zarr file for one "
+        "INPUT, a folder for several (<name>_labels.tif, or .zarr for zarr inputs)",
+    )
+    parser.add_argument(
+        "--labels-into",
+        nargs="?",
+        const=DEFAULT_LABELS_NAME,
+        metavar="NAME",
+        help="write the labels into each OME-Zarr INPUT's labels/NAME (default NAME: "
+        f"{DEFAULT_LABELS_NAME}), as the OME-NGFF spec says; --out is then not needed",
+    )
+    parser.add_argument(
+        "--probabilities",
+        type=Path,
+        metavar="OUT",
+        help="also write the float32 foreground probability: a .tif, .tiff, .npy or .zarr "
+        "file for one INPUT, a folder for several (<name>_probabilities.tif)",
+    )
+    parser.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave out the INPUTs whose outputs exist already",
+    )
 
 
 def _add_tiling(parser: argparse.ArgumentParser) -> None:
@@ -120,77 +155,22 @@ def _add_labelling(parser: argparse.ArgumentParser) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# What one run needs, and its outputs
+# What to do: one file, or a batch
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Job:
-    """One prediction: the model, the image, the tiling, the labelling and the outputs."""
-
-    model: Any
-    image: Any
-    plan: Any
-    #: channel_axis, rgb, device and tta, as the core functions take them
-    options: dict[str, Any]
-    threshold: float
-    min_size: int
-    labels: Any = None
-    probabilities: Any = None
-
-    def chunks(self) -> tuple[int, int]:
-        """``(Y, X)`` edge of an output zarr chunk: about :data:`CHUNK`, whole tile strides."""
-        return _chunk(self.plan.layout.y), _chunk(self.plan.layout.x)
-
-    def write_probabilities(self, z: int, rows: tuple, cols: tuple, data: np.ndarray) -> None:
-        """Write a rectangle of slice ``z``'s probabilities, if they are wanted."""
-        if self.probabilities is not None:
-            index = (slice(*rows), slice(*cols))
-            self.probabilities[(z, *index) if self.plan.stack else index] = data
-
-
-def _chunk(axis: Any) -> int:
-    if axis.count == 1:
-        return axis.size
-    return min(axis.size, axis.stride * max(1, CHUNK // axis.stride))
-
-
-@contextmanager
-def _output(path: Path, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...]) -> Iterator:
-    """An output array that lands at ``path`` whole when the block ends without an error.
-
-    A ``.zarr`` output is written chunk by chunk into a temporary store beside ``path``
-    (:func:`~napari_unet.core.atomic.atomic_path`); other formats are kept in memory and written
-    at the end (:func:`~napari_unet.cli.files.write_image`, atomic too).
-    """
-    from napari_unet.cli.files import write_image
-    from napari_unet.core.atomic import atomic_path
-
-    if path.suffix.lower() != ".zarr":
-        array = np.zeros(shape, dtype)
-        yield array
-        write_image(path, array)
-        return
-    import zarr
-
-    with atomic_path(path, folder=True) as tmp:
-        yield zarr.open_array(str(tmp), mode="w", shape=shape, chunks=chunks, dtype=dtype)
 
 
 def _check_out_path(path: Path, option: str) -> None:
     if path.suffix.lower() not in _WRITABLE:
-        raise UsageError(f"{option} must end in {', '.join(_WRITABLE)}, got {path.name!r}")
+        raise UsageError(
+            f"{option} must end in {', '.join(_WRITABLE)} (or name a folder when several "
+            f"inputs are given), got {path.name!r}"
+        )
     if not path.parent.exists():
         raise FileNotFoundError(f"folder for {option} does not exist: {path.parent}")
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    """Raise UsageError (or FileNotFoundError) on options that cannot work, before any work."""
-    _check_out_path(args.out, "--out")
-    if args.probabilities is not None:
-        _check_out_path(args.probabilities, "--probabilities")
-        if args.probabilities.resolve() == args.out.resolve():
-            raise UsageError("--probabilities and --out must be different files")
+    """Raise UsageError on options that cannot work, before any work."""
     for name in ("tile", "batch"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -199,70 +179,220 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--threshold must be in [0, 1), got {args.threshold}")
     if args.min_size is not None and args.min_size < 0:
         raise UsageError(f"--min-size must be 0 or more, got {args.min_size}")
+    if args.out is None and args.labels_into is None:
+        raise UsageError("say where the labels go: --out, or --labels-into for OME-Zarr inputs")
 
 
-def _plan_job(args: argparse.Namespace) -> _Job:
-    """Read the model and the image, check the image's layout and plan the tiling."""
-    from napari_unet.cli.files import read_image
-    from napari_unet.core.inference import DEFAULT_MIN_SIZE, prediction_plan
-    from napari_unet.core.layout import image_layout
-    from napari_unet.core.model_files import load_model
+def _is_folder(path: Path) -> bool:
+    """Whether an output path names a folder of outputs (not a file or a zarr store)."""
+    from napari_unet.cli.files import is_zarr_path
 
-    model = load_model(args.model)
-    image = read_image(args.input)
-    layout = {"channel_axis": args.channel_axis, "rgb": args.rgb}
-    image_layout(image.shape, **layout, what=str(args.input), channel_option="--channel-axis")
-    plan = prediction_plan(
-        model, image, tile=args.tile, batch_size=args.batch, device=args.device, **layout
+    if path.is_dir():
+        return not is_zarr_path(path)
+    return not path.suffix
+
+
+def _single_target(args: argparse.Namespace) -> Any:
+    """The target of a one-image run, or None for a batch.
+
+    One INPUT that is a file or a store, with ``--out`` a file (or the OME-Zarr input itself,
+    meaning ``--labels-into``), or with ``--labels-into`` alone.
+    """
+    from napari_unet.cli.batch import Target
+    from napari_unet.cli.files import is_zarr_path
+
+    if len(args.inputs) != 1:
+        return None
+    source: Path = args.inputs[0]
+    if source.is_dir() and not is_zarr_path(source):
+        return None
+    if not source.exists() and glob.has_magic(str(source)):
+        return None
+    out: Path | None = args.out
+    into = args.labels_into
+    if out is not None and out.exists() and out.resolve() == source.resolve():
+        out, into = None, into or DEFAULT_LABELS_NAME  # --out image.ome.zarr: into its labels/
+    if out is not None and into is not None:
+        raise UsageError("--labels-into writes into the input: give it without --out")
+    if out is not None and _is_folder(out):
+        return None
+    if out is not None:
+        _check_out_path(out, "--out")
+    if args.probabilities is not None:
+        _check_out_path(args.probabilities, "--probabilities")
+        if out is not None and args.probabilities.resolve() == out.resolve():
+            raise UsageError("--probabilities and --out must be different files")
+    return Target(source, out, into, args.probabilities)
+
+
+def _output_folder(path: Path | None, option: str) -> Path | None:
+    """``path`` as a folder of outputs, made if missing; UsageError if it names a file."""
+    if path is None:
+        return None
+    if not _is_folder(path):
+        raise UsageError(f"{option} must be a folder when several inputs are given, got {path}")
+    if not path.parent.exists():
+        raise FileNotFoundError(f"folder for {option} does not exist: {path.parent}")
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _batch_targets(args: argparse.Namespace) -> list[Any]:
+    """The targets of a batch run: every image of the INPUTs, outputs named after them."""
+    from napari_unet.cli.batch import batch_targets, collect_inputs
+
+    if args.out is not None and args.labels_into is not None:
+        raise UsageError("--labels-into writes into each input: give it without --out")
+    sources = collect_inputs(args.inputs)
+    return batch_targets(
+        sources,
+        _output_folder(args.out, "--out"),
+        probabilities_dir=_output_folder(args.probabilities, "--probabilities"),
+        labels_into=args.labels_into,
     )
-    min_size = args.min_size
-    if min_size is None:
-        min_size = int(model.training.get("min_size", DEFAULT_MIN_SIZE))
-    options = {**layout, "device": args.device, "tta": args.tta}
-    return _Job(model, image, plan, options, args.threshold, min_size)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from napari_unet.cli.batch import PredictSettings
+
+    return PredictSettings(
+        channel_axis=args.channel_axis,
+        rgb=args.rgb,
+        tile=args.tile,
+        batch_size=args.batch,
+        device=args.device,
+        tta=args.tta,
+        threshold=args.threshold,
+        min_size=args.min_size,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
-# Local run
+# Progress
 # ----------------------------------------------------------------------------------------------
 
 
-class _ProgressLog:
-    """Logs tile progress every :data:`LOG_EVERY` seconds and counts the labelled objects."""
+class ProgressBars:
+    """tqdm bars on stderr: the images of a batch, and the tiles of the current image.
 
-    def __init__(self) -> None:
-        self.last = 0.0
-        self.n_objects = 0
+    Parameters
+    ----------
+    n_images : int, optional
+        Images in the batch; None for a one-image run (the tile bar only).
+    stream : file-like
+        Where the bars go (stderr).
+    """
 
-    def __call__(self, event: Any) -> None:
-        if event.stage == "labels":
-            self.n_objects = max(self.n_objects, int(event.item.labels.max(initial=0)))
-            return
-        now = time.perf_counter()
-        if event.done == event.total or now - self.last > LOG_EVERY:
-            self.last = now
-            logger.info("%d of %d tiles", event.done, event.total)
+    def __init__(self, n_images: int | None, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.batch = n_images is not None
+        self.images = None if n_images is None else self._bar(n_images, "images", "image", 0)
+        self.tiles: tqdm | None = None
+        self.name = ""
+
+    def _bar(self, total: int | None, desc: str, unit: str, position: int) -> tqdm:
+        return tqdm(
+            total=total,
+            desc=desc,
+            unit=unit,
+            file=self.stream,
+            position=position,
+            leave=position == 0,
+            dynamic_ncols=self.tty,
+            mininterval=0.1 if self.tty else 10.0,
+        )
+
+    def update(self, event: Any) -> None:
+        """Show one event of :func:`napari_unet.cli.batch.segment_files` (or of the core)."""
+        if event.stage == "file":
+            self.name = event.item.source.name
+        elif event.stage == "tiles":
+            if self.tiles is None:
+                self.tiles = self._bar(event.total, self.name or "tiles", "tile", int(self.batch))
+            self.tiles.update(event.done - self.tiles.n)
+        elif event.stage == "labels" and self.tiles is not None and event.total > 1:
+            self.tiles.set_postfix_str(f"{event.done}/{event.total} slices labelled")
+        elif event.stage == "files":
+            self._end_image(event.item)
+
+    def _end_image(self, result: Any) -> None:
+        if self.tiles is not None:
+            self.tiles.close()
+            self.tiles = None
+        target = result.target
+        if result.status == "failed":
+            line = f"napari-unet predict: {target.source}: error: {result.message}"
+            tqdm.write(line, file=sys.stderr)
+        elif result.status == "skipped":
+            tqdm.write(f"skipped {target.source}: {result.message}", file=sys.stdout)
+        else:
+            tqdm.write(f"wrote {target.destination}: {result.message}", file=sys.stdout)
+        if self.images is not None:
+            self.images.update(1)
+
+    def close(self) -> None:
+        """End the bars."""
+        for bar in (self.tiles, self.images):
+            if bar is not None:
+                bar.close()
 
 
-def _run_local(job: _Job) -> int:
-    """Segment in this process; the number of objects."""
-    from napari_unet.core.inference import segment
+# ----------------------------------------------------------------------------------------------
+# Local runs
+# ----------------------------------------------------------------------------------------------
+
+
+def _run_one(model: Any, target: Any, settings: Any, runner: Any) -> int:
+    """Segment one image into its outputs; 0."""
+    from napari_unet.cli.batch import open_outputs, plan_file
     from napari_unet.core.progress import run_to_end
 
-    log = _ProgressLog()
-    work = segment(
-        job.model,
-        job.image,
-        threshold=job.threshold,
-        min_size=job.min_size,
-        tile=job.plan.tile,
-        batch_size=job.plan.batch_size,
-        out=job.labels,
-        probabilities_out=job.probabilities,
-        **job.options,
+    job = plan_file(model, target, settings)
+    plan = job.plan
+    logger.info(
+        "%s: %s, %d tile(s) of %dx%d per slice, batch %d, on %s",
+        target.source,
+        " x ".join(map(str, plan.shape)),
+        plan.layout.count,
+        *plan.tile,
+        plan.batch_size,
+        plan.device,
     )
-    run_to_end(work, log)
-    return log.n_objects
+    started = time.perf_counter()
+    bars = ProgressBars(None, sys.stderr)
+    bars.name = target.source.name
+    try:
+        with open_outputs(job):
+            n_objects = run_to_end(runner(job, None), bars.update)
+    finally:
+        bars.close()
+    print(
+        f"wrote {target.destination}: {' x '.join(map(str, plan.shape))} int32, {n_objects} "
+        f"objects in {time.perf_counter() - started:.1f} s"
+        + (f"; probabilities in {target.probabilities}" if target.probabilities else "")
+    )
+    return 0
+
+
+def _run_batch(model: Any, targets: list[Any], settings: Any, runner: Any, skip: bool) -> int:
+    """Segment every target; 0, or :data:`~napari_unet.cli.EXIT_FAILED` if any failed."""
+    from napari_unet.cli.batch import segment_files
+    from napari_unet.core.progress import run_to_end
+
+    started = time.perf_counter()
+    bars = ProgressBars(len(targets), sys.stderr)
+    try:
+        work = segment_files(model, targets, settings, skip_existing=skip, run=runner)
+        results = run_to_end(work, bars.update)
+    finally:
+        bars.close()
+    counts = {s: sum(r.status == s for r in results) for s in ("written", "skipped", "failed")}
+    print(
+        f"{len(results)} image(s) in {time.perf_counter() - started:.1f} s: "
+        f"{counts['written']} written, {counts['skipped']} skipped, {counts['failed']} failed"
+    )
+    return EXIT_FAILED if counts["failed"] else 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,7 +438,7 @@ def _region_task(
     )
 
 
-def _submit(client: Any, job: _Job, ref: Any) -> tuple[dict[Any, tuple], dict[int, int]]:
+def _submit(client: Any, job: Any, ref: Any) -> tuple[dict[Any, tuple], dict[int, int]]:
     """One task per output chunk of every slice: futures -> (z, rows, cols); chunks per slice."""
     model_ref = client.scatter(job.model, broadcast=True)
     options = {**job.options, "tile": job.plan.tile, "batch_size": job.plan.batch_size}
@@ -328,8 +458,8 @@ def _submit(client: Any, job: _Job, ref: Any) -> tuple[dict[Any, tuple], dict[in
     return futures, {z: len(regions) for z in range(job.plan.n_slices)}
 
 
-def _run_distributed(address: str, job: _Job, input_path: Path) -> int:
-    """Segment on a dask.distributed cluster; the number of objects.
+def _run_distributed(address: str, job: Any) -> int:
+    """Segment ``job`` on a dask.distributed cluster; the number of objects.
 
     Every output chunk is a task; slices are labelled here, in slice order (so the numbering
     is the local run's), as soon as all their chunks have arrived.
@@ -341,10 +471,14 @@ def _run_distributed(address: str, job: _Job, input_path: Path) -> int:
 
     labeller = StackLabeller(threshold=job.threshold, gap=job.model.gap, min_size=job.min_size)
     shape = (job.plan.layout.y.size, job.plan.layout.x.size)
+    source = job.target.source
     client = Client(address)
     try:
         logger.info("running on the dask cluster at %s", address)
-        ref = str(input_path) if is_zarr_path(input_path) else client.scatter(np.asarray(job.image))
+        if is_zarr_path(source):
+            ref = str(source)
+        else:
+            ref = client.scatter(np.asarray(job.image.data))
         futures, pending = _submit(client, job, ref)
         buffers: dict[int, np.ndarray] = {}
         next_z = 0
@@ -362,44 +496,47 @@ def _run_distributed(address: str, job: _Job, input_path: Path) -> int:
     return labeller.n_objects
 
 
+def _cluster_runner(address: str) -> Any:
+    """A runner (see :data:`napari_unet.cli.batch.Runner`) on the cluster at ``address``."""
+
+    def run(job: Any, stop: Any = None) -> Any:
+        yield from ()  # the cluster reports no progress per tile
+        return _run_distributed(address, job)
+
+    return run
+
+
 # ----------------------------------------------------------------------------------------------
 # The command
 # ----------------------------------------------------------------------------------------------
 
 
 def run(args: argparse.Namespace) -> int:
-    """Segment ``args.input`` and write the outputs; 0 on success.
+    """Segment the inputs and write the outputs.
 
-    Unreadable or unsuitable input and unwritable output paths raise ``ValueError``,
-    ``UsageError`` or ``FileNotFoundError`` (one line on stderr, exit code 2).
+    Returns
+    -------
+    int
+        0 on success; for several inputs, :data:`~napari_unet.cli.EXIT_FAILED` (1) if any
+        failed (each failure has its line on stderr).
+
+    Raises
+    ------
+    UsageError, ValueError, FileNotFoundError
+        On unreadable or unsuitable input (one image) and unusable options (exit code 2).
     """
+    from napari_unet.cli.batch import run_local
+    from napari_unet.core.model_files import load_model
+
     _check_args(args)
-    job = _plan_job(args)
-    plan = job.plan
-    chunks = (1, *job.chunks()) if plan.stack else job.chunks()
-    logger.info(
-        "%s: %s, %d tile(s) of %dx%d per slice, batch %d, on %s",
-        args.input,
-        " x ".join(map(str, plan.shape)),
-        plan.layout.count,
-        *plan.tile,
-        plan.batch_size,
-        plan.device,
-    )
-    started = time.perf_counter()
-    with ExitStack() as outputs:  # labels land first, then the probabilities
-        if args.probabilities is not None:
-            job.probabilities = outputs.enter_context(
-                _output(args.probabilities, plan.shape, "float32", chunks)
-            )
-        job.labels = outputs.enter_context(_output(args.out, plan.shape, "int32", chunks))
-        if args.scheduler:
-            n_objects = _run_distributed(args.scheduler, job, args.input)
-        else:
-            n_objects = _run_local(job)
-    print(
-        f"wrote {args.out}: {' x '.join(map(str, plan.shape))} int32, {n_objects} objects "
-        f"in {time.perf_counter() - started:.1f} s"
-        + (f"; probabilities in {args.probabilities}" if args.probabilities else "")
-    )
-    return 0
+    single = _single_target(args)
+    targets = [single] if single is not None else _batch_targets(args)
+    settings = _settings(args)
+    model = load_model(args.model)
+    runner = _cluster_runner(args.scheduler) if args.scheduler else run_local
+    if single is not None:
+        if args.skip_existing and single.exists():
+            print(f"skipped {single.source}: {single.destination} exists")
+            return 0
+        return _run_one(model, single, settings, runner)
+    return _run_batch(model, targets, settings, runner, args.skip_existing)

@@ -18,7 +18,7 @@ import numpy as np
 from napari_unet.cli import UsageError
 from napari_unet.cli.options import add_command, add_dataclass_options, add_output, given_fields
 
-__all__ = ["DESCRIPTION", "HELP", "add_parser", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_parser", "check_label_shape", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,49 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def check_label_shape(shape: tuple[int, ...], name: str) -> None:
+    """Refuse shapes that are not one integer per pixel of a 2D image or a stack.
+
+    A colour image ``(Y, X, 3)`` or ``(Y, X, 4)`` (an RGB(A) PNG, e.g. a screenshot or a label
+    image saved with a colour map) would otherwise be weighted as a stack of 3 or 4 slices.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The label image's shape.
+    name : str
+        What to call it in messages.
+
+    Raises
+    ------
+    ValueError
+        If the image is not 2D or 3D, or looks like a colour image.
+
+    Examples
+    --------
+    >>> check_label_shape((3, 64, 64), "labels")  # a stack of 3 slices
+    >>> check_label_shape((64, 64, 3), "labels")
+    Traceback (most recent call last):
+    ...
+    ValueError: labels has shape (64, 64, 3), a colour (RGB) image: labels must be one integer \
+per pixel (0 = background, k > 0 = cell k), 2D (Y, X) or a (Z, Y, X) stack; save the labels as a \
+single-channel integer image (e.g. a TIFF of a napari Labels layer)
+    """
+    if len(shape) not in (2, 3):
+        raise ValueError(
+            f"{name} must be 2D (Y, X) or a 3D (Z, Y, X) stack, got {len(shape)}D with shape "
+            f"{tuple(shape)}"
+        )
+    if len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > shape[-1]:
+        kind = "RGB" if shape[-1] == 3 else "RGBA"
+        raise ValueError(
+            f"{name} has shape {tuple(shape)}, a colour ({kind}) image: labels must be one "
+            "integer per pixel (0 = background, k > 0 = cell k), 2D (Y, X) or a (Z, Y, X) "
+            "stack; save the labels as a single-channel integer image (e.g. a TIFF of a "
+            "napari Labels layer)"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """Compute and write the weight map.
 
@@ -80,11 +123,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"folder for --out does not exist: {out.parent}")
     labels = np.asarray(read_image(args.labels))  # a zarr store is read whole: labels are small
     name = f"label image {args.labels}"
-    if labels.ndim not in (2, 3):
-        raise ValueError(
-            f"{name} must be 2D (Y, X) or a 3D (Z, Y, X) stack, "
-            f"got {labels.ndim}D with shape {labels.shape}"
-        )
+    check_label_shape(labels.shape, name)
     labels = check_labels(labels, name=name, ndim=labels.ndim)
     from napari_unet.core.training import TrainSettings
 
