@@ -6,7 +6,13 @@ import torch
 
 from napari_unet.core.model import UNetConfig, preset_config
 from napari_unet.core.normalize import normalize_image
-from napari_unet.core.targets import BACKGROUND, FOREGROUND, IGNORE, training_targets
+from napari_unet.core.targets import (
+    BACKGROUND,
+    FOREGROUND,
+    IGNORE,
+    SplitLabelsWarning,
+    training_targets,
+)
 from napari_unet.core.training.data import (
     MIN_SIDE,
     AnnotatedImage,
@@ -218,3 +224,18 @@ def test_patch_geometry():
     assert patch_geometry(preset_config("paper"), 388, context=32) == (572, 388)
     with pytest.raises(ValueError, match="context"):
         patch_geometry(preset_config("fast"), 128, context=-1)
+
+
+def test_one_label_on_separate_cells_is_split_and_reported():
+    image, labels = _cells((48, 48))
+    labels[30:40, 2:12] = 1  # label 1 again, on a separate cell
+    with pytest.warns(SplitLabelsWarning, match="1 label value .* split into 2 cells") as rec:
+        (s,) = prepare_samples(image, labels)
+    assert (rec[0].message.values, rec[0].message.cells) == (1, 2)
+    assert s.split_cells == 2
+    assert len(np.unique(s.labels)) == 5  # background and four cells
+    split = labels.copy()
+    split[30:40, 2:12] = 7
+    np.testing.assert_array_equal(s.weights, training_targets(split).weights)
+    # the border term now sees two cells where the unsplit labels had one
+    assert not np.array_equal(s.weights, training_targets(labels).weights)

@@ -321,3 +321,14 @@ def test_the_loss_area_sees_image_context_not_zero_padding(cells):
     assert summary["input_size"] == summary["output_size"] == 32
     with pytest.raises(ValueError, match="context"):
         next(train(image, labels, settings=_settings(context=-1)))
+
+
+def test_one_label_on_separate_cells_is_split_before_training(cells):
+    from napari_unet.core.targets import SplitLabelsWarning
+
+    image, labels = cells
+    merged = np.where(labels > 0, (labels % 2) + 1, 0)  # two label values for eight cells
+    with pytest.warns(SplitLabelsWarning) as record:
+        model = run_training(image, merged, settings=_settings(iterations=1), model=_tiny())
+    assert record[0].message.values == 2
+    assert model.training["summary"]["split_cells"] == record[0].message.cells >= 4

@@ -416,3 +416,24 @@ def test_live_map_keeps_its_own_copy():
     np.testing.assert_array_equal(live.weights, before)
     live.update(labels)
     np.testing.assert_array_equal(live.weights, border_weight_map(labels))
+
+
+def test_split_components_gives_each_region_its_own_label():
+    from napari_unet.core.targets import split_components
+
+    lab = np.zeros((8, 10), np.uint16)
+    lab[1:3, 1:3] = 5
+    lab[5:7, 6:9] = 5  # value 5 again, elsewhere
+    lab[4, 4] = 5  # and a third time, touching neither
+    lab[1:3, 6:8] = 9
+    lab[3, 3] = 9  # touches the first 5-region and the 9... at a corner of 5 only
+    out, values, cells = split_components(lab)
+    assert (values, cells) == (2, 5)
+    assert out.dtype == np.int32 and len(np.unique(out)) == 6
+    # every region is one label, and no label spans two input values
+    for v in np.unique(out)[1:]:
+        assert len(np.unique(lab[out == v])) == 1
+    # corner contact joins: a diagonal stroke stays one cell
+    diagonal = np.eye(5, dtype=np.int32) * 3
+    same, values, cells = split_components(diagonal)
+    assert same is diagonal and (values, cells) == (0, 0)

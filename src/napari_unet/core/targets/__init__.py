@@ -2,7 +2,8 @@
 
 What the loss learns from a user's painting (Ronneberger et al. 2015, eq. 2):
 
-- :mod:`.labels`: instance labels and annotated regions are checked here.
+- :mod:`.labels`: instance labels and annotated regions are checked here; one label value on
+  several separate regions is split into one label per region.
 - :mod:`.gap`: the background gap cut between touching cells, and growing instances back.
 - :mod:`.terms`: the two terms of eq. 2, class balance and the border term.
 - :mod:`.weight_map`: the whole map, per image or per slice, and the training targets.
@@ -10,7 +11,7 @@ What the loss learns from a user's painting (Ronneberger et al. 2015, eq. 2):
 """
 
 from .gap import cut_gap, grow_instances, touching_gap
-from .labels import check_labels, check_region
+from .labels import SplitLabelsWarning, check_labels, check_region, split_components
 from .live import BorderWeightMap, Box, update_border_weights
 from .terms import BORDER_TOLERANCE, border_radius, class_weights
 from .weight_map import (
@@ -30,6 +31,7 @@ __all__ = [
     "IGNORE",
     "BorderWeightMap",
     "Box",
+    "SplitLabelsWarning",
     "TrainingTargets",
     "border_radius",
     "border_weight_map",
@@ -39,6 +41,7 @@ __all__ = [
     "class_weights",
     "cut_gap",
     "grow_instances",
+    "split_components",
     "touching_gap",
     "training_targets",
     "update_border_weights",

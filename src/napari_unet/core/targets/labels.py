@@ -7,8 +7,9 @@ mask of the annotated pixels (``None``: the whole image).
 from __future__ import annotations
 
 import numpy as np
+from skimage.measure import label as label_components
 
-__all__ = ["check_labels", "check_region"]
+__all__ = ["SplitLabelsWarning", "check_labels", "check_region", "split_components"]
 
 
 def check_labels(labels: object, name: str = "labels", ndim: int | None = 2) -> np.ndarray:
@@ -111,3 +112,73 @@ def as_work_labels(
             dense += 1
         return dense, ids
     return labels.astype(np.int32, copy=False), None
+
+
+class SplitLabelsWarning(UserWarning):
+    """Some label values were painted on several separate cells and were split.
+
+    Parameters
+    ----------
+    values : int
+        How many label values covered several separate regions.
+    cells : int
+        How many cells those values were split into.
+
+    Attributes
+    ----------
+    values, cells : int
+        As given, for a widget or command line to report.
+    """
+
+    def __init__(self, values: int, cells: int) -> None:
+        self.values, self.cells = int(values), int(cells)
+        one = values == 1
+        super().__init__(
+            f"{values} label value{'' if one else 's'} painted on several separate cells "
+            f"{'was' if one else 'were'} split into {cells} cells (one label per connected "
+            "region); paint each cell with its own label to silence this"
+        )
+
+
+def split_components(labels: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """Give every connected region of a label value its own label.
+
+    A label value painted on several separate regions (one brush value for many cells, a
+    common habit in napari) would be learnt as one cell: no gap, no border weight between the
+    regions. Regions touch through edges or corners (8-connectivity in 2D).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Integer instance labels (any dimensions), 0 = background.
+
+    Returns
+    -------
+    labels : numpy.ndarray
+        int32 labels ``1..n`` (the input itself when nothing was split).
+    values : int
+        How many label values covered several regions.
+    cells : int
+        How many regions those values covered in all.
+
+    Examples
+    --------
+    >>> lab = np.array([[1, 1, 0, 1], [0, 0, 0, 1], [2, 2, 0, 0]])
+    >>> out, values, cells = split_components(lab)
+    >>> out.tolist(), values, cells
+    ([[1, 1, 0, 2], [0, 0, 0, 2], [3, 3, 0, 0]], 1, 2)
+    """
+    labels = np.asarray(labels)
+    if not labels.any():
+        return labels, 0, 0
+    regions = label_components(labels, background=0, connectivity=labels.ndim)
+    n = int(regions.max())
+    ids = np.unique(labels)
+    if n == ids.size - (ids[0] == 0):
+        return labels, 0, 0
+    # the label value of each region, then how many regions each value has
+    value_of = np.zeros(n + 1, labels.dtype)
+    value_of[regions.ravel()] = labels.ravel()
+    _, counts = np.unique(value_of[1:], return_counts=True)
+    split = counts[counts > 1]
+    return regions.astype(np.int32, copy=False), int(split.size), int(split.sum())

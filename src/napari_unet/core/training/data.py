@@ -1,12 +1,14 @@
-"""Training data: (images, labels, regions) -> normalised 2D samples, patches and a held-out part.
+"""Training data: (images, labels, regions) -> normalised 2D samples and patches.
 
 :func:`prepare_samples` checks everything a user can get wrong before any heavy work (shapes,
-dtypes, NaN/inf, annotations without a single cell) and turns each annotated 2D image into an
-:class:`AnnotatedImage`: the image normalised by its own percentiles, target classes and loss
-weights from :func:`napari_unet.core.weights.training_targets`. Slices of a stack without any
-annotation are skipped. :func:`hold_out` sets aside square blocks of the annotations for
-validation, and :class:`PatchSampler` draws batches of patches centred on annotated pixels,
-with enough context around them for :func:`napari_unet.core.augment.augment_batch`.
+dtypes, NaN/inf, annotations without a single cell, a constant image), splits label values
+painted on several separate cells (:class:`~napari_unet.core.targets.SplitLabelsWarning`) and
+turns each annotated 2D image into an :class:`AnnotatedImage`: the image normalised by its own
+percentiles, target classes and loss weights from
+:func:`napari_unet.core.targets.training_targets`. Slices of a stack without any annotation are
+skipped. :class:`PatchSampler` draws batches of patches centred on annotated pixels, with enough
+context around them for :func:`napari_unet.core.training.augment.augment_batch`;
+:func:`annotation_min_size` learns the smallest object worth keeping from the annotated cells.
 
 Small images are mirrored up to the patch size (the mirrored pixels carry no loss); only an
 image with a side below :data:`MIN_SIDE` pixels is refused, as no cell fits in it.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,15 +28,25 @@ import torch
 
 from ..model import UNetConfig
 from ..normalize import as_nchw, check_finite, normalization_spec, normalize_image
-from ..targets import IGNORE, check_labels, check_region, training_targets
+from ..targets import (
+    IGNORE,
+    SplitLabelsWarning,
+    TrainingTargets,
+    check_labels,
+    check_region,
+    split_components,
+    training_targets,
+)
 
 __all__ = [
     "MIN_SIDE",
     "AnnotatedImage",
     "PatchSampler",
+    "TargetSpec",
     "ValidationTiles",
     "as_list",
     "hold_out",
+    "pad2d",
     "patch_geometry",
     "prepare_samples",
     "validation_block",
@@ -60,12 +73,22 @@ class AnnotatedImage:
         float32 ``(Y, X)`` loss weights, 0 where ignored.
     source : tuple of int
         ``(index of the input, slice index)`` it came from.
+    labels : numpy.ndarray, optional
+        int32 ``(Y, X)`` instance labels the targets were made from (each connected region its
+        own label, see :func:`~napari_unet.core.targets.split_components`).
+    region : numpy.ndarray, optional
+        bool ``(Y, X)`` annotated area; ``None``: the whole image.
+    split_cells : int
+        How many cells were made by splitting label values painted on several regions.
     """
 
     image: np.ndarray
     classes: np.ndarray
     weights: np.ndarray
     source: tuple[int, int]
+    labels: np.ndarray | None = None
+    region: np.ndarray | None = None
+    split_cells: int = 0
 
     @property
     def annotated(self) -> np.ndarray:
@@ -170,28 +193,61 @@ def prepare_samples(
         an image side below :data:`MIN_SIDE`, or annotations without any foreground pixel.
     """
     inputs = _check_inputs(images, labels, regions, channel_axis, rgb, in_channels)
-    inputs_by_index = {item.index: item for item in inputs}
+    stack = {item.index: item.nchw.shape[0] > 1 for item in inputs}
     spec = normalization or normalization_spec()
-    samples = []
+    make = TargetSpec(gap, w0, sigma, class_balance, border_weights)
+    samples, split_values, split_cells = [], 0, 0
     for i, z, data, lab, reg in _read_slices(inputs):
-        name = f"images[{i}]" + (f" slice {z}" if inputs_by_index[i].nchw.shape[0] > 1 else "")
-        image = normalize_image(data, spec, name)
-        targets = training_targets(
-            lab,
-            region=reg,
-            gap=gap,
-            w0=w0,
-            sigma=sigma,
-            class_balance=class_balance,
-            border_weights=border_weights,
+        image = normalize_image(data, spec, f"images[{i}]" + (f" slice {z}" if stack[i] else ""))
+        lab, values, cells = split_components(lab)
+        split_values, split_cells = split_values + values, split_cells + cells
+        targets = make.targets(lab, reg)
+        samples.append(
+            AnnotatedImage(image, targets.classes, targets.weights, (i, z), lab, reg, cells)
         )
-        samples.append(AnnotatedImage(image, targets.classes, targets.weights, (i, z)))
     logger.info(
         "prepared %d annotated 2D image(s), %d annotated pixels",
         len(samples),
         sum(s.n_annotated for s in samples),
     )
+    if split_values:
+        warning = SplitLabelsWarning(split_values, split_cells)
+        logger.warning("%s", warning)
+        warnings.warn(warning, stacklevel=2)
     return samples
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """How training targets are made from labels (:func:`~.targets.training_targets`).
+
+    Attributes
+    ----------
+    gap : int
+        Gap cut between touching cells.
+    w0, sigma : float
+        Border weight height and width.
+    class_balance, border_weights : bool
+        Balance the classes; add the border term.
+    """
+
+    gap: int = 1
+    w0: float = 10.0
+    sigma: float = 5.0
+    class_balance: bool = True
+    border_weights: bool = True
+
+    def targets(self, labels: np.ndarray, region: np.ndarray | None) -> TrainingTargets:
+        """Classes and weights of ``labels`` inside ``region``."""
+        return training_targets(
+            labels,
+            region=region,
+            gap=self.gap,
+            w0=self.w0,
+            sigma=self.sigma,
+            class_balance=self.class_balance,
+            border_weights=self.border_weights,
+        )
 
 
 @dataclass
@@ -388,7 +444,9 @@ def hold_out(
         for y0, x0 in mine:
             classes[y0 : y0 + block, x0 : x0 + block] = IGNORE
             weights[y0 : y0 + block, x0 : x0 + block] = 0
-        out.append(AnnotatedImage(s.image, classes, weights, s.source))
+        out.append(
+            AnnotatedImage(s.image, classes, weights, s.source, s.labels, s.region, s.split_cells)
+        )
     return out, chosen
 
 
@@ -464,12 +522,29 @@ def _crop_mirror(image: np.ndarray, y0: int, x0: int, size: int) -> np.ndarray:
     )
     crop = image[:, max(y0, 0) : y0 + size, max(x0, 0) : x0 + size]
     if any(p != (0, 0) for p in pad):
-        crop = _pad(crop, pad, "reflect")
+        crop = pad2d(crop, pad, "reflect")
     return np.ascontiguousarray(crop, dtype=np.float32)
 
 
-def _pad(array: np.ndarray, pad: Any, mode: str, **kwargs: Any) -> np.ndarray:
-    """np.pad that also mirrors arrays of one pixel (reflect needs two)."""
+def pad2d(array: np.ndarray, pad: Any, mode: str, **kwargs: Any) -> np.ndarray:
+    """:func:`numpy.pad` that also mirrors arrays of one pixel (``'reflect'`` needs two).
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        The array; its last two axes are the spatial ones.
+    pad : sequence
+        Pad widths, as for :func:`numpy.pad`.
+    mode : str
+        As for :func:`numpy.pad`.
+    **kwargs
+        Passed to :func:`numpy.pad`.
+
+    Returns
+    -------
+    numpy.ndarray
+        The padded array.
+    """
     if mode == "reflect" and min(array.shape[-2:]) < 2:
         mode = "symmetric"
     return np.pad(array, pad, mode=mode, **kwargs)
@@ -526,7 +601,7 @@ class PatchSampler:
             p = self._pad
             pad2 = ((p, p), (p, p))
             self._images.append(
-                torch.from_numpy(_pad(s.image, ((0, 0), *pad2), "reflect")).to(self.device)
+                torch.from_numpy(pad2d(s.image, ((0, 0), *pad2), "reflect")).to(self.device)
             )
             self._classes.append(
                 torch.from_numpy(

@@ -778,6 +778,7 @@ class _TrainingRun:
             "device": self.plan.device_text,
             "n_images": len(data.samples),
             "annotated_pixels": int(sum(s.n_annotated for s in data.samples)),
+            "split_cells": int(sum(s.split_cells for s in data.samples)),
             "package_version": __version__,
             "torch_version": torch.__version__.split("+")[0],
         }
