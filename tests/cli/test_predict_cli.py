@@ -192,3 +192,175 @@ def test_bad_input_exits_2(tmp_path, model_path, capsys):
     assert main(["predict", str(model_path), str(nan), "-o", str(out), "--tile", "0"]) == 2
     assert "--tile" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Channel layout from the model's training settings
+# ----------------------------------------------------------------------------------------------
+
+
+def _model_with_settings(in_channels: int, **settings) -> TrainedModel:
+    torch.manual_seed(1)
+    net = UNet(UNetConfig(in_channels=in_channels, depth=2, base_channels=4)).eval()
+    return TrainedModel(net, gap=1, training={"min_size": 3, "settings": settings})
+
+
+def _probabilities(model, image, **kwargs):
+    return run_to_end(predict_probabilities(model, image, tile=TILE, device="cpu", **kwargs))
+
+
+def test_channel_layout_from_the_model(tmp_path, stack):
+    model = _model_with_settings(2, channel_axis=0, rgb=False)
+    path = save_model(model, tmp_path / "two.pt")
+    two = stack[:2]  # (C, Y, X), as in training
+    np.save(tmp_path / "two.npy", two)
+    prob = tmp_path / "p.npy"
+    argv = ["predict", str(path), str(tmp_path / "two.npy"), "-o", str(tmp_path / "l.tif")]
+    argv += ["--probabilities", str(prob), "--tile", str(TILE), "--device", "cpu"]
+    assert main(argv) == 0  # no --channel-axis: the model's
+    np.testing.assert_array_equal(np.load(prob), _probabilities(model, two, channel_axis=0))
+
+    # A stack (Z, C, Y, X) does not have the training layout: the option is needed, and wins.
+    zc = np.stack([two, two[:, ::-1], two[::-1]])  # (3, 2, Y, X)
+    np.save(tmp_path / "zc.npy", zc)
+    argv[2] = str(tmp_path / "zc.npy")
+    assert main(argv) == 2
+    assert main([*argv, "--channel-axis", "1"]) == 0
+    np.testing.assert_array_equal(np.load(prob), _probabilities(model, zc, channel_axis=1))
+
+
+def test_rgb_from_the_model(tmp_path, stack):
+    model = _model_with_settings(3, channel_axis=None, rgb=True)
+    path = save_model(model, tmp_path / "rgb.pt")
+    rgb = np.stack([stack[0] // 257] * 3, axis=-1).astype(np.uint8)
+    rgb[..., 1] = rgb[::-1, :, 1]
+    np.save(tmp_path / "rgb.npy", rgb)
+    prob = tmp_path / "p.npy"
+    argv = ["predict", str(path), str(tmp_path / "rgb.npy"), "-o", str(tmp_path / "l.tif")]
+    assert main([*argv, "--probabilities", str(prob), "--tile", str(TILE), "--device", "cpu"]) == 0
+    np.testing.assert_array_equal(np.load(prob), _probabilities(model, rgb, rgb=True))
+
+
+# ----------------------------------------------------------------------------------------------
+# Folder batches
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def folder(tmp_path, stack):
+    """Three good images, a corrupt TIFF and an image of the wrong shape."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, name in enumerate(["a.tif", "b.npy", "c.tif"]):
+        path = folder / name
+        np.save(path, stack[i]) if name.endswith("npy") else tifffile.imwrite(path, stack[i])
+    (folder / "broken.tif").write_bytes(b"this is not a TIFF file")
+    np.save(folder / "wrong.npy", np.zeros((2, 2, 2, 70, 60), np.uint16))
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_a_folder_with_a_corrupt_file(tmp_path, model, model_path, stack, folder, capsys):
+    out = tmp_path / "out"
+    argv = ["predict", str(model_path), str(folder), "--out", str(out), "--tile", str(TILE)]
+    assert main([*argv, "--device", "cpu"]) == 1  # some failed
+    captured = capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == ["a_labels.tif", "b_labels.tif", "c_labels.tif"]
+    for i, name in enumerate("abc"):
+        np.testing.assert_array_equal(
+            tifffile.imread(out / f"{name}_labels.tif"), _segment(model, stack[i])
+        )
+    errors = [line for line in captured.err.splitlines() if ": error: " in line]
+    assert len(errors) == 2
+    assert any("broken.tif: error: cannot read" in line and "TIFF" in line for line in errors)
+    assert any("wrong.npy: error:" in line for line in errors)
+    assert "5 image(s)" in captured.out and "3 written, 0 skipped, 2 failed" in captured.out
+
+    # Again with --skip-existing, the broken files gone: nothing is redone.
+    (folder / "broken.tif").unlink()
+    (folder / "wrong.npy").unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main([*argv, "--device", "cpu", "--skip-existing"]) == 0
+    assert "0 written, 3 skipped, 0 failed" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_files_and_glob_patterns(tmp_path, model, model_path, stack, folder, capsys):
+    out = tmp_path / "out"
+    argv = ["predict", str(model_path), str(folder / "*.tif"), str(folder / "b.npy")]
+    argv += ["--out", str(out), "--probabilities", str(out), "--tile", str(TILE)]
+    assert main([*argv, "--device", "cpu"]) == 1  # broken.tif matches the pattern
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a_labels.tif",
+        "a_probabilities.tif",
+        "b_labels.tif",
+        "b_probabilities.tif",
+        "c_labels.tif",
+        "c_probabilities.tif",
+    ]
+    np.testing.assert_array_equal(
+        tifffile.imread(out / "c_probabilities.tif"), _probabilities(model, stack[2])
+    )
+    assert "3 written, 0 skipped, 1 failed" in capsys.readouterr().out
+
+
+def test_batch_usage_errors(tmp_path, model_path, folder, capsys):
+    base = ["predict", str(model_path)]
+    assert main([*base, str(folder), "--out", str(tmp_path / "x.tif")]) == 2
+    assert "--out must be a folder when several inputs" in capsys.readouterr().err
+    assert main([*base, str(tmp_path / "none*.tif"), "--out", str(tmp_path / "o")]) == 2
+    assert "no image in pattern" in capsys.readouterr().err
+    assert main([*base, str(folder)]) == 2
+    assert "say where the labels go" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# OME-Zarr
+# ----------------------------------------------------------------------------------------------
+
+
+def _ome_zarr(path, data, axes):
+    writer = pytest.importorskip("ome_zarr.writer")
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    from ome_zarr.format import FormatV04
+
+    writer.write_image(data, root, axes=axes, fmt=FormatV04(), scale_factors=(2,))
+    return path
+
+
+def _ome_labels(path, name):
+    from napari_unet.cli.ngff import label_names
+
+    assert name in label_names(path)
+    group = zarr.open_group(str(path / "labels" / name), mode="r")
+    return np.asarray(group[sorted(group.array_keys())[0]])
+
+
+def test_ome_zarr_labels_into_the_image(tmp_path, model, model_path, stack, capsys):
+    path = _ome_zarr(tmp_path / "cells.ome.zarr", stack[None], "czyx")  # one channel
+    common = ["--tile", str(TILE), "--device", "cpu"]
+    assert main(["predict", str(model_path), str(path), "--labels-into", *common]) == 0
+    assert "cells.ome.zarr/labels/unet" in capsys.readouterr().out
+    labels = _ome_labels(path, "unet")
+    assert labels.shape == (1, 3, 70, 60)
+    np.testing.assert_array_equal(labels[0], _segment(model, stack))
+
+    # --out naming the input itself, and a name of one's own
+    assert main(["predict", str(model_path), str(path), "--out", str(path), *common]) == 0
+    assert main(["predict", str(model_path), str(path), "--labels-into", "mine", *common]) == 0
+    from napari_unet.cli.ngff import label_names
+
+    assert label_names(path) == ["unet", "mine"]
+
+    # A batch of OME-Zarr images to a folder: <name>_labels.zarr
+    out = tmp_path / "out"
+    assert main(["predict", str(model_path), str(path), "--out", str(out), *common]) == 0
+    written = zarr.open_array(str(out / "cells_labels.zarr"), mode="r")
+    np.testing.assert_array_equal(written[:], _segment(model, stack))
+
+
+def test_labels_into_needs_ome_zarr(tmp_path, model_path, stack, capsys):
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, stack[0])
+    assert main(["predict", str(model_path), str(src), "--labels-into"]) == 2
+    assert "is not an OME-Zarr image" in capsys.readouterr().err

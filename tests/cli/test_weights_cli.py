@@ -92,3 +92,27 @@ def test_weights_bad_paths_exit_2(tmp_path, capsys, labels):
     assert "--out must end in .tif, .tiff, .npy, got 'w.png'" in capsys.readouterr().err
     assert main(["weights", str(src), "--out", str(tmp_path / "nope" / "w.tif")]) == 2
     assert "folder for --out does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_weights_refuses_a_colour_label_image(tmp_path, capsys, labels, channels):
+    from skimage.io import imsave
+
+    colour = np.stack([(labels * 20 % 256).astype(np.uint8)] * channels, axis=-1)
+    src = tmp_path / "labels.png"
+    imsave(src, colour, check_contrast=False)
+    dst = tmp_path / "w.tif"
+    assert main(["weights", str(src), "--out", str(dst)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("napari-unet weights: error:") and err.count("\n") == 1
+    assert f"shape (64, 64, {channels}), a colour" in err
+    assert "one integer per pixel" in err
+    assert not dst.exists()
+
+
+def test_weights_takes_a_stack_of_three_slices(tmp_path, labels):
+    stack = np.stack([labels, labels[::-1], labels[:, ::-1]])  # (3, Y, X): not colour
+    src, dst = tmp_path / "s.npy", tmp_path / "w.npy"
+    np.save(src, stack)
+    assert main(["weights", str(src), "--out", str(dst)]) == 0
+    assert np.load(dst).shape == stack.shape

@@ -65,7 +65,7 @@ def _read_zarr(p: Path) -> Any:
     if not hasattr(node, "shape"):
         arrays = list(node.arrays()) if hasattr(node, "arrays") else []
         if not arrays:
-            raise ValueError(f"{p} is a zarr group without arrays")
+            raise ValueError("a zarr group without arrays")
         node = arrays[0][1]
     return da.from_zarr(node)
 
@@ -97,11 +97,13 @@ def open_image(path: str | os.PathLike[str]) -> ImageFile:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no such file: {p}")
+    if is_ome_zarr(p):
+        data, ome = read_ome_zarr(p)  # its errors name the file and what is wrong
+        return ImageFile(p, data, ome.channel_axis, ome.pixel_size, ome)
     suffix = p.suffix.lower()
+    if not is_zarr_path(p) and suffix not in _READABLE:
+        raise ValueError(f"cannot read {p}: expected one of {', '.join(_READABLE)}, got {suffix!r}")
     try:
-        if is_ome_zarr(p):
-            data, ome = read_ome_zarr(p)
-            return ImageFile(p, data, ome.channel_axis, ome.pixel_size, ome)
         if is_zarr_path(p):
             return ImageFile(p, _read_zarr(p))
         if suffix in (".tif", ".tiff"):
@@ -112,13 +114,9 @@ def open_image(path: str | os.PathLike[str]) -> ImageFile:
             from skimage.io import imread
 
             return ImageFile(p, imread(p))
-        if suffix == ".npy":
-            return ImageFile(p, np.load(p, allow_pickle=False))
-    except ValueError:
-        raise
+        return ImageFile(p, np.load(p, allow_pickle=False))
     except Exception as exc:  # a corrupt or foreign file: say which and why
         raise ValueError(f"cannot read {p}: {exc}") from exc
-    raise ValueError(f"cannot read {p}: expected one of {', '.join(_READABLE)}, got {suffix!r}")
 
 
 def read_image(path: str | os.PathLike[str]) -> Any:

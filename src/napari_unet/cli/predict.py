@@ -273,7 +273,8 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 class ProgressBars:
-    """tqdm bars on stderr: the images of a batch, and the tiles of the current image.
+    """tqdm bars on stderr: the images of a batch, and the tiles of the current image (a second
+    bar on a terminal, the images bar's text in a log).
 
     Parameters
     ----------
@@ -307,6 +308,9 @@ class ProgressBars:
         """Show one event of :func:`napari_unet.cli.batch.segment_files` (or of the core)."""
         if event.stage == "file":
             self.name = event.item.source.name
+        elif event.stage == "tiles" and self.images is not None and not self.tty:
+            # in a log file, nested bars are noise: the tiles go into the images bar's text
+            self.images.set_postfix_str(f"{self.name}: tile {event.done}/{event.total}", False)
         elif event.stage == "tiles":
             if self.tiles is None:
                 self.tiles = self._bar(event.total, self.name or "tiles", "tile", int(self.batch))

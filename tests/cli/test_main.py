@@ -1,0 +1,72 @@
+"""``napari-unet``'s error handling: one line on stderr and an exit code, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from napari_unet import cli
+from napari_unet.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, error_line, main
+
+
+@pytest.fixture
+def failing(monkeypatch):
+    """A sub-command ``fail`` that raises the exception put in ``failing.error``."""
+    module = types.ModuleType("napari_unet.cli.fail")
+    module.HELP = "fail on purpose"
+    module.error = None
+
+    def add_parser(subparsers):
+        return subparsers.add_parser("fail", help=module.HELP)
+
+    def run(_args):
+        raise module.error
+
+    module.add_parser, module.run = add_parser, run
+    monkeypatch.setitem(sys.modules, "napari_unet.cli.fail", module)
+    monkeypatch.setattr(cli, "COMMANDS", {"fail": "fail"})
+    return module
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "line"),
+    [
+        (
+            RuntimeError("training diverged at iteration 3 (loss nan); lower the learning rate"),
+            EXIT_FAILED,
+            "training diverged at iteration 3 (loss nan); lower the learning rate",
+        ),
+        (MemoryError(), EXIT_FAILED, "out of memory (MemoryError); try a smaller --tile"),
+        (OSError(28, "No space left on device"), EXIT_FAILED, "[Errno 28] No space left"),
+        (RuntimeError("CUDA error: device-side assert\nmore\nlines"), EXIT_FAILED, "CUDA error"),
+        (ValueError("the image is constant"), EXIT_BAD_INPUT, "the image is constant"),
+        (FileNotFoundError("no such file: a.tif"), EXIT_BAD_INPUT, "no such file: a.tif"),
+        (cli.UsageError("--tile must be positive"), EXIT_BAD_INPUT, "--tile must be positive"),
+    ],
+)
+def test_errors_are_one_line(failing, capsys, error, code, line):
+    failing.error = error
+    assert main(["fail"]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"napari-unet fail: error: {line}")
+
+
+def test_verbose_shows_the_traceback_first(failing, capsys):
+    failing.error = RuntimeError("boom")
+    assert main(["-v", "fail"]) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.rstrip().endswith("napari-unet fail: error: boom")
+
+
+def test_interrupt(failing, capsys):
+    failing.error = KeyboardInterrupt()
+    assert main(["fail"]) == EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "napari-unet fail: interrupted\n"
+
+
+def test_error_line():
+    assert error_line(RuntimeError("")) == "RuntimeError"
+    assert error_line(MemoryError("CPU: 2 GiB")).startswith("out of memory: CPU: 2 GiB;")
