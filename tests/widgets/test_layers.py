@@ -121,3 +121,19 @@ def test_paint_boxes_from_napari_history_atoms() -> None:
     layer.data_setitem((np.array([2]), np.array([4]), np.array([7])), 9)
     assert paint_boxes(events[-1], 3) == {2: (slice(4, 5), slice(7, 8))}
     assert paint_boxes([object()], 2) is None
+
+
+def test_multiscale_layers_use_level_0_lazily() -> None:
+    level0 = da.zeros((3, 64, 48), chunks=(1, 32, 32), dtype=np.uint16)
+    layer = Image([level0, level0[:, ::2, ::2], level0[:, ::4, ::4]], multiscale=True, name="ome")
+    layout = image_layout(layer)
+    assert layout.data is level0  # level 0 itself: nothing read, nothing copied
+    assert layout.spatial_shape == (3, 64, 48) and layout.levels == 3
+    assert layout.multiscale_note == (
+        "'ome' is multiscale (3 levels): using level 0, the full resolution, read lazily tile "
+        "by tile."
+    )
+    plain = image_layout(Image(np.zeros((8, 8)), name="p"))
+    assert plain.levels == 1 and plain.multiscale_note == ""
+    labels = Labels([np.ones((3, 64, 48), np.int32), np.ones((3, 32, 24), np.int32)], name="l")
+    assert labels_array(labels, layout).shape == (3, 64, 48)

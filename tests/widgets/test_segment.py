@@ -12,6 +12,7 @@ import torch
 from napari_unet.core.inference import predict_probabilities, segment
 from napari_unet.core.model_files import save_model
 from napari_unet.core.progress import run_to_end
+from napari_unet.sample_data import make_touching_cells
 from napari_unet.widgets.session import session_for
 
 
@@ -189,3 +190,71 @@ def test_bad_inputs_end_in_notifications(viewer, seg, threshold_model, notes, ce
     _model(viewer, threshold_model(3))
     assert "The model reads 3 channel(s)" in error_after()
     assert len(viewer.layers) == 1  # nothing was added or changed
+
+
+def test_multiscale_layer_is_segmented_at_level_0(viewer, seg, threshold_model, wait_idle, notes):
+    image, _ = make_touching_cells((80, 72), 6, seed=5)
+    level0 = da.from_array(np.stack([image, image[::-1]]), chunks=(1, 40, 40))
+    model = _model(viewer, threshold_model())
+    viewer.add_image([level0, level0[:, ::2, ::2]], multiscale=True, name="ome")
+    layer = _run(seg, wait_idle)
+    assert layer.data.shape == (2, 80, 72)
+    expected = run_to_end(segment(model, np.asarray(level0), device="cpu"))
+    np.testing.assert_array_equal(layer.data, expected)
+    assert any("'ome' is multiscale (2 levels): using level 0" in m for m in notes.messages())
+
+
+def _folder_run(widget: Any, wait_idle: Any) -> Any:
+    done: list[Any] = []
+    widget.folder_done.connect(done.append)
+    widget.folder_button.native.click()
+    wait_idle(widget)
+    assert len(done) == 1
+    return done[0]
+
+
+def test_segment_a_folder(viewer, seg, threshold_model, wait_idle, notes, tmp_path):
+    import tifffile
+
+    images = {f"img{i}": make_touching_cells((64, 56), 5, seed=10 + i)[0] for i in range(3)}
+    folder, out = tmp_path / "images", tmp_path / "out"
+    folder.mkdir()
+    out.mkdir()
+    for name, image in images.items():
+        tifffile.imwrite(folder / f"{name}.tif", image)
+    (folder / "broken.tif").write_bytes(b"not a TIFF")
+    model = _model(viewer, threshold_model())
+    seg.folder.value, seg.out_folder.value = folder, out
+    results = _folder_run(seg, wait_idle)
+    assert [(r.target.source.name, r.status) for r in results] == [
+        ("broken.tif", "failed"),
+        ("img0.tif", "written"),
+        ("img1.tif", "written"),
+        ("img2.tif", "written"),
+    ]
+    for name, image in images.items():
+        expected = run_to_end(segment(model, image, device="cpu"))
+        np.testing.assert_array_equal(tifffile.imread(out / f"{name}_labels.tif"), expected)
+    warning = notes.messages("warning")[-1]
+    assert "Segmented 3 of 4 image(s)" in warning and "1 failed (broken.tif: cannot read" in warning
+    assert len(viewer.layers) == 0  # files in, files out
+
+    (folder / "broken.tif").unlink()
+    seg.skip_existing.value = True
+    again = _folder_run(seg, wait_idle)
+    assert [r.status for r in again] == ["skipped"] * 3
+    assert "3 skipped" in notes.messages("info")[-1]
+
+
+def test_folder_choices_that_do_not_work(viewer, seg, threshold_model, notes, tmp_path):
+    _model(viewer, threshold_model())
+    seg.folder.value = tmp_path / "missing"
+    assert seg.run_folder() is False
+    assert "Choose the folder of images" in notes.messages("error")[-1]
+    seg.folder.value = tmp_path
+    assert seg.run_folder() is False
+    assert "Choose the output folder" in notes.messages("error")[-1]
+    seg.out_folder.value = tmp_path
+    assert seg.run_folder() is False  # an empty folder
+    assert "no image in folder" in notes.messages("error")[-1]
+    assert not seg.busy

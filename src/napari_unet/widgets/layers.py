@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 
 def layer_array(layer: Any) -> Any:
-    """The layer's data at full resolution (the first level of a multiscale layer)."""
+    """The layer's data at full resolution: level 0 of a multiscale layer (as napari's OME-Zarr
+    reader makes them), never computed here (a dask or zarr level stays lazy)."""
     data = layer.data
     if getattr(layer, "multiscale", False):
         data = data[0]
@@ -54,10 +55,24 @@ class LayerLayout(ImageLayout):
         The layer's name.
     data : array-like
         numpy, dask or zarr data at full resolution (never copied here).
+    levels : int
+        Resolution levels of a multiscale layer (e.g. from napari's OME-Zarr reader); 1 for
+        others. Only level 0 is used.
     """
 
     name: str = ""
     data: Any = None
+    levels: int = 1
+
+    @property
+    def multiscale_note(self) -> str:
+        """For a multiscale layer, what is used of it (a sentence); ``''`` otherwise."""
+        if self.levels <= 1:
+            return ""
+        return (
+            f"'{self.name}' is multiscale ({self.levels} levels): using level 0, the full "
+            "resolution, read lazily tile by tile."
+        )
 
     def slice(self, z: int | None) -> tuple[Any, int | None]:
         """One 2D image of the stack (or the image itself) and its channel axis.
@@ -112,7 +127,8 @@ def image_layout(layer: Any, channel_axis: int | None = None) -> LayerLayout:
         channel_option="'channels'",
     )
     parts = {f.name: getattr(layout, f.name) for f in fields(layout)}
-    return LayerLayout(**parts, name=layer.name, data=data)
+    levels = len(layer.data) if getattr(layer, "multiscale", False) else 1
+    return LayerLayout(**parts, name=layer.name, data=data, levels=levels)
 
 
 def auto_channel_axis(layer: Any, in_channels: int) -> int | None:

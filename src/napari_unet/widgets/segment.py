@@ -5,6 +5,12 @@ The core's :func:`~napari_unet.core.inference.segment` generator runs in a napar
 one by one: tiles done go to napari's activity dock, and each labelled slice is written into the
 Labels layer ``'<image> segmentation'`` (and, if asked, the probability layer), so results
 appear while the rest of a stack is still being computed. Labels are unique across a stack.
+A multiscale layer (napari's OME-Zarr reader makes them) is segmented at level 0, lazily.
+
+"Segment folder…" runs the same model over every image of a folder
+(:func:`napari_unet.cli.batch.segment_files`, the code behind ``napari-unet predict INPUT...
+--out DIR``) and writes ``<name>_labels.tif`` (``.zarr`` for zarr images) into an output folder;
+an image that fails is reported and the others are done.
 """
 
 from __future__ import annotations
@@ -31,12 +37,13 @@ from psygnal import Signal
 from napari_unet.widgets.controls import (
     ViewerWidget,
     button_row,
+    collapsible,
     device_picker,
     form,
     layer_picker,
     message,
 )
-from napari_unet.widgets.docs import set_tooltips
+from napari_unet.widgets.docs import numpydoc_params, set_tooltips
 from napari_unet.widgets.layers import LayerLayout, auto_channel_axis, image_layout, slice_index
 from napari_unet.widgets.session import session_for
 from napari_unet.widgets.workers import Failure, Job, notify_error
@@ -44,6 +51,7 @@ from napari_unet.widgets.workers import Failure, Job, notify_error
 if TYPE_CHECKING:
     import napari.viewer
 
+    from napari_unet.cli.batch import FileResult, Target
     from napari_unet.core.inference import SliceLabels
 
 __all__ = ["SegmentWidget"]
@@ -106,10 +114,20 @@ class SegmentWidget(ViewerWidget):
         Segment only the slice shown now, or every slice of a stack.
     probabilities : bool
         Also show the foreground probability as an Image layer.
+    folder : pathlib.Path
+        A folder of images (.tif, .tiff, .png, .npy, zarr, OME-Zarr) to segment with
+        "Segment folder…"; the channel setting applies to each (auto: from the file or from the
+        model's training).
+    out_folder : pathlib.Path
+        Where "Segment folder…" writes ``<name>_labels.tif`` (``.zarr`` for zarr images).
+    skip_existing : bool
+        Leave out the images whose labels are in the output folder already.
     """
 
     #: emitted on the main thread when a run ends: the Labels layer, or None if it failed
     segmentation_done = Signal(object)
+    #: emitted on the main thread when a folder run ends: a list of FileResult, or None
+    folder_done = Signal(object)
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer)
@@ -144,6 +162,7 @@ class SegmentWidget(ViewerWidget):
         self.run_button = PushButton(name="run_button", text="Run")
         self.stop_button = PushButton(name="stop_button", text="Stop")
         self.status = message("status", "")
+        folder_section = self._folder_controls()
         self.extend(
             [
                 form(
@@ -165,6 +184,7 @@ class SegmentWidget(ViewerWidget):
                 ),
                 self.device_readout,
                 button_row(self.run_button, self.stop_button),
+                folder_section,
                 self.status,
             ]
         )
@@ -175,10 +195,30 @@ class SegmentWidget(ViewerWidget):
         self.model_source.changed.connect(self._on_model_source)
         self.model_file.changed.connect(self._on_model_source)
         self.run_button.changed.connect(self._on_run_clicked)
+        self.folder_button.changed.connect(self._on_folder_clicked)
         self.stop_button.changed.connect(self.stop)
         self._session.connect(self._on_model_source)
         self._on_model_source()
         self._set_busy(False)
+
+    def _folder_controls(self) -> Any:
+        """The "Segment a folder" section: image folder, output folder, its button."""
+        self.folder = FileEdit(name="folder", label="image folder", mode="d")
+        self.out_folder = FileEdit(name="out_folder", label="output folder", mode="d")
+        self.skip_existing = CheckBox(
+            name="skip_existing", text="skip images segmented before", value=False
+        )
+        self.folder_button = PushButton(name="folder_button", text="Segment folder…")
+        self.folder_button.label = ""
+        self.folder_button.tooltip = (
+            "Segment every image of the image folder with the chosen model and settings; the "
+            "labels go to the output folder as <name>_labels.tif (.zarr for zarr images)."
+        )
+        widgets = [self.folder, self.out_folder, self.skip_existing, self.folder_button]
+        docs = numpydoc_params(type(self))  # the section's controls sit outside the container
+        for widget in widgets[:-1]:
+            widget.tooltip = docs.get(widget.name, "")
+        return collapsible("folder_section", "Segment a folder", widgets)
 
     # -- public API ----------------------------------------------------------------------------
     @property
@@ -216,10 +256,77 @@ class SegmentWidget(ViewerWidget):
             on_finish=self._on_finish,
             **plan["params"],
         )
-        self.status.value = f"Segmenting {self._where(plan['layout'], plan['z'])}…"
+        note = plan["layout"].multiscale_note
+        if note:
+            show_info(note)
+        self.status.value = f"Segmenting {self._where(plan['layout'], plan['z'])}… {note}".strip()
         self._set_busy(True)
         self._job.start()
         return True
+
+    def run_folder(self) -> bool:
+        """Segment every image of the image folder into the output folder ("Segment folder…").
+
+        Returns
+        -------
+        bool
+            True if the run started; otherwise a notification said why not.
+        """
+        from napari_unet.cli.batch import segment_files
+
+        if self.busy:
+            show_info("A segmentation is already running; press Stop to end it first.")
+            return False
+        try:
+            model = self._model()
+            targets, out_dir = self._folder_targets()
+        except ValueError as exc:
+            show_error(str(exc))
+            return False
+        self._run = {"folder": True, "n": len(targets), "out": out_dir, "results": []}
+        self._pbar = progress(total=len(targets), desc=f"Segmenting folder {self.folder.value}")
+        self._job = Job(
+            segment_files,
+            model,
+            targets,
+            self._batch_settings(),
+            skip_existing=bool(self.skip_existing.value),
+            on_yield=self._on_folder_report,
+            on_return=self._on_folder_return,
+            on_finish=self._on_finish,
+        )
+        self.status.value = f"Segmenting {len(targets)} image(s) of {self.folder.value}…"
+        self._set_busy(True)
+        self._job.start()
+        return True
+
+    def _folder_targets(self) -> tuple[list[Target], Path]:
+        """The folder's images and their outputs; ValueError for folders that do not work."""
+        from napari_unet.cli.batch import batch_targets, collect_inputs
+
+        folder, out_dir = Path(str(self.folder.value or "")), Path(str(self.out_folder.value or ""))
+        if str(folder) in ("", ".") or not folder.is_dir():
+            raise ValueError(f"Choose the folder of images to segment; '{folder}' is not a folder.")
+        if str(out_dir) in ("", ".") or not out_dir.is_dir():
+            raise ValueError(
+                f"Choose the output folder for the labels; '{out_dir}' is not a folder."
+            )
+        return batch_targets(collect_inputs([folder]), out_dir), out_dir
+
+    def _batch_settings(self) -> Any:
+        """The widget's settings for every image of a folder (channels: as chosen, else from
+        each file or the model's training)."""
+        from napari_unet.cli.batch import PredictSettings
+
+        axis = self.channels.value
+        return PredictSettings(
+            channel_axis=axis if isinstance(axis, int) else None,
+            tile=int(self.tile.value) or None,
+            device=self.device.value,
+            tta=bool(self.tta.value),
+            threshold=float(self.threshold.value),
+            min_size=int(self.min_size.value),
+        )
 
     def _run_state(self, layout: LayerLayout, z0: int | None) -> dict[str, Any]:
         """The output layers made ready (main thread) and what the run's callbacks need."""
@@ -439,17 +546,71 @@ class SegmentWidget(ViewerWidget):
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
-        result = self._run.get("result")
+        run, self._run = self._run, {}
         if job is not None and job.aborted:
             show_warning("The segmentation was stopped because its napari window closed.")
         if self.alive:
             self._set_busy(False)
-        self._run = {}
-        self.segmentation_done.emit(result)
+        done = self.folder_done if run.get("folder") else self.segmentation_done
+        done.emit(run.get("result"))
+
+    def _on_folder_report(self, event: Any) -> None:
+        run, pbar = self._run, self._pbar
+        if event.stage == "file":
+            run["name"] = event.item.source.name
+            run["at"] = event.done + 1
+        elif event.stage == "tiles" and self.alive:
+            self.status.value = (
+                f"Segmenting {run.get('name', '')} ({run.get('at', 0)}/{run['n']}): "
+                f"tile {event.done}/{event.total}"
+            )
+        elif event.stage == "files":
+            run["results"].append(event.item)
+            if pbar is not None:  # last: napari's progress bar may process events here
+                pbar.update(1)
+
+    def _on_folder_return(self, result: Any) -> None:
+        from napari_unet.core.inference import Cancelled
+
+        run = self._run
+        if isinstance(result, Failure):
+            if isinstance(result.error, Cancelled):
+                msg = (
+                    f"Folder segmentation stopped after {len(run['results'])} of {run['n']} "
+                    f"image(s); finished ones are in {run['out']}."
+                )
+                show_info(msg)
+            else:
+                notify_error("Folder segmentation failed", result.error)
+                msg = "Folder segmentation failed; see the notification."
+        else:
+            run["result"] = result
+            msg = self._folder_summary(result, run["out"])
+            failed = [r for r in result if r.status == "failed"]
+            (show_warning if failed else show_info)(msg)
+        if self.alive:
+            self.status.value = msg
+
+    @staticmethod
+    def _folder_summary(results: list[FileResult], out_dir: Path) -> str:
+        """One message: how many images were written, skipped and failed (and why)."""
+        counts = {s: sum(r.status == s for r in results) for s in ("written", "skipped", "failed")}
+        msg = f"Segmented {counts['written']} of {len(results)} image(s) into {out_dir}"
+        if counts["skipped"]:
+            msg += f"; {counts['skipped']} skipped (labels there already)"
+        failed = [r for r in results if r.status == "failed"]
+        if failed:
+            shown = "; ".join(f"{r.target.source.name}: {r.message}" for r in failed[:3])
+            more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
+            msg += f"; {len(failed)} failed ({shown}{more})"
+        return msg + "."
 
     # -- state ---------------------------------------------------------------------------------
     def _on_run_clicked(self, *_args: Any) -> None:
         self.run()
+
+    def _on_folder_clicked(self, *_args: Any) -> None:
+        self.run_folder()
 
     def _on_model_source(self, *_args: Any) -> None:
         if not self.alive:
@@ -470,6 +631,7 @@ class SegmentWidget(ViewerWidget):
 
     def _set_busy(self, busy: bool) -> None:
         self.run_button.enabled = not busy
+        self.folder_button.enabled = not busy
         self.stop_button.enabled = busy
 
     def on_close(self) -> None:
