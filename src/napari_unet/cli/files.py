@@ -130,8 +130,9 @@ def read_image(path: str | os.PathLike[str]) -> Any:
     Returns
     -------
     numpy.ndarray or dask.array.Array
-        The pixels; a lazy dask array for zarr and OME-Zarr. A multichannel OME-Zarr image has
-        its channels on axis 0 (``(C, Y, X)`` or ``(C, Z, Y, X)``).
+        The pixels; a lazy dask array for zarr and OME-Zarr. A multichannel OME-Zarr image
+        keeps the NGFF order, so its channels are on axis 0 (``(C, Y, X)``, ``(C, Z, Y, X)``)
+        unless it has several time points (``(T, C, Y, X)``); :func:`open_image` says which.
 
     Raises
     ------
