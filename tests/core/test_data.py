@@ -17,6 +17,8 @@ from napari_unet.core.training.data import (
     MIN_SIDE,
     AnnotatedImage,
     PatchSampler,
+    annotated_cell_areas,
+    annotation_min_size,
     hold_out,
     patch_geometry,
     prepare_samples,
@@ -239,3 +241,19 @@ def test_one_label_on_separate_cells_is_split_and_reported():
     np.testing.assert_array_equal(s.weights, training_targets(split).weights)
     # the border term now sees two cells where the unsplit labels had one
     assert not np.array_equal(s.weights, training_targets(labels).weights)
+
+
+def test_min_size_learnt_from_the_completely_annotated_cells():
+    labels = np.zeros((64, 64), np.int32)
+    for k, (y, x, side) in enumerate([(10, 10, 10), (10, 30, 8), (30, 10, 6), (30, 30, 12)]):
+        labels[y : y + side, x : x + side] = k + 1
+    labels[0:3, 50:53] = 5  # touches the image's edge: not seen whole
+    labels[50:60, 50:60] = 6  # cut by the region
+    region = np.ones(labels.shape, bool)
+    region[55:, :] = False
+    image = (labels > 0).astype(np.uint8) * 200 + 10
+    (s,) = prepare_samples(image, labels, region)
+    assert sorted(annotated_cell_areas([s]).tolist()) == [36, 64, 100, 144]
+    assert annotation_min_size([s], fraction=0.25, percentile=0) == 9
+    assert annotation_min_size([s], fraction=0.5, percentile=100) == 72
+    assert annotation_min_size([s], fraction=0.0) is None

@@ -332,3 +332,13 @@ def test_one_label_on_separate_cells_is_split_before_training(cells):
         model = run_training(image, merged, settings=_settings(iterations=1), model=_tiny())
     assert record[0].message.values == 2
     assert model.training["summary"]["split_cells"] == record[0].message.cells >= 4
+
+
+def test_min_size_learnt_from_the_annotation_is_stored(cells):
+    image, labels = cells
+    model = run_training(image, labels, settings=_settings(iterations=1), model=_tiny())
+    areas = np.bincount(labels.ravel())[1:]
+    summary = model.training["summary"]
+    assert 1 <= model.training["min_size"] == summary["min_size_annotation"] <= areas.max() // 4
+    settings = _settings(iterations=1, min_size_fraction=0.0)
+    assert run_training(image, labels, settings=settings, model=_tiny()).training["min_size"] == 16

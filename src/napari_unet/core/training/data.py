@@ -44,6 +44,8 @@ __all__ = [
     "PatchSampler",
     "TargetSpec",
     "ValidationTiles",
+    "annotated_cell_areas",
+    "annotation_min_size",
     "as_list",
     "hold_out",
     "pad2d",
@@ -702,3 +704,80 @@ def patch_geometry(config: UNetConfig, patch_size: int, context: int = 0) -> tup
 def validation_block(out_size: int, grid: int) -> int:
     """Edge of the held-out blocks: half a training patch, on the network's grid, >= 32."""
     return max(32, int(math.ceil(out_size / 2 / grid) * grid))
+
+
+def annotated_cell_areas(samples: Sequence[AnnotatedImage]) -> np.ndarray:
+    """Areas in pixels of the completely annotated cells.
+
+    A cell counts when all its pixels lie inside the annotated region and it does not touch the
+    image's edge (a cell cut by either is not seen whole).
+
+    Parameters
+    ----------
+    samples : sequence of AnnotatedImage
+        Samples from :func:`prepare_samples` (with their labels).
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 areas, one per cell, in no particular order.
+    """
+    areas = []
+    for s in samples:
+        if s.labels is None or not s.labels.any():
+            continue
+        labels = s.labels
+        sizes = np.bincount(labels.ravel())
+        cut = np.zeros(sizes.size, bool)
+        edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+        cut[edge] = True
+        if s.region is not None:
+            cut[labels[~s.region]] = True
+        cut[0] = True
+        areas.append(sizes[(sizes > 0) & ~cut])
+    return np.concatenate(areas) if areas else np.zeros(0, np.int64)
+
+
+def annotation_min_size(
+    samples: Sequence[AnnotatedImage], fraction: float = 0.25, percentile: float = 5.0
+) -> int | None:
+    """Smallest object worth keeping, learnt from the annotated cells.
+
+    Parameters
+    ----------
+    samples : sequence of AnnotatedImage
+        Samples from :func:`prepare_samples`.
+    fraction : float
+        Share of the small cells' area (0 learns nothing).
+    percentile : float
+        Which cell area stands for "small": this percentile of the completely annotated cells
+        (:func:`annotated_cell_areas`; all cells when none is complete), robust to a stray
+        fragment.
+
+    Returns
+    -------
+    int or None
+        ``max(1, round(fraction * area))`` pixels; ``None`` when ``fraction`` is 0 or there is
+        no cell.
+
+    Examples
+    --------
+    >>> lab = np.zeros((40, 40), np.int32)
+    >>> lab[5:15, 5:15], lab[20:24, 20:24] = 1, 2  # 100 and 16 pixels
+    >>> s = AnnotatedImage(np.zeros((1, 40, 40), np.float32), lab > 0, np.ones((40, 40)),
+    ...                    (0, 0), labels=lab)
+    >>> annotation_min_size([s], fraction=0.25, percentile=0)
+    4
+    """
+    if not fraction > 0:
+        return None
+    areas = annotated_cell_areas(samples)
+    if areas.size == 0:
+        areas = np.concatenate(
+            [np.bincount(s.labels.ravel())[1:] for s in samples if s.labels is not None]
+            or [np.zeros(0, np.int64)]
+        )
+        areas = areas[areas > 0]
+    if areas.size == 0:
+        return None
+    return max(1, round(fraction * float(np.percentile(areas, percentile))))

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from ... import __version__
 from ..device import describe_device, select_device
+from ..inference.postprocess import DEFAULT_MIN_SIZE
 from ..model import TrainedModel, UNet, UNetConfig, preset_config
 from ..normalize import normalization_spec
 from ..progress import run_to_end
@@ -45,6 +46,8 @@ from .data import (
     AnnotatedImage,
     PatchSampler,
     ValidationTiles,
+    annotated_cell_areas,
+    annotation_min_size,
     hold_out,
     patch_geometry,
     prepare_samples,
@@ -362,6 +365,8 @@ class _RunData:
         Network inputs and targets of the held-out blocks (``None`` without validation).
     sampler : PatchSampler
         Draws training patches (the held-out blocks carry no loss).
+    min_size : int, optional
+        Smallest object worth keeping, learnt from the annotated cells.
     """
 
     samples: list[AnnotatedImage]
@@ -372,6 +377,7 @@ class _RunData:
     block: int
     tiles: ValidationTiles | None
     sampler: PatchSampler
+    min_size: int | None
 
 
 def _prepare_run_data(
@@ -419,7 +425,8 @@ def _prepare_run_data(
     train_samples, blocks = hold_out(samples, settings.validation_fraction, block, rng)
     tiles = validation_tiles(samples, blocks, block, config) if blocks else None
     sampler = PatchSampler(train_samples, crop, plan.device, rng)
-    return _RunData(samples, config, in_size, out_size, blocks, block, tiles, sampler)
+    min_size = annotation_min_size(samples, settings.min_size_fraction)
+    return _RunData(samples, config, in_size, out_size, blocks, block, tiles, sampler, min_size)
 
 
 def _geometry(
@@ -744,6 +751,7 @@ class _TrainingRun:
         record = {
             "settings": replace(self.settings, seed=self.plan.seed).to_dict(),
             "summary": self.summary(stopped),
+            "min_size": DEFAULT_MIN_SIZE if self.data.min_size is None else self.data.min_size,
         }
         if model is not None:
             record["fine_tuned_from"] = dict(model.training)
@@ -778,6 +786,8 @@ class _TrainingRun:
             "device": self.plan.device_text,
             "n_images": len(data.samples),
             "annotated_pixels": int(sum(s.n_annotated for s in data.samples)),
+            "annotated_cells": int(annotated_cell_areas(data.samples).size),
+            "min_size_annotation": data.min_size,
             "split_cells": int(sum(s.split_cells for s in data.samples)),
             "package_version": __version__,
             "torch_version": torch.__version__.split("+")[0],
