@@ -17,13 +17,13 @@ from napari_unet.core.training.data import (
     MIN_SIDE,
     AnnotatedImage,
     PatchSampler,
+    TargetSpec,
     annotated_cell_areas,
     annotation_min_size,
-    hold_out,
     patch_geometry,
     prepare_samples,
-    validation_tiles,
 )
+from napari_unet.core.training.validation import hold_out, validation_tiles
 
 
 def _cells(shape=(40, 40)):
@@ -241,6 +241,50 @@ def test_one_label_on_separate_cells_is_split_and_reported():
     np.testing.assert_array_equal(s.weights, training_targets(split).weights)
     # the border term now sees two cells where the unsplit labels had one
     assert not np.array_equal(s.weights, training_targets(labels).weights)
+
+
+def test_held_out_cells_do_not_shape_the_training_weights():
+    image, labels = _cells((128, 128))
+    labels[60:70, 60:70] = 4
+    labels[100:110, 10:20] = 5
+    labels[90:100, 90:100] = 6
+    samples = prepare_samples(image, labels)
+    spec = TargetSpec()
+    train, blocks = hold_out(samples, 0.1, 32, np.random.default_rng(0), targets=spec)
+    assert blocks
+    held = np.zeros((128, 128), bool)
+    for _, y0, x0 in blocks:
+        held[y0 : y0 + 32, x0 : x0 + 32] = True
+    assert (samples[0].classes[held] == FOREGROUND).any()  # held-out cells exist
+    # the training targets are those of the labels with the held-out blocks unannotated:
+    # the class balance counts training pixels only
+    ref = training_targets(labels, region=~held)
+    np.testing.assert_array_equal(train[0].weights, ref.weights)
+    np.testing.assert_array_equal(train[0].classes, ref.classes)
+    assert np.all(train[0].weights[held] == 0) and np.all(train[0].classes[held] == IGNORE)
+    np.testing.assert_array_equal(train[0].region, ~held)
+    # masking the full-annotation weights (the old way) gives other training weights
+    masked = np.where(held, 0, samples[0].weights)
+    assert not np.allclose(train[0].weights, masked)
+
+
+def test_validation_tiles_keep_the_instances_of_the_blocks():
+    image, labels = _cells((64, 64))
+    region = np.ones(labels.shape, bool)
+    region[:, 60:] = False
+    (s,) = prepare_samples(image, labels, region)
+    config = UNetConfig(depth=2, base_channels=4)
+    tiles = validation_tiles([s], [(0, 0, 16)], 16, config)
+    m = tiles.margin
+    assert m > 0 and tiles.labels.shape == tiles.window.shape == (1, 16 + 2 * m, 16 + 2 * m)
+    # the view starts `margin` before the block; outside the image and the region it is 0
+    padded = np.pad(np.where(region, s.labels, 0), m)
+    view = padded[0 : 16 + 2 * m, 16 : 32 + 2 * m]
+    np.testing.assert_array_equal(tiles.labels[0], view)
+    assert tiles.window[0].sum() == 16 * 16 and tiles.window[0, m, m]
+    # hand-made samples without labels: no instances to score
+    bare = AnnotatedImage(s.image, s.classes, s.weights, (0, 0))
+    assert validation_tiles([bare], [(0, 0, 16)], 16, config).labels is None
 
 
 def test_min_size_learnt_from_the_completely_annotated_cells():

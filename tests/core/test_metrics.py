@@ -149,3 +149,23 @@ def test_bad_inputs():
 def test_boolean_masks_are_one_instance():
     m = match_instances(np.ones((3, 3), bool), np.ones((3, 3), bool))
     assert (m.tp, m.fp, m.fn) == (1, 0, 0)
+
+
+def test_window_counts_score_what_lies_mostly_inside():
+    from napari_unet.core.training.metrics import window_counts
+
+    true = np.zeros((6, 12), np.int32)
+    true[1:4, 0:3] = 1  # inside, found
+    true[1:4, 4:7] = 2  # half inside (columns 4-5 of 4-6 in the window), missed
+    true[1:4, 9:12] = 3  # outside, missed: not counted
+    pred = np.zeros_like(true)
+    pred[1:4, 0:3] = 7
+    pred[4:6, 0:2] = 8  # inside, matches nothing: a false positive
+    pred[0, 8:12] = 9  # outside, matches nothing: not counted
+    window = np.zeros(true.shape, bool)
+    window[:, :6] = True
+    assert window_counts(true, pred, window) == (1, 1, 1)
+    # a cell cut by the window's edge is matched whole
+    shifted = np.where(true == 2, 5, 0)
+    assert window_counts(np.where(true == 2, 2, 0), shifted, window) == (1, 0, 0)
+    assert window_counts(true, pred, np.zeros_like(window)) == (0, 0, 0)

@@ -323,6 +323,38 @@ def test_the_loss_area_sees_image_context_not_zero_padding(cells):
         next(train(image, labels, settings=_settings(context=-1)))
 
 
+def test_checkpoint_threshold_and_min_size_chosen_on_held_out_instances():
+    from napari_unet.core.training.validation import THRESHOLDS
+
+    image, labels = make_touching_cells((128, 128), n_cells=24, seed=4)
+    settings = _settings(iterations=6, validate_every=2, learning_rate=1e-2)
+    events, model = _drain(train(image, labels, settings=settings, model=_tiny()))
+    summary, record = model.training["summary"], model.training
+    assert summary["validation_metric"] == "instance AP@0.5 on held-out annotations"
+    measured = [e for e in events if e.validation is not None]
+    assert [e.iteration for e in measured] == [2, 4, 6]
+    assert all(e.validation == e.validation_ap and 0 <= e.validation_iou <= 1 for e in measured)
+    assert summary["validation_ap"] == summary["validation"] == max(e.validation for e in measured)
+    # the post-processing that scored best is stored with the model
+    assert record["threshold"] in THRESHOLDS
+    base = summary["min_size_annotation"]
+    assert base >= 1 and record["min_size"] in (base, max(base // 2, 1), 2 * base)
+    # without a held-out part: the minimum size learnt from the annotated cells
+    small_image, small_labels = make_touching_cells((40, 40), n_cells=4, seed=4)
+    small = run_training(small_image, small_labels, settings=_settings(), model=_tiny())
+    assert small.training["summary"]["validation"] is None
+    assert small.training["threshold"] == 0.5
+    assert small.training["min_size"] == small.training["summary"]["min_size_annotation"] >= 1
+    # the pixel-IoU ablation: checkpoints by IoU, threshold 0.5, nothing tuned
+    settings = _settings(iterations=4, validate_every=2, validation_metric="iou")
+    model = run_training(image, labels, settings=settings, model=_tiny())
+    summary = model.training["summary"]
+    assert summary["validation"] == summary["validation_iou"]
+    assert model.training["threshold"] == 0.5 and model.training["min_size"] == base
+    settings = _settings(iterations=2, min_size_fraction=0.0, validation_fraction=0.0)
+    assert run_training(image, labels, settings=settings).training["min_size"] == 16
+
+
 def test_one_label_on_separate_cells_is_split_before_training(cells):
     from napari_unet.core.targets import SplitLabelsWarning
 
@@ -332,13 +364,3 @@ def test_one_label_on_separate_cells_is_split_before_training(cells):
         model = run_training(image, merged, settings=_settings(iterations=1), model=_tiny())
     assert record[0].message.values == 2
     assert model.training["summary"]["split_cells"] == record[0].message.cells >= 4
-
-
-def test_min_size_learnt_from_the_annotation_is_stored(cells):
-    image, labels = cells
-    model = run_training(image, labels, settings=_settings(iterations=1), model=_tiny())
-    areas = np.bincount(labels.ravel())[1:]
-    summary = model.training["summary"]
-    assert 1 <= model.training["min_size"] == summary["min_size_annotation"] <= areas.max() // 4
-    settings = _settings(iterations=1, min_size_fraction=0.0)
-    assert run_training(image, labels, settings=settings, model=_tiny()).training["min_size"] == 16

@@ -1,7 +1,11 @@
 """Training a U-Net from images and annotations.
 
-- :mod:`.data`: images, labels and regions -> normalised samples, patch sampling, hold-out.
+- :mod:`.settings`: :class:`TrainSettings`, every option of a run.
+- :mod:`.data`: images, labels and regions -> normalised samples, patch sampling, the minimum
+  object size learnt from the annotated cells.
 - :mod:`.augment`: batched augmentation on the training device (one sampling grid).
+- :mod:`.validation`: the held-out part, and the network scored on it by instance AP, with the
+  post-processing (threshold, minimum size) chosen there.
 - :mod:`.loop`: :func:`train`, a generator of :class:`TrainEvent` that returns the model.
 - :mod:`.metrics`: IoU and average precision with one-to-one instance matching.
 """
@@ -11,6 +15,7 @@ from .data import AnnotatedImage, PatchSampler, prepare_samples
 from .loop import TrainEvent, describe_run, run_training, train
 from .metrics import Matching, average_precision, iou, match_instances
 from .settings import TrainSettings
+from .validation import ValidationScore, score_network
 
 __all__ = [
     "AnnotatedImage",
@@ -19,6 +24,7 @@ __all__ = [
     "PatchSampler",
     "TrainEvent",
     "TrainSettings",
+    "ValidationScore",
     "augment_batch",
     "average_precision",
     "describe_run",
@@ -26,5 +32,6 @@ __all__ = [
     "match_instances",
     "prepare_samples",
     "run_training",
+    "score_network",
     "train",
 ]

@@ -17,7 +17,6 @@ image with a side below :data:`MIN_SIDE` pixels is refused, as no cell fits in i
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,16 +42,12 @@ __all__ = [
     "AnnotatedImage",
     "PatchSampler",
     "TargetSpec",
-    "ValidationTiles",
     "annotated_cell_areas",
     "annotation_min_size",
     "as_list",
-    "hold_out",
     "pad2d",
     "patch_geometry",
     "prepare_samples",
-    "validation_block",
-    "validation_tiles",
 ]
 
 logger = logging.getLogger(__name__)
@@ -366,168 +361,6 @@ def _read_slices(
     return reads
 
 
-# --------------------------------------------------------------------------------------------
-# Hold-out for validation
-# --------------------------------------------------------------------------------------------
-
-
-def hold_out(
-    samples: Sequence[AnnotatedImage],
-    fraction: float,
-    block: int,
-    rng: np.random.Generator,
-    max_blocks: int = 16,
-) -> tuple[list[AnnotatedImage], list[tuple[int, int, int]]]:
-    """Set aside square blocks of the annotations for validation.
-
-    Blocks of ``block`` x ``block`` pixels that are at least half annotated are drawn at random
-    until they hold ``fraction`` of the annotated pixels, or ``max_blocks`` of them are drawn
-    (which keeps a validation pass cheap on large annotations). Their pixels are then ignored in the
-    training samples (the image stays: it is context, as at inference). Nothing is held out
-    (an empty list is returned) when the blocks would take more than twice ``fraction`` of the
-    annotations, or when either part would be left without foreground.
-
-    Parameters
-    ----------
-    samples : sequence of AnnotatedImage
-        The training data.
-    fraction : float
-        Share of the annotated pixels to hold out, in [0, 0.5).
-    block : int
-        Edge of the blocks in pixels.
-    rng : numpy.random.Generator
-        Source of randomness.
-    max_blocks : int
-        Most blocks held out.
-
-    Returns
-    -------
-    training : list of AnnotatedImage
-        Copies of the samples with the held-out blocks ignored (the samples themselves when
-        nothing is held out).
-    blocks : list of tuple of int
-        ``(sample index, y0, x0)`` of each held-out block.
-    """
-    if not 0.0 <= fraction < 0.5:
-        raise ValueError(f"validation_fraction must be in [0, 0.5), got {fraction!r}")
-    if fraction == 0 or not samples:
-        return list(samples), []
-    total = sum(s.n_annotated for s in samples)
-    total_fg = sum(int(np.count_nonzero(s.classes == 1)) for s in samples)
-    candidates = []
-    for k, s in enumerate(samples):
-        ann = s.annotated
-        ny, nx = s.classes.shape
-        for y0 in range(0, ny - block + 1, block):
-            for x0 in range(0, nx - block + 1, block):
-                if ann[y0 : y0 + block, x0 : x0 + block].sum() >= block * block / 2:
-                    candidates.append((k, y0, x0))
-    if not candidates:
-        return list(samples), []
-    order = rng.permutation(len(candidates))
-    chosen, held, held_fg = [], 0, 0
-    for j in order:
-        if held >= fraction * total or len(chosen) >= max_blocks:
-            break
-        k, y0, x0 = candidates[j]
-        box = (slice(y0, y0 + block), slice(x0, x0 + block))
-        held += int(samples[k].annotated[box].sum())
-        held_fg += int(np.count_nonzero(samples[k].classes[box] == 1))
-        chosen.append((k, y0, x0))
-    if held > 2 * fraction * total or held_fg == 0 or held_fg == total_fg:
-        return list(samples), []
-    out = []
-    for k, s in enumerate(samples):
-        mine = [(y0, x0) for kk, y0, x0 in chosen if kk == k]
-        if not mine:
-            out.append(s)
-            continue
-        classes, weights = s.classes.copy(), s.weights.copy()
-        for y0, x0 in mine:
-            classes[y0 : y0 + block, x0 : x0 + block] = IGNORE
-            weights[y0 : y0 + block, x0 : x0 + block] = 0
-        out.append(
-            AnnotatedImage(s.image, classes, weights, s.source, s.labels, s.region, s.split_cells)
-        )
-    return out, chosen
-
-
-@dataclass
-class ValidationTiles:
-    """Network inputs and targets of the held-out blocks.
-
-    Attributes
-    ----------
-    images : torch.Tensor
-        float32 ``(M, C, S, S)`` inputs, each a held-out block with the context the network
-        needs around it (mirrored at image borders).
-    classes : torch.Tensor
-        int64 ``(M, B, B)`` target classes of the blocks (IGNORE where not annotated).
-    offset : int
-        Where the block starts in the network's output.
-    """
-
-    images: torch.Tensor
-    classes: torch.Tensor
-    offset: int
-
-
-def validation_tiles(
-    samples: Sequence[AnnotatedImage],
-    blocks: Sequence[tuple[int, int, int]],
-    block: int,
-    config: UNetConfig,
-) -> ValidationTiles:
-    """Cut the network inputs for the held-out blocks.
-
-    Parameters
-    ----------
-    samples : sequence of AnnotatedImage
-        The *original* samples (with the held-out targets).
-    blocks : sequence of tuple of int
-        From :func:`hold_out`.
-    block : int
-        Block edge in pixels.
-    config : UNetConfig
-        The network, for its geometry.
-
-    Returns
-    -------
-    ValidationTiles
-        Inputs and targets.
-    """
-    if config.padding == "same":
-        n_in = config.admissible_size(block + 2 * config.halo)
-    else:
-        n_in = config.input_size_for_output(block)
-    loss = (n_in - config.output_size(n_in)) // 2  # pixels lost per side (valid padding)
-    start = (n_in - block) // 2  # block start within the input
-    images, classes = [], []
-    for k, y0, x0 in blocks:
-        s = samples[k]
-        images.append(_crop_mirror(s.image, y0 - start, x0 - start, n_in))
-        classes.append(s.classes[y0 : y0 + block, x0 : x0 + block])
-    return ValidationTiles(
-        images=torch.from_numpy(np.stack(images)),
-        classes=torch.from_numpy(np.stack(classes).astype(np.int64)),
-        offset=start - loss,
-    )
-
-
-def _crop_mirror(image: np.ndarray, y0: int, x0: int, size: int) -> np.ndarray:
-    """``image[:, y0:y0+size, x0:x0+size]``, mirrored where it leaves the image."""
-    _, ny, nx = image.shape
-    pad = (
-        (0, 0),
-        (max(-y0, 0), max(y0 + size - ny, 0)),
-        (max(-x0, 0), max(x0 + size - nx, 0)),
-    )
-    crop = image[:, max(y0, 0) : y0 + size, max(x0, 0) : x0 + size]
-    if any(p != (0, 0) for p in pad):
-        crop = pad2d(crop, pad, "reflect")
-    return np.ascontiguousarray(crop, dtype=np.float32)
-
-
 def pad2d(array: np.ndarray, pad: Any, mode: str, **kwargs: Any) -> np.ndarray:
     """:func:`numpy.pad` that also mirrors arrays of one pixel (``'reflect'`` needs two).
 
@@ -699,11 +532,6 @@ def patch_geometry(config: UNetConfig, patch_size: int, context: int = 0) -> tup
         return n_in, n_in - 2 * int(context)
     n_in = config.input_size_for_output(int(patch_size))
     return n_in, config.output_size(n_in)
-
-
-def validation_block(out_size: int, grid: int) -> int:
-    """Edge of the held-out blocks: half a training patch, on the network's grid, >= 32."""
-    return max(32, int(math.ceil(out_size / 2 / grid) * grid))
 
 
 def annotated_cell_areas(samples: Sequence[AnnotatedImage]) -> np.ndarray:

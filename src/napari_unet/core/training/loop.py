@@ -40,21 +40,28 @@ from ..inference.postprocess import DEFAULT_MIN_SIZE
 from ..model import TrainedModel, UNet, UNetConfig, preset_config
 from ..normalize import normalization_spec
 from ..progress import run_to_end
-from ..targets import FOREGROUND, IGNORE
+from ..targets import IGNORE
 from .augment import augment_batch, center_crop, context_margin
 from .data import (
     AnnotatedImage,
     PatchSampler,
-    ValidationTiles,
+    TargetSpec,
     annotated_cell_areas,
     annotation_min_size,
-    hold_out,
     patch_geometry,
     prepare_samples,
+)
+from .settings import TrainSettings
+from .validation import (
+    THRESHOLDS,
+    ValidationScore,
+    ValidationTiles,
+    hold_out,
+    min_size_candidates,
+    score_network,
     validation_block,
     validation_tiles,
 )
-from .settings import TrainSettings
 
 __all__ = [
     "TrainEvent",
@@ -70,6 +77,11 @@ logger = logging.getLogger(__name__)
 LR_FLOOR = 0.05
 #: Linear warm-up over this many first iterations.
 WARMUP = 10
+#: What the validation score means, by ``TrainSettings.validation_metric``.
+METRICS = {
+    "ap": "instance AP@0.5 on held-out annotations",
+    "iou": "foreground IoU on held-out annotations",
+}
 
 
 @dataclass(frozen=True)
@@ -91,13 +103,20 @@ class TrainEvent:
     samples_per_second : float
         Patches per second over the last steps.
     validation : float, optional
-        Foreground IoU on the held-out annotations, when it was measured at this step.
+        The validation score checkpoints are chosen by, when it was measured at this step:
+        instance AP at IoU 0.5 on the held-out annotations (``settings.validation_metric
+        'ap'``, the default) or their foreground IoU (``'iou'``).
     device : str
         Where training runs, e.g. ``'CPU, 2 threads'``.
     best_validation : float, optional
         Best validation score so far.
     minutes : float, optional
         Time limit of the run in minutes, if any.
+    validation_ap : float, optional
+        Instance AP at IoU 0.5 on the held-out annotations (with the best probability
+        threshold and minimum size), when measured at this step.
+    validation_iou : float, optional
+        Foreground IoU on the held-out annotations, when measured at this step.
     """
 
     iteration: int
@@ -110,6 +129,8 @@ class TrainEvent:
     device: str
     best_validation: float | None = None
     minutes: float | None = None
+    validation_ap: float | None = None
+    validation_iou: float | None = None
 
     @property
     def done(self) -> int:
@@ -226,41 +247,6 @@ def _new_net(config: UNetConfig, seed: int = 0) -> UNet:
 def _state_cpu(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A CPU copy of the network's weights."""
     return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-
-
-@torch.inference_mode()
-def _validate(
-    net: torch.nn.Module,
-    tiles: ValidationTiles,
-    device: torch.device,
-    amp: bool,
-    channels_last: bool,
-    batch: int = 4,
-) -> float:
-    """Foreground IoU of the prediction on the held-out blocks (annotated pixels only)."""
-    was_training = net.training
-    net.eval()
-    tp = fp = fn = 0
-    block = tiles.classes.shape[-1]
-    o = tiles.offset
-    try:
-        for i in range(0, tiles.images.shape[0], batch):
-            x = tiles.images[i : i + batch].to(device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = net(x)
-            pred = logits.argmax(1)[:, o : o + block, o : o + block].cpu() == FOREGROUND
-            truth = tiles.classes[i : i + batch]
-            annotated = truth != IGNORE
-            fg = truth == FOREGROUND
-            tp += int((pred & fg & annotated).sum())
-            fp += int((pred & ~fg & annotated).sum())
-            fn += int((~pred & fg & annotated).sum())
-    finally:
-        net.train(was_training)
-    total = tp + fp + fn
-    return 1.0 if total == 0 else tp / total
 
 
 @dataclass(frozen=True)
@@ -422,7 +408,12 @@ def _prepare_run_data(
     crop = in_size + 2 * context_margin(in_size, settings.augment_settings())
     rng = np.random.default_rng(plan.seed)
     block = validation_block(out_size, config.grid)
-    train_samples, blocks = hold_out(samples, settings.validation_fraction, block, rng)
+    spec = TargetSpec(
+        plan.gap, settings.w0, settings.sigma, settings.class_balance, settings.border_weights
+    )
+    train_samples, blocks = hold_out(
+        samples, settings.validation_fraction, block, rng, targets=spec
+    )
     tiles = validation_tiles(samples, blocks, block, config) if blocks else None
     sampler = PatchSampler(train_samples, crop, plan.device, rng)
     min_size = annotation_min_size(samples, settings.min_size_fraction)
@@ -523,30 +514,41 @@ class _BestState:
 
     Attributes
     ----------
-    score : float, optional
+    metric : {'ap', 'iou'}
+        What checkpoints are ranked by (see :meth:`ValidationScore.key`).
+    score : ValidationScore, optional
         Best validation score so far.
     state : dict, optional
         Its weights, on the CPU.
     iteration : int
         The iteration it was measured at.
-    last_score : float, optional
+    last_score : ValidationScore, optional
         The latest score.
     last_validated : int
         The iteration of the latest score.
     """
 
-    score: float | None = None
+    metric: str = "ap"
+    score: ValidationScore | None = None
     state: dict[str, torch.Tensor] | None = None
     iteration: int = 0
-    last_score: float | None = None
+    last_score: ValidationScore | None = None
     last_validated: int = 0
 
-    def offer(self, score: float, net: torch.nn.Module, iteration: int, keep: bool = True) -> None:
+    def offer(
+        self, score: ValidationScore, net: torch.nn.Module, iteration: int, keep: bool = True
+    ) -> None:
         """Record a score; keep a copy of the weights if it is the best so far."""
         self.last_score, self.last_validated = score, iteration
-        if self.score is None or score > self.score:
+        if self.score is None or score.key(self.metric) > self.score.key(self.metric):
             self.score, self.iteration = score, iteration
             self.state = _state_cpu(net) if keep else None
+
+    def value(self, score: ValidationScore | None) -> float | None:
+        """The number a score is reported as: its AP or its IoU, as :attr:`metric` says."""
+        if score is None:
+            return None
+        return score.ap if self.metric == "ap" and score.ap is not None else score.iou
 
     def result(self, net: torch.nn.Module, config: UNetConfig, iteration: int) -> UNet:
         """The best network, a fresh CPU copy in evaluation mode (the last one if none)."""
@@ -665,7 +667,8 @@ class _TrainingRun:
         self.generator.manual_seed(plan.seed)
         self.opt = _Optimisation(data.config, plan, model)
         self.validate_every = _validation_interval(self.settings)
-        self.best = _BestState()
+        self.best = _BestState(metric=self.settings.validation_metric)
+        self.min_sizes = min_size_candidates(data.min_size, DEFAULT_MIN_SIZE)
         self.iteration = 0
         self.loss = float("nan")
         self.window: deque[tuple[float, int]] = deque(maxlen=20)
@@ -720,13 +723,23 @@ class _TrainingRun:
             self.best.offer(score, self.opt.net, self.iteration)
         return self.event(lr, score)
 
-    def score(self) -> float:
-        """The validation score of the network now."""
-        plan = self.plan
-        assert self.data.tiles is not None
-        return _validate(self.opt.net, self.data.tiles, plan.device, plan.amp, plan.channels_last)
+    def score(self) -> ValidationScore:
+        """The validation score of the network now (AP with the best post-processing)."""
+        plan, tiles = self.plan, self.data.tiles
+        assert tiles is not None
+        tune = self.settings.validation_metric == "ap"
+        return score_network(
+            self.opt.net,
+            tiles,
+            plan.device,
+            gap=plan.gap,
+            min_sizes=self.min_sizes if tune else self.min_sizes[:1],
+            thresholds=THRESHOLDS if tune else (0.5,),
+            amp=plan.amp,
+            channels_last=plan.channels_last,
+        )
 
-    def event(self, lr: float, score: float | None) -> TrainEvent:
+    def event(self, lr: float, score: ValidationScore | None) -> TrainEvent:
         """The progress event after a step."""
         seconds = sum(t for t, _ in self.window)
         return TrainEvent(
@@ -736,10 +749,12 @@ class _TrainingRun:
             learning_rate=lr,
             elapsed=time.perf_counter() - self.start,
             samples_per_second=sum(n for _, n in self.window) / seconds if seconds > 0 else 0.0,
-            validation=score,
+            validation=self.best.value(score),
             device=self.plan.device_text,
-            best_validation=self.best.score,
+            best_validation=self.best.value(self.best.score),
             minutes=self.settings.minutes,
+            validation_ap=None if score is None else score.ap,
+            validation_iou=None if score is None else score.iou,
         )
 
     def result(self, model: TrainedModel | None, stopped: bool) -> TrainedModel:
@@ -748,19 +763,27 @@ class _TrainingRun:
             if self.best.last_validated != self.iteration:
                 self.best.offer(self.score(), self.opt.net, self.iteration, keep=False)
         net = self.best.result(self.opt.net, self.data.config, self.iteration)
+        best = self.best
+        # post-processing chosen on the held-out part, else what the annotation says
+        threshold, min_size = 0.5, self.min_sizes[0]
+        if best.score is not None and best.score.ap is not None:
+            threshold, min_size = best.score.threshold, best.score.min_size
         record = {
             "settings": replace(self.settings, seed=self.plan.seed).to_dict(),
             "summary": self.summary(stopped),
-            "min_size": DEFAULT_MIN_SIZE if self.data.min_size is None else self.data.min_size,
+            "threshold": threshold,
+            "min_size": min_size,
         }
         if model is not None:
             record["fine_tuned_from"] = dict(model.training)
-        best = self.best
+        value = best.value(best.score)
         logger.info(
-            "training ended after %d iterations (%s); validation %s",
+            "training ended after %d iterations (%s); validation %s; threshold %g, min size %s",
             self.iteration,
             "stopped" if stopped else "done",
-            "n/a" if best.score is None else f"{best.score:.3f} at iteration {best.iteration}",
+            "n/a" if value is None else f"{value:.3f} at iteration {best.iteration}",
+            threshold,
+            min_size,
         )
         return TrainedModel(
             net=net, normalization=self.plan.normalization, gap=self.plan.gap, training=record
@@ -768,15 +791,17 @@ class _TrainingRun:
 
     def summary(self, stopped: bool) -> dict[str, Any]:
         """A summary of the run (plain values, stored with the model)."""
-        data = self.data
+        data, best = self.data, self.best.score
         return {
             "iterations_done": self.iteration,
             "stopped": stopped,
             "elapsed_seconds": round(time.perf_counter() - self.start, 3),
             "final_loss": self.loss if math.isfinite(self.loss) else None,
-            "validation_metric": "foreground IoU on held-out annotations",
-            "validation": self.best.score,
-            "validation_last": self.best.last_score,
+            "validation_metric": METRICS[self.best.metric],
+            "validation": self.best.value(best),
+            "validation_last": self.best.value(self.best.last_score),
+            "validation_ap": None if best is None else best.ap,
+            "validation_iou": None if best is None else best.iou,
             "best_iteration": self.best.iteration,
             "validation_blocks": len(data.blocks),
             "input_size": data.in_size,
@@ -845,15 +870,20 @@ def describe_run(model: TrainedModel) -> str:
     Returns
     -------
     str
-        E.g. ``'400 iterations in 95 s on CPU, 2 threads; validation IoU 0.91'``.
+        E.g. ``'400 iterations in 95 s on CPU, 2 threads; validation AP@0.5 0.86, IoU 0.91'``.
     """
     summary = model.training.get("summary", {})
     text = (
         f"{summary.get('iterations_done', '?')} iterations in "
         f"{summary.get('elapsed_seconds', 0):.0f} s on {summary.get('device', '?')}"
     )
-    if summary.get("validation") is not None:
-        text += f"; validation IoU {summary['validation']:.3f}"
+    scores = [
+        f"{name} {summary[key]:.3f}"
+        for name, key in (("AP@0.5", "validation_ap"), ("IoU", "validation_iou"))
+        if summary.get(key) is not None
+    ]
+    if scores:
+        text += "; validation " + ", ".join(scores)
     if summary.get("stopped"):
         text += " (stopped)"
     return text

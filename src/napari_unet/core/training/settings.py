@@ -169,6 +169,10 @@ class TrainSettings:
         Pixels of image (mirrored at the image's edges) around the loss area in the network's
         input with same padding (at most the network's halo), so that no pixel that carries
         loss sees the network's zero padding. 0: the loss covers the whole input.
+    validation_metric : {'ap', 'iou'}
+        What picks the checkpoint on the held-out part: instance AP at IoU 0.5 after
+        post-processing, whose probability threshold and minimum object size are chosen there
+        too (``'ap'``), or foreground IoU with threshold 0.5 (``'iou'``).
     min_size_fraction : float
         The smallest object kept at inference, as a share of the area of the small annotated
         cells (5th percentile of the completely annotated ones); 0: not learnt (inference's
@@ -218,6 +222,7 @@ class TrainSettings:
     channels_last: bool | None = setting(None, show=HIDDEN, label="channels last")
     compile: bool = setting(False, label="torch.compile")
     context: int = setting(32, label="context (px)", min=0, max=512, step=8)
+    validation_metric: str = setting("ap", label="validation metric", choices=("ap", "iou"))
     min_size_fraction: float = setting(
         0.25, label="min size (x cell area)", min=0.0, max=1.0, step=0.05
     )
@@ -273,6 +278,10 @@ class TrainSettings:
             raise ValueError(f"learning_rate must be a number >= 0, got {self.learning_rate!r}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.validation_metric not in ("ap", "iou"):
+            raise ValueError(
+                f"validation_metric must be 'ap' or 'iou', got {self.validation_metric!r}"
+            )
         if not (isinstance(self.min_size_fraction, int | float) and self.min_size_fraction >= 0):
             raise ValueError(
                 f"min_size_fraction must be a number >= 0, got {self.min_size_fraction!r}"

@@ -1,0 +1,451 @@
+"""Validation: a held-out part of the annotations, and the network scored on it as the user sees it.
+
+:func:`hold_out` sets aside square blocks of the annotations before the training targets are made,
+so that held-out cells shape neither the class balance nor anything else of the training loss
+(the held-out blocks are treated as unannotated). :func:`validation_tiles` cuts the network's
+inputs for those blocks, with the context the network needs, and keeps their instance labels.
+:func:`score_network` then scores the network on them by what the user sees, instances: the
+foreground probability goes through the post-processing of inference
+(:func:`napari_unet.core.inference.postprocess.probabilities_to_labels`) and the instances are
+matched one-to-one with the held-out cells (AP at IoU 0.5, :func:`.metrics.window_counts`). The
+probability threshold and the minimum object size that score best are chosen there too, and
+stored with the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..inference.postprocess import probabilities_to_labels
+from ..model import UNetConfig
+from ..targets import FOREGROUND, IGNORE
+from .data import AnnotatedImage, TargetSpec, pad2d
+from .metrics import window_counts
+
+__all__ = [
+    "THRESHOLDS",
+    "VIEW_MARGIN",
+    "ValidationScore",
+    "ValidationTiles",
+    "hold_out",
+    "min_size_candidates",
+    "predict_tiles",
+    "score_network",
+    "validation_block",
+    "validation_tiles",
+]
+
+#: Probability thresholds tried on the held-out part, in order of preference on a tie.
+THRESHOLDS = (0.5, 0.4, 0.6, 0.3, 0.7)
+#: Pixels of network output kept around a held-out block for its instances (cells cut by the
+#: block's edge are matched whole).
+VIEW_MARGIN = 32
+
+
+def validation_block(out_size: int, grid: int) -> int:
+    """Edge of the held-out blocks: half a training patch, on the network's grid, >= 32.
+
+    Parameters
+    ----------
+    out_size : int
+        Edge of the training patches' loss area.
+    grid : int
+        The network's grid.
+
+    Returns
+    -------
+    int
+        The edge in pixels.
+    """
+    return max(32, int(math.ceil(out_size / 2 / grid) * grid))
+
+
+def hold_out(
+    samples: Sequence[AnnotatedImage],
+    fraction: float,
+    block: int,
+    rng: np.random.Generator,
+    max_blocks: int = 16,
+    targets: TargetSpec | None = None,
+) -> tuple[list[AnnotatedImage], list[tuple[int, int, int]]]:
+    """Set aside square blocks of the annotations for validation.
+
+    Blocks of ``block`` x ``block`` pixels that are at least half annotated are drawn at random
+    until they hold ``fraction`` of the annotated pixels, or ``max_blocks`` of them are drawn
+    (which keeps a validation pass cheap on large annotations). Their pixels are then ignored in
+    the training samples (the image stays: it is context, as at inference). Nothing is held out
+    (an empty list is returned) when the blocks would take more than twice ``fraction`` of the
+    annotations, or when either part would be left without foreground.
+
+    Parameters
+    ----------
+    samples : sequence of AnnotatedImage
+        The training data.
+    fraction : float
+        Share of the annotated pixels to hold out, in [0, 0.5).
+    block : int
+        Edge of the blocks in pixels.
+    rng : numpy.random.Generator
+        Source of randomness.
+    max_blocks : int
+        Most blocks held out.
+    targets : TargetSpec, optional
+        How the samples' targets were made. Given (and the samples carry their labels), the
+        training copies get targets made anew with the held-out blocks outside the annotated
+        region, so that held-out cells do not shape the training weights (class balance);
+        otherwise the blocks are only masked out.
+
+    Returns
+    -------
+    training : list of AnnotatedImage
+        Copies of the samples with the held-out blocks ignored (the samples themselves when
+        nothing is held out).
+    blocks : list of tuple of int
+        ``(sample index, y0, x0)`` of each held-out block.
+    """
+    if not 0.0 <= fraction < 0.5:
+        raise ValueError(f"validation_fraction must be in [0, 0.5), got {fraction!r}")
+    if fraction == 0 or not samples:
+        return list(samples), []
+    chosen = _choose_blocks(samples, fraction, block, rng, max_blocks)
+    if not chosen:
+        return list(samples), []
+    out = []
+    for k, s in enumerate(samples):
+        held = np.zeros(s.classes.shape, bool)
+        for kk, y0, x0 in chosen:
+            if kk == k:
+                held[y0 : y0 + block, x0 : x0 + block] = True
+        out.append(_without(s, held, targets) if held.any() else s)
+    return out, chosen
+
+
+def _choose_blocks(
+    samples: Sequence[AnnotatedImage],
+    fraction: float,
+    block: int,
+    rng: np.random.Generator,
+    max_blocks: int,
+) -> list[tuple[int, int, int]]:
+    """Random blocks holding about ``fraction`` of the annotation; none if that fails."""
+    total = sum(s.n_annotated for s in samples)
+    total_fg = sum(int(np.count_nonzero(s.classes == FOREGROUND)) for s in samples)
+    candidates = []
+    for k, s in enumerate(samples):
+        ann = s.annotated
+        ny, nx = s.classes.shape
+        for y0 in range(0, ny - block + 1, block):
+            for x0 in range(0, nx - block + 1, block):
+                if ann[y0 : y0 + block, x0 : x0 + block].sum() >= block * block / 2:
+                    candidates.append((k, y0, x0))
+    chosen, held, held_fg = [], 0, 0
+    for j in rng.permutation(len(candidates)) if candidates else []:
+        if held >= fraction * total or len(chosen) >= max_blocks:
+            break
+        k, y0, x0 = candidates[j]
+        box = (slice(y0, y0 + block), slice(x0, x0 + block))
+        held += int(samples[k].annotated[box].sum())
+        held_fg += int(np.count_nonzero(samples[k].classes[box] == FOREGROUND))
+        chosen.append((k, y0, x0))
+    if held > 2 * fraction * total or held_fg == 0 or held_fg == total_fg:
+        return []
+    return chosen
+
+
+def _without(s: AnnotatedImage, held: np.ndarray, targets: TargetSpec | None) -> AnnotatedImage:
+    """A training copy of ``s`` in which the ``held`` pixels carry no loss."""
+    if targets is not None and s.labels is not None:
+        region = ~held if s.region is None else s.region & ~held
+        made = targets.targets(s.labels, region)
+        classes, weights = made.classes, made.weights
+    else:
+        region = None if s.region is None else s.region & ~held
+        classes, weights = s.classes.copy(), s.weights.copy()
+        classes[held] = IGNORE
+        weights[held] = 0
+    return AnnotatedImage(s.image, classes, weights, s.source, s.labels, region, s.split_cells)
+
+
+@dataclass
+class ValidationTiles:
+    """Network inputs and targets of the held-out blocks.
+
+    Attributes
+    ----------
+    images : torch.Tensor
+        float32 ``(M, C, S, S)`` inputs, each a held-out block with the context the network
+        needs around it (mirrored at image borders).
+    classes : torch.Tensor
+        int64 ``(M, B, B)`` target classes of the blocks (IGNORE where not annotated).
+    offset : int
+        Where the block starts in the network's output.
+    labels : numpy.ndarray, optional
+        int32 ``(M, V, V)`` true instances in a view of the output around each block
+        (``margin`` pixels on each side), 0 where unknown; ``None`` when the samples carry no
+        labels.
+    window : numpy.ndarray, optional
+        bool ``(M, V, V)``: the scored pixels of each view (the block's annotated pixels).
+    margin : int
+        Pixels of the view on each side of the block.
+    """
+
+    images: torch.Tensor
+    classes: torch.Tensor
+    offset: int
+    labels: np.ndarray | None = None
+    window: np.ndarray | None = None
+    margin: int = 0
+
+
+def validation_tiles(
+    samples: Sequence[AnnotatedImage],
+    blocks: Sequence[tuple[int, int, int]],
+    block: int,
+    config: UNetConfig,
+) -> ValidationTiles:
+    """Cut the network inputs for the held-out blocks.
+
+    Parameters
+    ----------
+    samples : sequence of AnnotatedImage
+        The *original* samples (with the held-out targets).
+    blocks : sequence of tuple of int
+        From :func:`hold_out`.
+    block : int
+        Block edge in pixels.
+    config : UNetConfig
+        The network, for its geometry.
+
+    Returns
+    -------
+    ValidationTiles
+        Inputs, targets and, when the samples carry labels, the instances to score.
+    """
+    if config.padding == "same":
+        n_in = config.admissible_size(block + 2 * config.halo)
+    else:
+        n_in = config.input_size_for_output(block)
+    loss = (n_in - config.output_size(n_in)) // 2  # pixels lost per side (valid padding)
+    start = (n_in - block) // 2  # block start within the input
+    offset = start - loss
+    margin = min(offset, VIEW_MARGIN)
+    images, classes, labels, windows = [], [], [], []
+    for k, y0, x0 in blocks:
+        s = samples[k]
+        images.append(_crop_mirror(s.image, y0 - start, x0 - start, n_in))
+        classes.append(s.classes[y0 : y0 + block, x0 : x0 + block])
+        if s.labels is not None:
+            known = s.labels if s.region is None else np.where(s.region, s.labels, 0)
+            labels.append(_crop_zero(known, y0 - margin, x0 - margin, block + 2 * margin))
+            window = np.zeros((block + 2 * margin,) * 2, bool)
+            window[margin : margin + block, margin : margin + block] = (
+                True if s.region is None else s.region[y0 : y0 + block, x0 : x0 + block]
+            )
+            windows.append(window)
+    complete = len(labels) == len(blocks)
+    return ValidationTiles(
+        images=torch.from_numpy(np.stack(images)),
+        classes=torch.from_numpy(np.stack(classes).astype(np.int64)),
+        offset=offset,
+        labels=np.stack(labels).astype(np.int32) if complete else None,
+        window=np.stack(windows) if complete else None,
+        margin=margin,
+    )
+
+
+def _crop_mirror(image: np.ndarray, y0: int, x0: int, size: int) -> np.ndarray:
+    """``image[:, y0:y0+size, x0:x0+size]``, mirrored where it leaves the image."""
+    _, ny, nx = image.shape
+    pad = (
+        (0, 0),
+        (max(-y0, 0), max(y0 + size - ny, 0)),
+        (max(-x0, 0), max(x0 + size - nx, 0)),
+    )
+    crop = image[:, max(y0, 0) : y0 + size, max(x0, 0) : x0 + size]
+    if any(p != (0, 0) for p in pad):
+        crop = pad2d(crop, pad, "reflect")
+    return np.ascontiguousarray(crop, dtype=np.float32)
+
+
+def _crop_zero(array: np.ndarray, y0: int, x0: int, size: int) -> np.ndarray:
+    """``array[y0:y0+size, x0:x0+size]``, 0 where it leaves the array."""
+    out = np.zeros((size, size), array.dtype)
+    ny, nx = array.shape
+    ys, xs = slice(max(y0, 0), min(y0 + size, ny)), slice(max(x0, 0), min(x0 + size, nx))
+    out[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0] = array[ys, xs]
+    return out
+
+
+@torch.inference_mode()
+def predict_tiles(
+    net: torch.nn.Module,
+    tiles: ValidationTiles,
+    device: torch.device,
+    amp: bool = False,
+    channels_last: bool = False,
+    batch: int = 4,
+) -> np.ndarray:
+    """Foreground probability of the network on the validation tiles' inputs.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The network (put in evaluation mode for the pass, then back).
+    tiles : ValidationTiles
+        The inputs.
+    device : torch.device
+        Where the network is.
+    amp, channels_last : bool
+        bf16 autocast; channels-last memory.
+    batch : int
+        Tiles per forward pass.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(M, O, O)``, the whole output of each tile.
+    """
+    was_training = net.training
+    net.eval()
+    out = []
+    try:
+        for i in range(0, tiles.images.shape[0], batch):
+            x = tiles.images[i : i + batch].to(device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = net(x)
+            out.append(torch.softmax(logits.float(), dim=1)[:, FOREGROUND].cpu().numpy())
+    finally:
+        net.train(was_training)
+    return np.concatenate(out)
+
+
+@dataclass(frozen=True)
+class ValidationScore:
+    """How the network does on the held-out part.
+
+    Attributes
+    ----------
+    iou : float
+        Foreground IoU (probability > 0.5) over the annotated held-out pixels.
+    ap : float, optional
+        Instance AP at IoU 0.5 with the best ``threshold`` and ``min_size`` (``None`` without
+        instance labels).
+    threshold : float
+        The probability threshold that scored ``ap``.
+    min_size : int, optional
+        The minimum object size that scored ``ap``.
+    """
+
+    iou: float
+    ap: float | None
+    threshold: float = 0.5
+    min_size: int | None = None
+
+    def key(self, metric: str) -> tuple[float, float]:
+        """What checkpoints are ranked by: ``(AP, IoU)`` for ``'ap'``, ``(IoU, AP)`` else."""
+        ap = -1.0 if self.ap is None else self.ap
+        return (ap, self.iou) if metric == "ap" and self.ap is not None else (self.iou, ap)
+
+
+def min_size_candidates(base: int | None, default: int) -> tuple[int, ...]:
+    """Minimum object sizes tried on the held-out part, in order of preference on a tie.
+
+    Parameters
+    ----------
+    base : int, optional
+        The size learnt from the annotation (:func:`~.data.annotation_min_size`).
+    default : int
+        The size used when nothing was learnt.
+
+    Returns
+    -------
+    tuple of int
+        ``(base, base // 2, 2 * base)`` (distinct, >= 1), or ``(default,)``.
+
+    Examples
+    --------
+    >>> min_size_candidates(10, 16), min_size_candidates(1, 16), min_size_candidates(None, 16)
+    ((10, 5, 20), (1, 2), (16,))
+    """
+    if base is None:
+        return (int(default),)
+    return tuple(dict.fromkeys(max(1, v) for v in (base, base // 2, 2 * base)))
+
+
+def score_network(
+    net: torch.nn.Module,
+    tiles: ValidationTiles,
+    device: torch.device,
+    *,
+    gap: int,
+    min_sizes: Sequence[int],
+    thresholds: Sequence[float] = THRESHOLDS,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> ValidationScore:
+    """Score the network on the held-out blocks: foreground IoU and instance AP@0.5.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The network.
+    tiles : ValidationTiles
+        The held-out blocks.
+    device : torch.device
+        Where the network is.
+    gap : int
+        The model's gap (post-processing grows instances back by it).
+    min_sizes : sequence of int
+        Minimum object sizes to try (preferred first).
+    thresholds : sequence of float
+        Probability thresholds to try (preferred first).
+    amp, channels_last : bool
+        As for :func:`predict_tiles`.
+
+    Returns
+    -------
+    ValidationScore
+        IoU, and the best AP with the threshold and minimum size that reached it (the first
+        in order of preference among equals).
+    """
+    prob = predict_tiles(net, tiles, device, amp, channels_last)
+    block = tiles.classes.shape[-1]
+    o = tiles.offset
+    pred = torch.from_numpy(prob[:, o : o + block, o : o + block] > 0.5)
+    truth = tiles.classes
+    annotated, fg = truth != IGNORE, truth == FOREGROUND
+    tp = int((pred & fg & annotated).sum())
+    fp = int((pred & ~fg & annotated).sum())
+    fn = int((~pred & fg & annotated).sum())
+    iou = 1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn)
+    if tiles.labels is None or tiles.window is None:
+        return ValidationScore(iou, None, 0.5, min_sizes[0] if min_sizes else None)
+    v0, v1 = o - tiles.margin, o + block + tiles.margin
+    views = prob[:, v0:v1, v0:v1]
+    best = ValidationScore(iou, -1.0)
+    for threshold in thresholds:
+        for min_size in min_sizes:
+            ap = _instance_ap(views, tiles, threshold, min_size, gap)
+            if best.ap is None or ap > best.ap:
+                best = ValidationScore(iou, ap, float(threshold), int(min_size))
+    return best
+
+
+def _instance_ap(
+    views: np.ndarray, tiles: ValidationTiles, threshold: float, min_size: int, gap: int
+) -> float:
+    """AP@0.5 over the held-out blocks for one threshold and minimum size."""
+    assert tiles.labels is not None and tiles.window is not None
+    counts = np.zeros(3, np.int64)
+    for prob, truth, window in zip(views, tiles.labels, tiles.window, strict=True):
+        pred = probabilities_to_labels(prob, threshold=threshold, gap=gap, min_size=min_size)
+        counts += window_counts(truth, pred, window, 0.5)
+    total = int(counts.sum())
+    return 1.0 if total == 0 else float(counts[0]) / total

@@ -1,0 +1,81 @@
+"""Scoring the network on the held-out part by instances, and the post-processing chosen there."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from napari_unet.core.model import UNetConfig
+from napari_unet.core.training.data import prepare_samples
+from napari_unet.core.training.validation import (
+    THRESHOLDS,
+    ValidationScore,
+    min_size_candidates,
+    score_network,
+    validation_tiles,
+)
+
+
+class _ProbabilityNet(torch.nn.Module):
+    """A stand-in network whose foreground logit is its input: the input says the probability."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x), x], dim=1)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    return np.log(p / (1 - p)).astype(np.float32)
+
+
+def _tiles(prob: np.ndarray, labels: np.ndarray, block: int = 32):
+    (s,) = prepare_samples(labels.astype(np.uint8) * 50 + 1, labels)
+    s.image = _logit(prob)[None]
+    config = UNetConfig(depth=2, base_channels=4)
+    return validation_tiles([s], [(0, 16, 16)], block, config)
+
+
+def _cells():
+    labels = np.zeros((64, 64), np.int32)
+    labels[20:30, 20:30] = 1
+    labels[20:30, 34:44] = 2
+    labels[34:44, 22:30] = 3
+    return labels
+
+
+def test_under_confident_network_gets_a_lower_threshold():
+    labels = _cells()
+    prob = np.full(labels.shape, 0.05)
+    prob[labels > 0] = 0.45  # every cell below 0.5
+    tiles = _tiles(prob, labels)
+    net = _ProbabilityNet()
+    score = score_network(net, tiles, torch.device("cpu"), gap=0, min_sizes=[4])
+    # at 0.5 nothing is found; 0.4 finds every cell (and is preferred to 0.3, found as well)
+    assert score.ap == 1.0 and score.threshold == 0.4 and score.min_size == 4
+    assert score.iou == 0.0  # foreground IoU at 0.5 sees nothing
+    fixed = score_network(net, tiles, torch.device("cpu"), gap=0, min_sizes=[4], thresholds=[0.5])
+    assert fixed.ap == 0.0 and fixed.threshold == 0.5
+
+
+def test_minimum_size_is_chosen_on_the_held_out_cells():
+    labels = _cells()
+    prob = np.where(labels > 0, 0.9, 0.05)
+    prob[40:43, 36:39] = 0.9  # a 9-pixel false positive inside the block
+    tiles = _tiles(prob, labels)
+    net = _ProbabilityNet()
+    score = score_network(net, tiles, torch.device("cpu"), gap=0, min_sizes=[5, 2, 10])
+    assert score.ap == 1.0 and score.min_size == 10 and score.threshold == THRESHOLDS[0]
+    score = score_network(net, tiles, torch.device("cpu"), gap=0, min_sizes=[5])
+    assert score.ap < 1.0  # three cells and one false positive in the block
+
+
+def test_checkpoints_rank_by_instances_then_pixels():
+    a, b = ValidationScore(iou=0.9, ap=0.5), ValidationScore(iou=0.7, ap=0.6)
+    assert a.key("ap") < b.key("ap") and a.key("iou") > b.key("iou")
+    assert ValidationScore(0.8, 0.6).key("ap") > ValidationScore(0.7, 0.6).key("ap")
+    assert ValidationScore(0.8, None).key("ap") == (0.8, -1.0)
+
+
+def test_min_size_candidates():
+    assert min_size_candidates(12, 16) == (12, 6, 24)
+    assert min_size_candidates(None, 16) == (16,)
+    assert min_size_candidates(1, 16) == (1, 2)
