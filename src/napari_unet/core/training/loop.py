@@ -4,9 +4,9 @@
 targets and border weights), holds part of the annotations out for validation when there are
 enough, and then runs one optimisation step per iteration, yielding a :class:`TrainEvent` after
 each. Its return value (``StopIteration.value``, or what :func:`run_training` returns) is the
-best model: the one with the best validation score when part of the annotations was held out,
-else the last one. A stop request (``stop.set()``) ends training before the next step and still
-returns a usable model.
+best model: the one with the best validation score when part of the annotations was held out
+(instance AP@0.5 after post-processing, :mod:`.validation`), else the last one. A stop request
+(``stop.set()``) ends training before the next step and still returns a usable model.
 
 One step: draw a batch of patches centred on annotated pixels (:class:`~napari_unet.core.
 training.data.PatchSampler`), augment it on the training device with one sampling grid
@@ -614,7 +614,10 @@ def train(
     -------
     TrainedModel
         The model with the best validation score (the last one without validation), on the
-        CPU in evaluation mode, ``training`` holding the settings and a summary of the run.
+        CPU in evaluation mode. Its ``training`` holds ``'settings'``, a ``'summary'`` of the
+        run, and the post-processing inference uses by default: ``'threshold'`` (probability,
+        chosen on the held-out part; 0.5 without one) and ``'min_size'`` (pixels, chosen there
+        among sizes learnt from the annotated cells).
 
     Raises
     ------
