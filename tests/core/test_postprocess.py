@@ -99,3 +99,11 @@ def test_foreground_without_a_confident_core_is_kept() -> None:
     assert labels.max() == 2 and labels[4, 4] == 1 and labels[4, 14] == 2
     with pytest.raises(ValueError, match="seed_threshold"):
         probabilities_to_labels(prob, threshold=0.5, seed_threshold=0.4)
+
+
+def test_postprocessing_defaults_come_from_the_model() -> None:
+    from napari_unet.core.inference import postprocessing_defaults
+
+    assert postprocessing_defaults({"threshold": 0.3, "min_size": 7}) == (0.3, 7)
+    assert postprocessing_defaults({"threshold": 0.3}, 0.55, 3) == (0.55, 3)
+    assert postprocessing_defaults({}) == (0.5, DEFAULT_MIN_SIZE)

@@ -258,3 +258,14 @@ def test_folder_choices_that_do_not_work(viewer, seg, threshold_model, notes, tm
     assert seg.run_folder() is False  # an empty folder
     assert "no image in folder" in notes.messages("error")[-1]
     assert not seg.busy
+
+
+def test_threshold_and_min_size_come_from_the_model(viewer, seg, threshold_model, cells):
+    viewer.add_image(cells[0], name="cells")
+    model = threshold_model()
+    model.training = {**model.training, "threshold": 0.35, "min_size": 42}
+    _model(viewer, model)
+    assert seg.threshold.value == pytest.approx(0.35)
+    assert seg.min_size.value == 42
+    seg.threshold.value = 0.6  # the user's choice wins until the model changes
+    assert seg._plan()["params"]["threshold"] == pytest.approx(0.6)

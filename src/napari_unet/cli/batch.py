@@ -78,10 +78,10 @@ class PredictSettings:
         ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or ``'mps'``.
     tta : bool
         Test-time augmentation.
-    threshold : float
-        Foreground where the probability exceeds this.
+    threshold : float, optional
+        Foreground where the probability exceeds this; None: the model's (else 0.5).
     min_size : int, optional
-        Objects smaller than this are dropped; None: the model's.
+        Objects smaller than this are dropped; None: the model's (else 16).
     """
 
     channel_axis: int | None = None
@@ -90,7 +90,7 @@ class PredictSettings:
     batch_size: int | None = None
     device: str = "auto"
     tta: bool = False
-    threshold: float = 0.5
+    threshold: float | None = None
     min_size: int | None = None
 
 
@@ -418,7 +418,7 @@ def plan_file(model: Any, target: Target, settings: PredictSettings) -> FileJob:
         If the image cannot be read or does not suit the model.
     """
     from napari_unet.cli.files import open_image
-    from napari_unet.core.inference import DEFAULT_MIN_SIZE, prediction_plan
+    from napari_unet.core.inference import postprocessing_defaults, prediction_plan
     from napari_unet.core.layout import image_layout
 
     image = open_image(target.source)
@@ -442,11 +442,11 @@ def plan_file(model: Any, target: Target, settings: PredictSettings) -> FileJob:
         device=settings.device,
         **layout,
     )
-    min_size = settings.min_size
-    if min_size is None:
-        min_size = int(model.training.get("min_size", DEFAULT_MIN_SIZE))
+    threshold, min_size = postprocessing_defaults(
+        model.training, settings.threshold, settings.min_size
+    )
     options = {**layout, "device": settings.device, "tta": settings.tta}
-    return FileJob(model, target, image, plan, options, settings.threshold, min_size)
+    return FileJob(model, target, image, plan, options, threshold, min_size)
 
 
 @contextmanager

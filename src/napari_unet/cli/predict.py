@@ -143,8 +143,8 @@ def _add_labelling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threshold",
         type=float,
-        default=0.5,
-        help="foreground where the probability exceeds this (default: 0.5)",
+        help="foreground where the probability exceeds this (default: the model's, chosen on "
+        "its validation part, else 0.5)",
     )
     parser.add_argument(
         "--min-size",
@@ -175,7 +175,7 @@ def _check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name} must be a positive integer, got {value}")
-    if not 0.0 <= args.threshold < 1.0:
+    if args.threshold is not None and not 0.0 <= args.threshold < 1.0:
         raise UsageError(f"--threshold must be in [0, 1), got {args.threshold}")
     if args.min_size is not None and args.min_size < 0:
         raise UsageError(f"--min-size must be 0 or more, got {args.min_size}")

@@ -105,9 +105,11 @@ class SegmentWidget(ViewerWidget):
         Input tile edge in pixels, halo included (0: chosen automatically from the memory at
         hand). Results do not depend on it.
     threshold : float
-        Foreground probability above which a pixel belongs to a cell.
+        Foreground probability above which a pixel belongs to a cell. Set from the model when
+        it is chosen (training picks it on the held-out annotations); change it to override.
     min_size : int
-        Objects smaller than this many pixels are dropped.
+        Objects smaller than this many pixels are dropped. Set from the model when it is chosen
+        (learnt from the annotated cells' sizes); change it to override.
     tta : bool
         Test-time augmentation: average over the 8 flips and rotations (8x slower, smoother).
     scope : str
@@ -617,6 +619,7 @@ class SegmentWidget(ViewerWidget):
             return
         from_file = self.model_source.value == "file"
         self.model_file.visible = from_file
+        self._apply_model_defaults()
         if from_file:
             self.model_info.value = ""
             self.model_info.visible = False
@@ -628,6 +631,18 @@ class SegmentWidget(ViewerWidget):
             if current is None
             else f"Model: {current.description}"
         )
+
+    def _apply_model_defaults(self) -> None:
+        """Threshold and minimum size from the chosen model (chosen on its validation part)."""
+        from napari_unet.core.inference import postprocessing_defaults
+
+        try:
+            model = self._model()
+        except ValueError:
+            return  # no model yet, or an unreadable file: Run will say so
+        threshold, min_size = postprocessing_defaults(model.training)
+        self.threshold.value = threshold
+        self.min_size.value = min_size
 
     def _set_busy(self, busy: bool) -> None:
         self.run_button.enabled = not busy

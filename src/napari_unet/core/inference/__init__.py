@@ -13,7 +13,13 @@
 
 from .engine import Cancelled
 from .plan import Plan
-from .postprocess import DEFAULT_MIN_SIZE, StackLabeller, probabilities_to_labels
+from .postprocess import (
+    DEFAULT_MIN_SIZE,
+    DEFAULT_THRESHOLD,
+    StackLabeller,
+    postprocessing_defaults,
+    probabilities_to_labels,
+)
 from .predict import (
     SliceLabels,
     predict_probabilities,
@@ -27,11 +33,13 @@ from .runner import foreground_probability
 
 __all__ = [
     "DEFAULT_MIN_SIZE",
+    "DEFAULT_THRESHOLD",
     "Cancelled",
     "Plan",
     "SliceLabels",
     "StackLabeller",
     "foreground_probability",
+    "postprocessing_defaults",
     "predict_probabilities",
     "predict_region",
     "predict_whole",

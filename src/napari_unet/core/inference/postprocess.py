@@ -21,10 +21,59 @@ from skimage.segmentation import watershed
 
 from ..targets import grow_instances
 
-__all__ = ["DEFAULT_MIN_SIZE", "StackLabeller", "probabilities_to_labels"]
+__all__ = [
+    "DEFAULT_MIN_SIZE",
+    "DEFAULT_THRESHOLD",
+    "StackLabeller",
+    "postprocessing_defaults",
+    "probabilities_to_labels",
+    "seeded_instances",
+]
 
 #: Objects of fewer pixels than this are dropped unless the caller or the model says otherwise.
 DEFAULT_MIN_SIZE = 16
+#: Foreground threshold for models that did not choose one on validation.
+DEFAULT_THRESHOLD = 0.5
+
+
+def postprocessing_defaults(
+    training: dict, threshold: float | None = None, min_size: int | None = None
+) -> tuple[float, int]:
+    """The threshold and minimum size to use: the caller's, else the model's, else the defaults.
+
+    Training chooses both on the held-out part of the annotations by instance AP and stores them
+    in the model (``model.training['threshold']`` and ``['min_size']``).
+
+    Parameters
+    ----------
+    training : dict
+        The model's training record (``TrainedModel.training``).
+    threshold : float, optional
+        The caller's threshold, if any.
+    min_size : int, optional
+        The caller's minimum size, if any.
+
+    Returns
+    -------
+    threshold : float
+        Foreground threshold.
+    min_size : int
+        Smallest object kept, in pixels.
+
+    Examples
+    --------
+    >>> postprocessing_defaults({"threshold": 0.4, "min_size": 30})
+    (0.4, 30)
+    >>> postprocessing_defaults({"threshold": 0.4}, threshold=0.6, min_size=5)
+    (0.6, 5)
+    >>> postprocessing_defaults({})
+    (0.5, 16)
+    """
+    if threshold is None:
+        threshold = float(training.get("threshold", DEFAULT_THRESHOLD))
+    if min_size is None:
+        min_size = int(training.get("min_size", DEFAULT_MIN_SIZE))
+    return float(threshold), int(min_size)
 
 
 def probabilities_to_labels(

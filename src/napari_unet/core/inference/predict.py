@@ -55,7 +55,7 @@ from ..normalize import check_finite, normalize_image, percentile_range
 from ..progress import Step, run_to_end
 from .engine import TileEngine
 from .plan import Plan, make_plan
-from .postprocess import DEFAULT_MIN_SIZE, StackLabeller
+from .postprocess import StackLabeller, postprocessing_defaults
 from .runner import (
     NetworkRunner,
     cudnn_benchmark,
@@ -484,7 +484,7 @@ def segment(
     model: TrainedModel,
     image: Any,
     *,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     min_size: int | None = None,
     channel_axis: int | None = None,
     rgb: bool = False,
@@ -511,8 +511,10 @@ def segment(
         The network, its normalisation and its gap.
     image : array-like
         As for :func:`predict_probabilities`.
-    threshold : float
-        Foreground where the probability exceeds this (in ``[0, 1)``).
+    threshold : float, optional
+        Foreground where the probability exceeds this (in ``[0, 1)``). Default:
+        ``model.training['threshold']`` (chosen on the held-out annotations) when the model
+        holds one, else 0.5.
     min_size : int, optional
         Objects of fewer pixels (after growing) are dropped. Default:
         ``model.training['min_size']`` when the model holds one, else
@@ -545,8 +547,7 @@ def segment(
     src, plan, runner = _prepare(
         model, image, channel_axis, rgb, tile, batch_size, device, tta, precision
     )
-    if min_size is None:
-        min_size = int(model.training.get("min_size", DEFAULT_MIN_SIZE))
+    threshold, min_size = postprocessing_defaults(model.training, threshold, min_size)
     out = _output(out, plan.shape, np.int32, "out")
     if probabilities_out is not None:
         _check_out(probabilities_out, plan.shape, "probabilities_out")
