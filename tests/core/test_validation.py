@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from napari_unet.core.model import UNetConfig
+from napari_unet.core.training import validation
 from napari_unet.core.training.data import prepare_samples
 from napari_unet.core.training.validation import (
     THRESHOLDS,
@@ -42,7 +43,8 @@ def _cells():
     return labels
 
 
-def test_under_confident_network_gets_a_lower_threshold():
+def test_under_confident_network_gets_a_lower_threshold(monkeypatch):
+    monkeypatch.setattr(validation, "MIN_TUNING_CELLS", 3)
     labels = _cells()
     prob = np.full(labels.shape, 0.05)
     prob[labels > 0] = 0.45  # every cell below 0.5
@@ -54,9 +56,15 @@ def test_under_confident_network_gets_a_lower_threshold():
     assert score.iou == 0.0  # foreground IoU at 0.5 sees nothing
     fixed = score_network(net, tiles, torch.device("cpu"), gap=0, min_sizes=[4], thresholds=[0.5])
     assert fixed.ap == 0.0 and fixed.threshold == 0.5
+    # too few held-out cells to choose on: the preferred threshold is kept
+    assert tiles.n_cells == 3
+    monkeypatch.setattr(validation, "MIN_TUNING_CELLS", 4)
+    kept = score_network(net, tiles, torch.device("cpu"), gap=0, min_sizes=[4, 2])
+    assert (kept.ap, kept.threshold, kept.min_size) == (0.0, 0.5, 4)
 
 
-def test_minimum_size_is_chosen_on_the_held_out_cells():
+def test_minimum_size_is_chosen_on_the_held_out_cells(monkeypatch):
+    monkeypatch.setattr(validation, "MIN_TUNING_CELLS", 3)
     labels = _cells()
     prob = np.where(labels > 0, 0.9, 0.05)
     prob[40:43, 36:39] = 0.9  # a 9-pixel false positive inside the block

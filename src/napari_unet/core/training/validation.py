@@ -28,6 +28,7 @@ from .data import AnnotatedImage, TargetSpec, pad2d
 from .metrics import window_counts
 
 __all__ = [
+    "MIN_TUNING_CELLS",
     "THRESHOLDS",
     "VIEW_MARGIN",
     "ValidationScore",
@@ -45,6 +46,9 @@ THRESHOLDS = (0.5, 0.4, 0.6, 0.3, 0.7)
 #: Pixels of network output kept around a held-out block for its instances (cells cut by the
 #: block's edge are matched whole).
 VIEW_MARGIN = 32
+#: Fewer held-out cells than this are too few to choose the post-processing on: the preferred
+#: threshold and minimum size are kept (the checkpoint is still chosen by their AP).
+MIN_TUNING_CELLS = 10
 
 
 def validation_block(out_size: int, grid: int) -> int:
@@ -200,6 +204,13 @@ class ValidationTiles:
     labels: np.ndarray | None = None
     window: np.ndarray | None = None
     margin: int = 0
+
+    @property
+    def n_cells(self) -> int:
+        """Held-out cells that are scored (at least half inside a block's annotated pixels)."""
+        if self.labels is None or self.window is None:
+            return 0
+        return sum(window_counts(t, t, w)[0] for t, w in zip(self.labels, self.window, strict=True))
 
 
 def validation_tiles(
@@ -413,7 +424,8 @@ def score_network(
     -------
     ValidationScore
         IoU, and the best AP with the threshold and minimum size that reached it (the first
-        in order of preference among equals).
+        in order of preference among equals). With fewer than :data:`MIN_TUNING_CELLS`
+        held-out cells only the preferred (first) threshold and minimum size are tried.
     """
     prob = predict_tiles(net, tiles, device, amp, channels_last)
     block = tiles.classes.shape[-1]
@@ -429,6 +441,8 @@ def score_network(
         return ValidationScore(iou, None, 0.5, min_sizes[0] if min_sizes else None)
     v0, v1 = o - tiles.margin, o + block + tiles.margin
     views = prob[:, v0:v1, v0:v1]
+    if tiles.n_cells < MIN_TUNING_CELLS:
+        thresholds, min_sizes = thresholds[:1], min_sizes[:1]
     best = ValidationScore(iou, -1.0)
     for threshold in thresholds:
         for min_size in min_sizes:
