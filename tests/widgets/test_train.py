@@ -278,3 +278,26 @@ def test_controls_come_from_train_settings(train_widget) -> None:
     widget.iterations.value = 0
     settings = widget.settings()
     assert settings.seed == 7 and settings.iterations is None and settings.optimizer == "adam"
+
+
+def test_widget_trains_as_core_does(viewer, train_widget, tiny_model, wait_idle, cells) -> None:
+    """Same inputs and seed: the widget and core ``train`` give the same losses and weights."""
+    from napari_unet.core.progress import run_to_end
+    from napari_unet.core.training import train
+
+    image, labels = cells
+    start = _use_tiny(viewer, tiny_model)
+    widget = train_widget
+    widget.iterations.value = 4
+    settings = widget.settings()
+    assert widget.train(fine_tune=True)
+    wait_idle(widget)
+    trained = session_for(viewer).model
+    losses: list[float] = []
+    reference = run_to_end(
+        train(image, labels, settings=settings, model=start.copy()),
+        lambda event: losses.append(event.loss),
+    )
+    assert [v for _, v in widget.plot.loss] == losses and len(losses) == 4
+    for name, value in reference.net.state_dict().items():
+        assert torch.equal(trained.net.state_dict()[name], value), name

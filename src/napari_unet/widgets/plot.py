@@ -48,17 +48,20 @@ class LossPlot(QWidget):
         self.validation.clear()
         self.update()
 
-    def add_loss(self, iteration: int, loss: float) -> None:
-        """Append one loss value; non-finite values are skipped."""
+    def add_loss(self, iteration: int, loss: float, redraw: bool = True) -> None:
+        """Append one loss value (non-finite values are skipped); ``redraw=False``: leave the
+        redraw to a later :meth:`update`."""
         if math.isfinite(loss):
             self.loss.append((int(iteration), float(loss)))
-            self.update()
+            if redraw:
+                self.update()
 
-    def add_validation(self, iteration: int, score: float) -> None:
-        """Append one validation score (0-1); non-finite values are skipped."""
+    def add_validation(self, iteration: int, score: float, redraw: bool = True) -> None:
+        """Append one validation score (0-1; non-finite values are skipped)."""
         if math.isfinite(score):
             self.validation.append((int(iteration), float(score)))
-            self.update()
+            if redraw:
+                self.update()
 
     # -- drawing --------------------------------------------------------------------------------
     def paintEvent(self, event: object) -> None:

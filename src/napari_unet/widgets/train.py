@@ -1,25 +1,29 @@
 """The Train widget: train a U-Net on the cells painted in a Labels layer, and keep the model.
 
 Training runs in a napari thread worker; every iteration comes back to the main thread as a
-:class:`~napari_unet.core.training.TrainEvent`, which moves the progress bar in napari's activity
-dock and the live loss plot. The annotation layer is only read (a copy is taken when Train is
-pressed, so painting on during training changes nothing in flight).
+:class:`~napari_unet.core.training.TrainEvent`. The events are recorded as they come, and the
+status line, the live loss plot and the widget's progress bar are redrawn twice a second: every
+redraw of a napari window is composited with OpenGL, which on a machine without a GPU (software
+rendering, e.g. under Xvfb or remote desktops) costs tens of milliseconds of CPU that training
+then lacks. For the same reason training shows its progress in the widget rather than in
+napari's activity dock, whose animated "in progress" indicator redraws the window continuously
+(measured: 0.6 of a CPU core under Xvfb). The annotation layer is only read (a copy is taken
+when Train is pressed, so painting on during training changes nothing in flight).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox
+from magicgui.widgets import ComboBox, ProgressBar
 from napari.layers import Image, Labels, Shapes
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
+from qtpy.QtCore import QTimer
 
 from napari_unet.widgets.controls import (
     SettingsForm,
@@ -50,6 +54,8 @@ logger = logging.getLogger(__name__)
 CHANNEL_CHOICES = [("none", None), ("axis 0", 0), ("axis 1", 1)]
 #: steps of the progress bar of a run limited by time only
 PROGRESS_STEPS = 1000
+#: milliseconds between redraws of the status, plot and progress bar while training
+REFRESH_MS = 500
 TRAIN_TIP = "Train a new network on the annotation with the settings above."
 AGAIN_TIP = (
     "Fine-tune the session's model on the current annotations (after correcting a "
@@ -118,11 +124,15 @@ class TrainWidget(ViewerWidget):
         self.extra_settings: dict[str, Any] = {}
         self._session = session_for(viewer)
         self._job: Job | None = None
-        self._pbar: Any = None
+        self._refresh_timer = QTimer()
+        self._refresh_timer.setInterval(REFRESH_MS)
+        self._refresh_timer.timeout.connect(self._refresh)
         self._fine_tune = self._stopped_by_user = False
         self._last_event: Any = None
+        self._shown = True
         self._result: Any = None
-        self._preset = TrainSettings().preset
+        self._preset = TrainSettings().preset  # the preset the controls show
+        self._run_settings: Any = None
 
         self.image = layer_picker(viewer, "image", (Image,))
         self.channels = ComboBox(name="channels", choices=CHANNEL_CHOICES, value=None)
@@ -141,6 +151,7 @@ class TrainWidget(ViewerWidget):
         self.again_button = push_button("again_button", "Train again", AGAIN_TIP, self._on_again)
         self.stop_button = push_button("stop_button", "Stop", STOP_TIP, self.stop)
         self.status = message("status", "Paint cells in a Labels layer, then Train.")
+        self.progress_bar = ProgressBar(name="progress_bar", value=0, min=0, max=1, visible=False)
         self.plot = LossPlot()
         self.model_info = message("model_info", "")
         self.save_button = push_button("save_button", "Save model…", SAVE_TIP, self._on_save)
@@ -158,6 +169,7 @@ class TrainWidget(ViewerWidget):
                 collapsible("advanced", "Advanced settings", self.advanced_form.rows),
                 button_row(self.train_button, self.again_button, self.stop_button),
                 self.status,
+                self.progress_bar,
                 qt_box("plot", self.plot),
                 self.model_info,
                 button_row(self.save_button, self.load_button, name="model_buttons"),
@@ -212,12 +224,14 @@ class TrainWidget(ViewerWidget):
             show_error(str(exc))
             return False
         self._fine_tune = fine_tune
-        self._preset = settings.preset
+        self._run_settings = settings
         self._stopped_by_user = False
         self._last_event = None
         self.plot.clear()
         total = settings.iterations or (PROGRESS_STEPS if settings.minutes else 0)
-        self._pbar = progress(total=total, desc="Training U-Net")
+        self.progress_bar.max = max(total, 1)
+        self.progress_bar.value = 0
+        self.progress_bar.visible = bool(total)
         self._job = Job(
             _train_job,
             image,
@@ -229,10 +243,10 @@ class TrainWidget(ViewerWidget):
             on_return=self._on_return,
             on_finish=self._on_finish,
         )
-        self._started = time.monotonic()
         self.status.value = "Starting…"
         self._set_busy(True)
         self._job.start()
+        self._refresh_timer.start()
         return True
 
     def stop(self, *_args: Any) -> None:
@@ -349,33 +363,40 @@ class TrainWidget(ViewerWidget):
 
     # -- worker callbacks (main thread) --------------------------------------------------------
     def _on_event(self, event: Any) -> None:
+        """Record an event; the next :meth:`_refresh` shows it (a redraw per step is costly)."""
         self._last_event = event
         if not self.alive:
             return
-        self.plot.add_loss(event.iteration, event.loss)
+        self.plot.add_loss(event.iteration, event.loss, redraw=False)
         if event.validation is not None:
-            self.plot.add_validation(event.iteration, event.validation)
+            self.plot.add_validation(event.iteration, event.validation, redraw=False)
+        self._shown = False
+
+    def _refresh(self) -> None:
+        """Show the latest event: status line, plot, progress bar and device."""
+        event = self._last_event
+        if event is None or self._shown or not self.alive:
+            return
+        self._shown = True
         of = f"/{event.iterations}" if event.iterations else ""
         text = (
             f"Iteration {event.iteration}{of} · loss {event.loss:.4f} · "
             f"{event.samples_per_second:.1f} samples/s · {event.elapsed:.0f} s"
         )
-        if event.validation is not None:
-            text += f" · validation {event.validation:.3f}"
+        if event.best_validation is not None:
+            text += f" · best validation {event.best_validation:.3f}"
         if self._job is not None and self._job.stopping:
             text = "Stopping after this step… " + text
         self.status.value = text
         if event.device:
             self.device_readout.value = f"Running on: {event.device}"
-        pbar = self._pbar
-        if pbar is not None and pbar.total:  # last: the bar may process events right here
-            if event.iterations:
-                done = event.iteration
-            else:
-                done = int(PROGRESS_STEPS * (event.progress or 0.0))
-            pbar.update(max(min(done, pbar.total) - pbar.n, 0))
+        self.plot.update()
+        if self.progress_bar.visible:
+            done = event.iteration if event.iterations else PROGRESS_STEPS * (event.progress or 0)
+            self.progress_bar.value = min(int(done), self.progress_bar.max)
 
     def _on_return(self, result: Any) -> None:
+        self._refresh()  # the last step, before the summary replaces it
         if isinstance(result, Failure):
             self._result = None
             notify_error("Training failed", result.error)
@@ -399,8 +420,9 @@ class TrainWidget(ViewerWidget):
         score = summary.get("validation")
         validation = f", validation IoU {score:.3f}" if isinstance(score, float) else ""
         source = "fine-tuned" if self._fine_tune else "trained"
-        what = "" if self._fine_tune else f" ({self._preset} preset)"
-        description = f"{source} here{what}: {n} iterations{loss}{validation}"
+        what = "" if self._fine_tune else f" ({self._run_settings.preset} preset)"
+        seed = f", seed {summary['seed']}" if "seed" in summary else ""
+        description = f"{source} here{what}: {n} iterations{loss}{validation}{seed}"
         self._session.set_model(model, source, description)
         self._result = model
         if n == 0:
@@ -415,10 +437,11 @@ class TrainWidget(ViewerWidget):
         self.status.value = f"Done: {description}."
 
     def _on_finish(self) -> None:
+        self._refresh_timer.stop()
+        self._shown = True
         job, self._job = self._job, None
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
+        if self.alive:
+            self.progress_bar.visible = False
         result = getattr(self, "_result", None)
         self._result = None
         if job is not None and job.aborted:
