@@ -24,7 +24,7 @@ def check_gap(gap: object) -> int:
 def _other_instance_within(labels: np.ndarray, radius: int) -> np.ndarray:
     """True where a chessboard window of ``radius`` holds two different instances or, on an
     instance pixel, an instance other than the pixel's own. ``labels`` from
-    :func:`~napari_unet.core.labels.as_work_labels`."""
+    :func:`~napari_unet.core.targets.labels.as_work_labels`."""
     size = 2 * radius + 1
     big = int(labels.max()) + 1  # exact in float64 (scipy filters pass cval as a double)
     hi = ndi.maximum_filter(labels, size=size, mode="constant", cval=0)

@@ -2,7 +2,7 @@
 
 :class:`BorderWeightMap` keeps its own copy of the labels and the unit border term and, after an
 edit, recomputes only around the changed pixels (boxes grown by the border radius), with the
-same result as a full recompute (:func:`napari_unet.core.weights.border_weight_map`).
+same result as a full recompute (:func:`napari_unet.core.targets.border_weight_map`).
 """
 
 from __future__ import annotations
@@ -126,8 +126,8 @@ class BorderWeightMap:
       only reassembles the map (no distance transforms); changing ``sigma`` recomputes it all.
 
     With ``gap > 0`` the map is that of the labels after :func:`cut_gap`, i.e. the weights that
-    :func:`~napari_unet.core.weights.training_targets` with the same ``gap`` gives; with
-    ``gap = 0`` it is :func:`~napari_unet.core.weights.border_weight_map` of the labels as they
+    :func:`~napari_unet.core.targets.training_targets` with the same ``gap`` gives; with
+    ``gap = 0`` it is :func:`~napari_unet.core.targets.border_weight_map` of the labels as they
     are.
 
     A stack is a set of independent 2D images: keep one object per slice.
@@ -147,7 +147,7 @@ class BorderWeightMap:
 
     Examples
     --------
-    >>> from napari_unet.core.weights import border_weight_map
+    >>> from napari_unet.core.targets import border_weight_map
     >>> labels = np.zeros((64, 64), np.int32)
     >>> labels[10:20, 10:20] = 1
     >>> live = BorderWeightMap(labels)
@@ -363,8 +363,8 @@ def update_border_weights(
     """Bring a :class:`BorderWeightMap` up to date with edited labels and return the map.
 
     Only the boxes the changed labels touch are recomputed; the result equals
-    :func:`~napari_unet.core.weights.border_weight_map` of the new labels (of their
-    :func:`~napari_unet.core.gap.cut_gap` when the state has a gap).
+    :func:`~napari_unet.core.targets.border_weight_map` of the new labels (of their
+    :func:`~napari_unet.core.targets.gap.cut_gap` when the state has a gap).
 
     Parameters
     ----------

@@ -15,8 +15,8 @@ its bounding box grown by that radius and folded into running nearest / second-n
 (memory O(pixels)); on 1024 x 1024 with 500 cells this costs about one full-image distance
 transform (``bench/bench_weights.py``).
 
-:func:`napari_unet.core.weights.border_weight_map` and
-:class:`napari_unet.core.weights_live.BorderWeightMap` put the terms together.
+:func:`napari_unet.core.targets.border_weight_map` and
+:class:`napari_unet.core.targets.live.BorderWeightMap` put the terms together.
 """
 
 from __future__ import annotations

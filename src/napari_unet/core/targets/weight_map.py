@@ -1,4 +1,4 @@
-"""Border-weight maps and training targets; the public face of the weight code.
+"""Border-weight maps and training targets.
 
 The weight map follows Ronneberger et al. (2015), eq. 2::
 
@@ -13,15 +13,16 @@ Training targets cut a gap between touching instances (:func:`touching_gap`, :fu
 so that touching cells come out as separate components; post-processing grows the predicted
 instances back with :func:`grow_instances`, the same definition of the gap run backwards.
 
-The code lives in small modules, and every name is importable from here:
+The code lives in small modules of :mod:`napari_unet.core.targets`, which exports every public
+name:
 
-* :mod:`napari_unet.core.labels`: :func:`check_labels`, :func:`check_region`;
-* :mod:`napari_unet.core.gap`: :func:`touching_gap`, :func:`cut_gap`, :func:`grow_instances`;
-* :mod:`napari_unet.core.weight_terms`: the two terms of eq. 2 (:func:`class_weights`, the
-  border term cut off at :func:`border_radius`, ``~4.8 sigma``, which keeps it about as cheap
-  as one full-image distance transform; ``bench/bench_weights.py``);
-* :mod:`napari_unet.core.weights_live`: :class:`BorderWeightMap` keeps a map live while
-  labels are painted, recomputing only around the edits (:func:`update_border_weights`);
+* :mod:`.labels`: :func:`check_labels`, :func:`check_region`, :func:`split_components`;
+* :mod:`.gap`: :func:`touching_gap`, :func:`cut_gap`, :func:`grow_instances`;
+* :mod:`.terms`: the two terms of eq. 2 (:func:`class_weights`, the border term cut off at
+  :func:`border_radius`, ``~4.8 sigma``, which keeps it about as cheap as one full-image
+  distance transform; ``bench/bench_weights.py``);
+* :mod:`.live`: :class:`BorderWeightMap` keeps a map live while labels are painted,
+  recomputing only around the edits (:func:`update_border_weights`);
 * here: :func:`border_weight_map`, :func:`border_weight_stack`, :func:`training_targets`.
 """
 

@@ -312,7 +312,7 @@ def augment_batch(
     images : torch.Tensor
         float ``(N, C, H, W)`` normalised image patches, with context around the output.
     classes : torch.Tensor
-        ``(N, H, W)`` target classes (uint8 or integer; :data:`~napari_unet.core.weights.IGNORE`
+        ``(N, H, W)`` target classes (uint8 or integer; :data:`~napari_unet.core.targets.IGNORE`
         marks unannotated pixels).
     weights : torch.Tensor
         float ``(N, H, W)`` loss weights.
