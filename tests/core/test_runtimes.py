@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
+from napari_unet.core.inference import predict_probabilities, predict_whole, segment
 from napari_unet.core.inference import runtimes as rt
 from napari_unet.core.inference.runner import NetworkRunner, is_out_of_memory, make_runner
 from napari_unet.core.model import TrainedModel, UNet, UNetConfig
+from napari_unet.core.progress import run_to_end
 
 ATOL = 1e-4
 CPU = torch.device("cpu")
@@ -226,3 +230,120 @@ def test_release_memory_keeps_results(runtime, padding):
         network.release_memory()
         after = network(x)
     assert torch.equal(before, after)
+
+
+# -- behind the tile engine -------------------------------------------------------------------
+
+
+def _image(shape: tuple[int, ...], seed: int = 1) -> np.ndarray:
+    return (np.random.default_rng(seed).random(shape) * 1000).astype(np.uint16)
+
+
+def _tile(model: TrainedModel, stride: int) -> int:
+    return model.config.admissible_size(2 * model.config.halo + stride)
+
+
+@pytest.mark.parametrize("runtime", INSTALLED)
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_tiled_graph_equals_one_torch_pass(runtime, padding):
+    model = _model(padding)
+    image = _image((2, 37, 53))
+    for tta in (False, True):
+        whole = [predict_whole(model, im, device="cpu", tta=tta, runtime="torch") for im in image]
+        for tile, batch in ((_tile(model, 12), 3), (None, None)):
+            tiled = run_to_end(
+                predict_probabilities(
+                    model,
+                    image,
+                    tile=tile,
+                    batch_size=batch,
+                    device="cpu",
+                    tta=tta,
+                    runtime=runtime,
+                )
+            )
+            np.testing.assert_allclose(tiled, np.stack(whole), atol=ATOL, rtol=0)
+        one = predict_whole(model, image[0], device="cpu", tta=tta, runtime=runtime)
+        np.testing.assert_allclose(one, whole[0], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("runtime", INSTALLED)
+def test_segment_with_a_graph_runtime(runtime):
+    model = _model("same", in_channels=2, n_classes=3)
+    image = _image((2, 40, 36))
+    args = {"channel_axis": 0, "tile": _tile(model, 12), "device": "cpu"}
+    expected = run_to_end(segment(model, image, runtime="torch", **args))
+    labels = run_to_end(segment(model, image, runtime=runtime, **args))
+    probs = run_to_end(predict_probabilities(model, image, runtime=runtime, **args))
+    reference = run_to_end(predict_probabilities(model, image, runtime="torch", **args))
+    np.testing.assert_allclose(probs, reference, atol=ATOL, rtol=0)
+    assert labels.shape == expected.shape == (40, 36)
+    assert labels.max() > 0
+    np.testing.assert_array_equal(labels, expected)  # no probability lies within ATOL of a cut
+
+
+def test_auto_runs_the_default_graph_on_the_cpu():
+    model = _model()
+    runner = make_runner(model, CPU, False, "auto")
+    if rt.CPU_DEFAULT_RUNTIME in INSTALLED:
+        assert runner.runtime == rt.CPU_DEFAULT_RUNTIME
+        assert isinstance(runner.net, rt.ExportedNetwork)
+    assert make_runner(model, CPU, False, "auto", "torch").runtime == "torch"
+    assert make_runner(model, CPU, False, "bfloat16").runtime == "torch"
+    with pytest.raises(ValueError, match="float32 only"):
+        make_runner(model, CPU, False, "bfloat16", "onnxruntime")
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        run_to_end(predict_probabilities(model, _image((8, 8)), device="cpu", runtime="tvm"))
+
+
+def test_auto_runs_other_networks_in_torch():
+    class Custom(nn.Module):  # a forward that branches on values: an export would not follow
+        def __init__(self, config):
+            super().__init__()
+            self.config, self.head = config, nn.Conv2d(1, 2, 1)
+
+        def forward(self, x):
+            return self.head(x) if bool(x.mean() > 0) else -self.head(x)
+
+    model = TrainedModel(Custom(UNetConfig(depth=2, base_channels=4)))
+    assert make_runner(model, CPU, False, "auto").runtime == "torch"
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_predict_falls_back_to_torch_when_export_fails(padding, monkeypatch, caplog):
+    def broken(model):
+        raise RuntimeError("no exporter here")
+
+    monkeypatch.setattr(rt, "export_onnx", broken)
+    model = _model(padding)
+    image = _image((37, 53))
+    whole = predict_whole(model, image, device="cpu", runtime="torch")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            tiled = run_to_end(
+                predict_probabilities(
+                    model, image, tile=_tile(model, 12), device="cpu", runtime="onnxruntime"
+                )
+            )
+            np.testing.assert_allclose(tiled, whole, atol=ATOL, rtol=0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "running the network in torch: ONNX Runtime could not run it "
+        "(RuntimeError: no exporter here)"
+    ]
+
+
+@pytest.mark.parametrize("runtime", INSTALLED)
+def test_one_export_for_two_predictions(runtime, monkeypatch):
+    calls = []
+    export = rt.export_onnx
+    monkeypatch.setattr(rt, "export_onnx", lambda model: calls.append(1) or export(model))
+    model = _model("valid")
+    first = run_to_end(
+        predict_probabilities(model, _image((30, 41)), device="cpu", runtime=runtime)
+    )
+    other = run_to_end(
+        predict_probabilities(model, _image((2, 64, 50)), tile=96, device="cpu", runtime=runtime)
+    )
+    assert first.shape == (30, 41) and other.shape == (2, 64, 50)
+    assert len(calls) == 1

@@ -7,6 +7,8 @@
 - :mod:`.plan`: :class:`Plan`, the tile shape and batch size for an image on a device.
 - :mod:`.source`: lazy reads of an image as 2D multichannel slices.
 - :mod:`.runner`: the network on a device (eval copy, precision, TTA, out-of-memory test).
+- :mod:`.runtimes`: where the network runs: torch, or on the CPU a graph exported to ONNX
+  Runtime or OpenVINO (cached per model content, torch fallback).
 - :mod:`.engine`: the tile loop with its reader thread and out-of-memory fallback.
 - :mod:`.postprocess`: probabilities -> instance labels, unique across a stack.
 """
@@ -30,14 +32,18 @@ from .predict import (
     slice_normalization,
 )
 from .runner import foreground_probability
+from .runtimes import RUNTIMES, available_runtimes, describe_runtime
 
 __all__ = [
     "DEFAULT_MIN_SIZE",
     "DEFAULT_THRESHOLD",
+    "RUNTIMES",
     "Cancelled",
     "Plan",
     "SliceLabels",
     "StackLabeller",
+    "available_runtimes",
+    "describe_runtime",
     "foreground_probability",
     "postprocessing_defaults",
     "predict_probabilities",

@@ -201,16 +201,19 @@ class TileEngine:
         total over the unfinished slices. Closing the generator stops the reader thread.
         """
         remaining = list(slices)
-        while remaining:
-            finished: list[int] = []
-            try:
-                yield from self._run_once(remaining, write, finished)
-                return
-            except Exception as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                remaining = [z for z in remaining if z not in set(finished)]
-                self._shrink(exc)
+        try:
+            while remaining:
+                finished: list[int] = []
+                try:
+                    yield from self._run_once(remaining, write, finished)
+                    return
+                except Exception as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    remaining = [z for z in remaining if z not in set(finished)]
+                    self._shrink(exc)
+        finally:
+            self.runner.release_memory()
 
     def _shrink(self, exc: BaseException) -> None:
         if self.plan.device.type == "cuda":
@@ -249,11 +252,12 @@ class TileEngine:
         plan = self.plan
         items = [(z, iy, ix) for z in slices for iy, ix in plan.layout.tiles(self.rows, self.cols)]
         logger.info(
-            "predicting %d tile(s) of %dx%d in batches of %d on %s",
+            "predicting %d tile(s) of %dx%d in batches of %d on %s (%s)",
             len(items),
             *plan.tile,
             plan.batch_size,
             plan.device,
+            self.runner.runtime,
         )
         tally = _Tally(items, finished)
         cuda = plan.device.type == "cuda"  # pinned host memory for fast copies to the device

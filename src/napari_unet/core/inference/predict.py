@@ -32,6 +32,7 @@ that many pixels), read in bands of at most that many pixels.
 
 The public functions live here; the machinery in the sibling modules: :mod:`.source` (lazy slice
 reads), :mod:`.runner` (the network on a device: precision, TTA, out-of-memory test),
+:mod:`.runtimes` (torch, or on the CPU an exported graph in ONNX Runtime or OpenVINO),
 :mod:`.plan` (tile shape and batch size from the memory at hand) and :mod:`.engine` (the reader
 thread, the tile loop with its out-of-memory fallback, :class:`Cancelled`).
 """
@@ -205,6 +206,7 @@ def predict_whole(
     device: str | torch.device = "auto",
     tta: bool = False,
     precision: str = "auto",
+    runtime: str = "auto",
 ) -> np.ndarray:
     """Foreground probability of one 2D image by one forward pass over the whole image.
 
@@ -231,6 +233,11 @@ def predict_whole(
         Mean over the 8 flips and 90-degree rotations of the padded image.
     precision : {'auto', 'float32', 'bfloat16'}
         ``'auto'``: bfloat16 autocast on CUDA, float32 elsewhere.
+    runtime : {'auto', 'torch', 'onnxruntime', 'openvino'}
+        Where the network runs: ``'auto'`` runs it on the CPU as a graph exported to ONNX
+        Runtime (or OpenVINO), exported once per model and session; torch elsewhere. If export
+        or the runtime fails, the network runs in torch (one logged warning says why). See
+        :mod:`~napari_unet.core.inference.runtimes`.
 
     Returns
     -------
@@ -249,9 +256,10 @@ def predict_whole(
     pad = ((0, 0), (halo, size[0] - src.h - halo), (halo, size[1] - src.w - halo))
     x = np.pad(x, pad, mode="reflect")
     dev = select_device(device)
-    run = make_runner(model, dev, tta, precision)
+    run = make_runner(model, dev, tta, precision, runtime)
     with torch.inference_mode(), cudnn_benchmark(dev):
         prob = run(torch.from_numpy(x)[None].to(dev))[0]
+    run.release_memory()
     crop = halo if config.padding == "same" else 0
     return prob[crop : crop + src.h, crop : crop + src.w].cpu().numpy()
 
@@ -312,13 +320,14 @@ def _prepare(
     device: str | torch.device,
     tta: bool,
     precision: str,
+    runtime: str,
 ) -> tuple[SliceSource, Plan, NetworkRunner]:
     src = SliceSource(image, channel_axis, rgb)
     config = _check_model(model, src)
     dev = select_device(device)
     autocast = resolve_precision(precision, dev)
     plan = make_plan(config, src, dev, tile, batch_size, autocast)
-    return src, plan, make_runner(model, dev, tta, precision)
+    return src, plan, make_runner(model, dev, tta, precision, runtime)
 
 
 def _check_out(out: Any, shape: tuple[int, ...], what: str) -> None:
@@ -344,6 +353,7 @@ def predict_probabilities(
     out: Any = None,
     stop: threading.Event | None = None,
     precision: str = "auto",
+    runtime: str = "auto",
 ) -> Generator[Step, None, Any]:
     """Foreground probability of a 2D image or a stack by exact overlap-tile inference.
 
@@ -368,6 +378,11 @@ def predict_probabilities(
     stop : threading.Event, optional
         Checked between batches of tiles; when set, :class:`Cancelled` is raised (tiles already
         written to ``out`` stay written).
+    runtime : {'auto', 'torch', 'onnxruntime', 'openvino'}
+        Where the network runs: ``'auto'`` runs it on the CPU as a graph exported to ONNX
+        Runtime (or OpenVINO), exported once per model and session; torch elsewhere. If export
+        or the runtime fails, the network runs in torch (one logged warning says why). See
+        :mod:`~napari_unet.core.inference.runtimes`.
 
     Yields
     ------
@@ -401,7 +416,7 @@ def predict_probabilities(
     ((40, 30), True)
     """
     src, plan, runner = _prepare(
-        model, image, channel_axis, rgb, tile, batch_size, device, tta, precision
+        model, image, channel_axis, rgb, tile, batch_size, device, tta, precision, runtime
     )
     out = _output(out, plan.shape, np.float32, "out")
     engine = TileEngine(model, src, plan, runner, _normalizer(src, model), stop=stop)
@@ -427,6 +442,7 @@ def predict_region(
     device: str | torch.device = "auto",
     tta: bool = False,
     precision: str = "auto",
+    runtime: str = "auto",
 ) -> np.ndarray:
     """Foreground probability of a rectangle of one 2D slice, as the whole-slice run gives it.
 
@@ -451,7 +467,7 @@ def predict_region(
     normalization : tuple of numpy.ndarray, optional
         ``(offset, scale)`` of the slice from :func:`slice_normalization`; computed here (from
         the whole slice) when not given.
-    channel_axis, rgb, batch_size, device, tta, precision
+    channel_axis, rgb, batch_size, device, tta, precision, runtime
         As for :func:`predict_probabilities`.
 
     Returns
@@ -460,7 +476,7 @@ def predict_region(
         float32 ``(rows[1] - rows[0], cols[1] - cols[0])``.
     """
     src, plan, runner = _prepare(
-        model, image, channel_axis, rgb, tile, batch_size, device, tta, precision
+        model, image, channel_axis, rgb, tile, batch_size, device, tta, precision, runtime
     )
     if not 0 <= z < src.n:
         raise ValueError(f"z must be in [0, {src.n}), got {z}")
@@ -496,6 +512,7 @@ def segment(
     out: Any = None,
     probabilities_out: Any = None,
     precision: str = "auto",
+    runtime: str = "auto",
 ) -> Generator[Step, None, Any]:
     """Instance labels of a 2D image or a stack.
 
@@ -519,7 +536,7 @@ def segment(
         Objects of fewer pixels (after growing) are dropped. Default:
         ``model.training['min_size']`` when the model holds one, else
         :data:`~napari_unet.core.inference.DEFAULT_MIN_SIZE` (16 pixels).
-    channel_axis, rgb, tile, batch_size, device, tta, stop, precision
+    channel_axis, rgb, tile, batch_size, device, tta, stop, precision, runtime
         As for :func:`predict_probabilities`.
     out : array-like, optional
         numpy or zarr array for the labels, ``(Y, X)`` or ``(Z, Y, X)``, written one slice at
@@ -545,7 +562,7 @@ def segment(
         As for :func:`predict_probabilities`.
     """
     src, plan, runner = _prepare(
-        model, image, channel_axis, rgb, tile, batch_size, device, tta, precision
+        model, image, channel_axis, rgb, tile, batch_size, device, tta, precision, runtime
     )
     threshold, min_size = postprocessing_defaults(model.training, threshold, min_size)
     out = _output(out, plan.shape, np.int32, "out")

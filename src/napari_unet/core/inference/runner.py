@@ -1,7 +1,8 @@
 """The network ready for inference: eval copy, precision, test-time augmentation, OOM test.
 
 :func:`make_runner` makes a private eval-mode copy of a model's network on a device (channels-last
-on CPU and CUDA, bfloat16 autocast on CUDA by default); calling the :class:`NetworkRunner` on a
+on CPU and CUDA, bfloat16 autocast on CUDA by default), or on the CPU by default the network
+exported to ONNX Runtime or OpenVINO (:mod:`.runtimes`); calling the :class:`NetworkRunner` on a
 batch ``(N, C, H, W)`` gives the foreground probability ``(N, H, W)``
 (:func:`foreground_probability`), optionally as the mean over the 8 flips and 90-degree
 rotations.
@@ -10,17 +11,14 @@ rotations.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..model import TrainedModel
-
-if TYPE_CHECKING:
-    from torch import nn
+from .runtimes import ExportedNetwork, exported_network_or_none, resolve_runtime
 
 __all__ = [
     "NetworkRunner",
@@ -57,11 +55,12 @@ def foreground_probability(logits: torch.Tensor) -> torch.Tensor:
 class NetworkRunner:
     """A network ready for inference on one device."""
 
-    net: nn.Module
+    net: Callable[[torch.Tensor], torch.Tensor]
     device: torch.device
     autocast: torch.dtype | None
     channels_last: bool
     tta: bool
+    runtime: str = "torch"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Foreground probability ``(N, H, W)`` of a batch ``(N, C, H, W)`` on the device."""
@@ -87,6 +86,11 @@ class NetworkRunner:
         with ctx:
             logits = self.net(x)
         return foreground_probability(logits)
+
+    def release_memory(self) -> None:
+        """Let an exported graph's runtime give its working memory back (after a prediction)."""
+        if isinstance(self.net, ExportedNetwork):
+            self.net.release_memory()
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -119,16 +123,43 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 def make_runner(
-    model: TrainedModel, device: torch.device, tta: bool, precision: str
+    model: TrainedModel,
+    device: torch.device,
+    tta: bool,
+    precision: str,
+    runtime: str = "auto",
 ) -> NetworkRunner:
-    """A private copy of the network in eval mode on ``device`` (the model is left untouched)."""
+    """The model's network ready for inference on ``device`` (the model is left untouched).
+
+    Parameters
+    ----------
+    model : TrainedModel
+        The model.
+    device : torch.device
+        Where the network runs.
+    tta : bool
+        Test-time augmentation (the mean over the 8 flips and 90-degree rotations).
+    precision : {'auto', 'float32', 'bfloat16'}
+        As for :func:`resolve_precision`.
+    runtime : {'auto', 'torch', 'onnxruntime', 'openvino'}
+        As for :func:`~napari_unet.core.inference.runtimes.resolve_runtime`. When export or the
+        graph runtime fails, the network runs in torch (one logged warning says why).
+
+    Returns
+    -------
+    NetworkRunner
+        An exported graph, or a private eval-mode copy of the torch network.
+    """
+    autocast = resolve_precision(precision, device)
+    used = resolve_runtime(runtime, device, autocast, model.net)
+    graph = exported_network_or_none(model, used) if used != "torch" else None
+    if graph is not None:
+        return NetworkRunner(graph, device, None, False, bool(tta), used)
     net = copy.deepcopy(model.net).to(device).eval()
     channels_last = device.type in ("cuda", "cpu")
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    return NetworkRunner(
-        net, device, resolve_precision(precision, device), channels_last, bool(tta)
-    )
+    return NetworkRunner(net, device, autocast, channels_last, bool(tta))
 
 
 @contextmanager

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..device import describe_device, select_device
-from ..model import TrainedModel, UNetConfig
+from ..model import TrainedModel, UNet, UNetConfig
 
 __all__ = [
     "CPU_DEFAULT_RUNTIME",
@@ -87,7 +87,10 @@ def available_runtimes() -> list[str]:
 
 
 def resolve_runtime(
-    runtime: str, device: torch.device | str, autocast: torch.dtype | None = None
+    runtime: str,
+    device: torch.device | str,
+    autocast: torch.dtype | None = None,
+    net: object = None,
 ) -> str:
     """The runtime a choice means on a device.
 
@@ -95,13 +98,17 @@ def resolve_runtime(
     ----------
     runtime : {'auto', 'torch', 'onnxruntime', 'openvino'}
         ``'auto'``: on the CPU in float32, :data:`CPU_DEFAULT_RUNTIME` when it is installed,
-        else the other graph runtime when installed, else torch; torch on CUDA and MPS and
-        under autocast.
+        else the other graph runtime when installed, else torch; torch on CUDA and MPS, under
+        autocast and for a network other than :class:`~napari_unet.core.model.UNet`.
     device : torch.device or str
         Where the network runs.
     autocast : torch.dtype, optional
         The autocast precision the network is to run in (None: float32). Exported graphs run
         in float32 only.
+    net : object, optional
+        The network to run, when known: ``'auto'`` runs any other network than a
+        :class:`~napari_unet.core.model.UNet` in torch (its forward may branch on values,
+        which an export does not follow).
 
     Returns
     -------
@@ -123,7 +130,7 @@ def resolve_runtime(
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
     kind = torch.device(device).type
     if runtime == "auto":
-        if kind != "cpu" or autocast is not None:
+        if kind != "cpu" or autocast is not None or (net is not None and not isinstance(net, UNet)):
             return "torch"
         order = (CPU_DEFAULT_RUNTIME, *(r for r in GRAPH_RUNTIMES if r != CPU_DEFAULT_RUNTIME))
         return next((r for r in order if _installed(r)), "torch")
