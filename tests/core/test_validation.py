@@ -84,6 +84,6 @@ def test_checkpoints_rank_by_instances_then_pixels():
 
 
 def test_min_size_candidates():
-    assert min_size_candidates(12, 16) == (12, 6, 24)
+    assert min_size_candidates(12, 16) == (12, 6)
     assert min_size_candidates(None, 16) == (16,)
-    assert min_size_candidates(1, 16) == (1, 2)
+    assert min_size_candidates(1, 16) == (1,)
