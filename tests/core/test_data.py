@@ -291,13 +291,14 @@ def test_min_size_learnt_from_the_completely_annotated_cells():
     labels = np.zeros((64, 64), np.int32)
     for k, (y, x, side) in enumerate([(10, 10, 10), (10, 30, 8), (30, 10, 6), (30, 30, 12)]):
         labels[y : y + side, x : x + side] = k + 1
-    labels[0:3, 50:53] = 5  # touches the image's edge: not seen whole
+    labels[0:3, 50:53] = 5  # cut by the image's edge: counts, inference meets such cells too
     labels[50:60, 50:60] = 6  # cut by the region
     region = np.ones(labels.shape, bool)
     region[55:, :] = False
     image = (labels > 0).astype(np.uint8) * 200 + 10
     (s,) = prepare_samples(image, labels, region)
-    assert sorted(annotated_cell_areas([s]).tolist()) == [36, 64, 100, 144]
-    assert annotation_min_size([s], fraction=0.25, percentile=0) == 9
+    assert sorted(annotated_cell_areas([s]).tolist()) == [9, 36, 64, 100, 144]
+    assert annotation_min_size([s], fraction=0.25, percentile=0) == 2
+    assert annotation_min_size([s], fraction=0.25, percentile=25) == 9
     assert annotation_min_size([s], fraction=0.5, percentile=100) == 72
     assert annotation_min_size([s], fraction=0.0) is None

@@ -537,8 +537,9 @@ def patch_geometry(config: UNetConfig, patch_size: int, context: int = 0) -> tup
 def annotated_cell_areas(samples: Sequence[AnnotatedImage]) -> np.ndarray:
     """Areas in pixels of the completely annotated cells.
 
-    A cell counts when all its pixels lie inside the annotated region and it does not touch the
-    image's edge (a cell cut by either is not seen whole).
+    A cell counts when all its pixels lie inside the annotated region (a cell cut by the
+    region's edge is only partly annotated). Cells cut by the image's edge count: inference
+    meets them too, and they are among the smallest objects it must keep.
 
     Parameters
     ----------
@@ -557,8 +558,6 @@ def annotated_cell_areas(samples: Sequence[AnnotatedImage]) -> np.ndarray:
         labels = s.labels
         sizes = np.bincount(labels.ravel())
         cut = np.zeros(sizes.size, bool)
-        edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-        cut[edge] = True
         if s.region is not None:
             cut[labels[~s.region]] = True
         cut[0] = True
