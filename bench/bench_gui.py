@@ -56,8 +56,8 @@ def _measure(iterations: int, repeats: int) -> str:
     viewer.window.resize(1600, 1000)
     rows: list[dict[str, Any]] = []
     try:
-        viewer.open_sample("napari-unet", "touching_cells")
-        _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Train")
+        viewer.open_sample("napari-unet-trainer", "touching_cells")
+        _, widget = viewer.window.add_plugin_dock_widget("napari-unet-trainer", "Train")
         widget.image.value = viewer.layers["touching cells"]
         widget.annotation_layer.value = viewer.layers["ground truth"]
         widget.iterations.value = iterations

@@ -89,7 +89,7 @@ def dock(viewer: Any) -> Any:
     """``dock(name)``: open a widget from the npe2 manifest, as Plugins > U-Net does."""
 
     def open_widget(name: str) -> Any:
-        _, widget = viewer.window.add_plugin_dock_widget("napari-unet", name)
+        _, widget = viewer.window.add_plugin_dock_widget("napari-unet-trainer", name)
         return widget
 
     return open_widget

@@ -10,12 +10,12 @@ import npe2
 
 
 def _manifest() -> npe2.PluginManifest:
-    return npe2.PluginManifest.from_distribution("napari-unet")
+    return npe2.PluginManifest.from_distribution("napari-unet-trainer")
 
 
 def test_npe2_validate_with_imports() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "npe2", "validate", "--imports", "napari-unet"],
+        [sys.executable, "-m", "npe2", "validate", "--imports", "napari-unet-trainer"],
         capture_output=True,
         text=True,
     )
@@ -27,9 +27,9 @@ def test_widgets_and_sample_are_contributed() -> None:
     manifest = _manifest()
     widgets = {w.display_name: w.command for w in manifest.contributions.widgets}
     assert widgets == {
-        "Train": "napari-unet.train",
-        "Border weights": "napari-unet.border_weights",
-        "Segment": "napari-unet.segment",
+        "Train": "napari-unet-trainer.train",
+        "Border weights": "napari-unet-trainer.border_weights",
+        "Segment": "napari-unet-trainer.segment",
     }
     samples = [s.key for s in manifest.contributions.sample_data]
     assert samples == ["touching_cells"]
@@ -41,9 +41,9 @@ def test_every_command_resolves() -> None:
     from napari_unet.widgets.train import TrainWidget
 
     expected = {
-        "napari-unet.train": TrainWidget,
-        "napari-unet.border_weights": BorderWeightsWidget,
-        "napari-unet.segment": SegmentWidget,
+        "napari-unet-trainer.train": TrainWidget,
+        "napari-unet-trainer.border_weights": BorderWeightsWidget,
+        "napari-unet-trainer.segment": SegmentWidget,
     }
     for command in _manifest().contributions.commands:
         module_name, _, attr = command.python_name.partition(":")

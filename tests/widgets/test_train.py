@@ -216,7 +216,7 @@ def test_closing_napari_while_training(make_napari_viewer, qtbot, tiny_model, no
     image, labels = cells
     viewer.add_image(image, name="cells")
     viewer.add_labels(labels, name="annotation")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Train")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet-trainer", "Train")
     widget.extra_settings = dict(TINY)
     widget.iterations.value = 0
     session_for(viewer).set_model(tiny_model(), "file", "tiny")

@@ -22,7 +22,7 @@ __all__ = ["DESCRIPTION", "HELP", "PLUGIN", "WIDGETS", "Demo", "add_parser", "ru
 logger = logging.getLogger(__name__)
 
 #: the plugin's name in napari
-PLUGIN = "napari-unet"
+PLUGIN = "napari-unet-trainer"
 #: the docked widgets, in order
 WIDGETS = ("Train", "Border weights", "Segment")
 #: screenshot formats napari can write
