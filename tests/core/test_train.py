@@ -240,10 +240,13 @@ def test_small_image_is_mirrored_up_to_the_patch():
     events, model = _drain(train(image, labels, settings=_settings(patch_size=64), model=_tiny()))
     assert len(events) == 4
     # reduced to what the image needs: 24 px on the depth-2 net's grid of 4, plus its context
-    # (the depth-2 net's halo of 24 px is less than the default context of 32 px)
     summary = model.training["summary"]
-    assert summary["output_size"] == 24 and summary["context"] == 24
-    assert summary["input_size"] == 24 + 2 * 24
+    assert summary["output_size"] == 24 and summary["context"] == 16
+    assert summary["input_size"] == 24 + 2 * 16
+    # the context never exceeds the network's halo (24 px for the depth-2 net)
+    settings = _settings(patch_size=64, context=40)
+    model = run_training(image, labels, settings=settings, model=_tiny())
+    assert model.training["summary"]["context"] == 24
 
 
 def test_bad_inputs_fail_before_training(cells):
@@ -311,10 +314,10 @@ def test_events_follow_the_progress_protocol(cells):
 
 def test_the_loss_area_sees_image_context_not_zero_padding(cells):
     image, labels = cells
-    # the fast preset (same padding): the input is the loss area plus 32 px of image per side
+    # the fast preset (same padding): the input is the loss area plus 16 px of image per side
     fast = run_training(image, labels, settings=_settings(preset="fast", iterations=1))
     summary = fast.training["summary"]
-    assert (summary["output_size"], summary["context"], summary["input_size"]) == (32, 32, 96)
+    assert (summary["output_size"], summary["context"], summary["input_size"]) == (32, 16, 64)
     # context 0: the loss covers the whole input (its border pixels see the zero padding)
     settings = _settings(preset="fast", iterations=1, context=0)
     summary = run_training(image, labels, settings=settings).training["summary"]

@@ -168,7 +168,11 @@ class TrainSettings:
     context : int
         Pixels of image (mirrored at the image's edges) around the loss area in the network's
         input with same padding (at most the network's halo), so that no pixel that carries
-        loss sees the network's zero padding. 0: the loss covers the whole input.
+        loss sees the network's zero padding. 0: the loss covers the whole input. Measured on a
+        fast-preset model trained without context, zero padding moves the foreground
+        probability by 0.12 on average at the patch's edge, 0.04 at 4 px and 0.02 (the level
+        of any far change) from 8 px on: 16 px keep the loss clear of it at 1.56x the pixels of
+        the bare patch (128 -> 160 px).
     validation_metric : {'ap', 'iou'}
         What picks the checkpoint on the held-out part: instance AP at IoU 0.5 after
         post-processing, whose probability threshold and minimum object size are chosen there
@@ -221,7 +225,7 @@ class TrainSettings:
     amp: bool | None = setting(None, show=HIDDEN, label="bf16 autocast")
     channels_last: bool | None = setting(None, show=HIDDEN, label="channels last")
     compile: bool = setting(False, label="torch.compile")
-    context: int = setting(32, label="context (px)", min=0, max=512, step=8)
+    context: int = setting(16, label="context (px)", min=0, max=512, step=8)
     validation_metric: str = setting("ap", label="validation metric", choices=("ap", "iou"))
     min_size_fraction: float = setting(
         0.25, label="min size (x cell area)", min=0.0, max=1.0, step=0.05
