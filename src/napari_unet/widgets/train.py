@@ -42,7 +42,7 @@ from napari_unet.widgets.docs import set_tooltips
 from napari_unet.widgets.layers import image_layout, labels_array, region_mask
 from napari_unet.widgets.plot import LossPlot
 from napari_unet.widgets.session import session_for
-from napari_unet.widgets.workers import Failure, Job, notify_error
+from napari_unet.widgets.workers import Failure, Job, notify_error, request_stop
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -219,12 +219,12 @@ class TrainWidget(ViewerWidget):
             show_info("Training is already running; press Stop to end it first.")
             return False
         try:
-            image, labels, region, settings, model = self._inputs(fine_tune)
+            inputs = self._inputs(fine_tune)
         except ValueError as exc:
             show_error(str(exc))
             return False
-        self._fine_tune = fine_tune
-        self._run_settings = settings
+        settings = inputs[3]
+        self._fine_tune, self._run_settings = fine_tune, settings
         self._stopped_by_user = False
         self._last_event = None
         self.plot.clear()
@@ -232,17 +232,8 @@ class TrainWidget(ViewerWidget):
         self.progress_bar.max = max(total, 1)
         self.progress_bar.value = 0
         self.progress_bar.visible = bool(total)
-        self._job = Job(
-            _train_job,
-            image,
-            labels,
-            region,
-            settings,
-            model,
-            on_yield=self._on_event,
-            on_return=self._on_return,
-            on_finish=self._on_finish,
-        )
+        callbacks = {"on_return": self._on_return, "on_finish": self._on_finish}
+        self._job = Job(_train_job, *inputs, on_yield=self._on_event, **callbacks)
         self.status.value = "Starting…"
         self._set_busy(True)
         self._job.start()
@@ -251,14 +242,13 @@ class TrainWidget(ViewerWidget):
 
     def stop(self, *_args: Any) -> None:
         """Ask training to end after the current step (the Stop button)."""
-        if not self.busy or self._job is None:
-            show_info("Nothing to stop: no training is running.")
-            return
-        if not self._job.stop():
-            show_info("Training is already stopping; it ends after the current step.")
-            return
-        self._stopped_by_user = True
-        self.status.value = "Stopping after this step…"
+        if request_stop(
+            self._job,
+            "Nothing to stop: no training is running.",
+            "Training is already stopping; it ends after the current step.",
+        ):
+            self._stopped_by_user = True
+            self.status.value = "Stopping after this step…"
 
     def save_model(self, path: str | Path) -> bool:
         """Save the session's model to ``path``; errors become notifications.

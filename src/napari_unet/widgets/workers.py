@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from napari.qt.threading import GeneratorWorker, create_worker
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 
-__all__ = ["Failure", "Job", "describe_error", "notify_error"]
+__all__ = ["Failure", "Job", "describe_error", "notify_error", "request_stop"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +41,12 @@ def describe_error(exc: BaseException) -> str:
     Parameters
     ----------
     exc : BaseException
-        The error.
+        The error to put in words.
 
     Returns
     -------
     str
-        The message.
+        The sentence.
     """
     text = str(exc).strip() or type(exc).__name__
     if isinstance(exc, ValueError | FileNotFoundError | IsADirectoryError | PermissionError):
@@ -177,3 +177,29 @@ class Job:
 
     def _on_finished(self) -> None:
         self.done = True
+
+
+def request_stop(job: Job | None, nothing: str, already: str) -> bool:
+    """Ask a running job to stop (a Stop button); say so when there is nothing to stop.
+
+    Parameters
+    ----------
+    job : Job, optional
+        The widget's job.
+    nothing : str
+        Shown (napari info) when no job is running.
+    already : str
+        Shown when a stop was already asked for.
+
+    Returns
+    -------
+    bool
+        True if this call asked the job to stop.
+    """
+    if job is None or not job.running:
+        show_info(nothing)
+        return False
+    if not job.stop():
+        show_info(already)
+        return False
+    return True
