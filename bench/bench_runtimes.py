@@ -10,9 +10,9 @@ exactness do not depend on training):
    rounds; the largest difference in probability to torch beside;
 2. what the export costs on a model's first use: export to ONNX, loading into each runtime and
    the check against torch (paid once per model and session), for both presets;
-3. where :func:`~napari_unet.core.inference.predict_probabilities` takes a ``runtime``: the
-   whole tiled prediction of a 1024² and a 2048² image (automatic tile) in each runtime, against
-   one raw torch channels-last forward of the same padded input (the target is <= 0.5x).
+3. the whole tiled prediction (:func:`~napari_unet.core.inference.predict_probabilities`,
+   automatic tile) of a 1024² and a 2048² image in each runtime, against one raw torch
+   channels-last forward of the same padded input (the target is <= 0.5x).
 
 The machine's CPU may be shared with other work while this runs; the load average before and
 after is printed with the tables, and the timings are only as steady as it was.
@@ -22,7 +22,6 @@ Usage: ``python bench/bench_runtimes.py [--quick]`` (``--quick``: 512² and 1248
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 import time
@@ -34,6 +33,7 @@ from napari_unet.core.inference import predict_probabilities, prediction_plan
 from napari_unet.core.inference import runtimes as rt
 from napari_unet.core.inference.runner import NetworkRunner, make_runner
 from napari_unet.core.model import TrainedModel, UNet, preset_config
+from napari_unet.core.progress import run_to_end
 from napari_unet.sample_data import make_touching_cells
 
 CPU = torch.device("cpu")
@@ -59,7 +59,7 @@ def _seconds(fn: Callable[[], object]) -> float:
 
 def _runners(model: TrainedModel) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     runners: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-        "torch": make_runner(model, CPU, False, "float32")
+        "torch": make_runner(model, CPU, False, "float32", "torch")
     }
     for name in rt.GRAPH_RUNTIMES:
         if name in rt.available_runtimes():
@@ -127,9 +127,7 @@ def _export_table() -> list[str]:
 
 def _predict_table(model: TrainedModel, sizes: list[int], rounds: int) -> list[str]:
     """predict_probabilities per runtime against one raw torch forward of the same input."""
-    if "runtime" not in inspect.signature(predict_probabilities).parameters:
-        return ["(predict_probabilities has no `runtime` parameter yet: not measured)"]
-    torch_runner = make_runner(model, CPU, False, "float32")
+    torch_runner = make_runner(model, CPU, False, "float32", "torch")
     names = ["torch", *(r for r in rt.GRAPH_RUNTIMES if r in rt.available_runtimes())]
     rows = [
         "| image | tiles x input tile | raw torch forward of the padded image (s) | "
@@ -144,8 +142,8 @@ def _predict_table(model: TrainedModel, sizes: list[int], rounds: int) -> list[s
         x = torch.randn(1, 1, padded, padded)
         jobs = {"raw": lambda x=x: torch_runner(x)}
         for r in names:
-            jobs[r] = lambda r=r, image=image: predict_probabilities(
-                model, image, device="cpu", runtime=r
+            jobs[r] = lambda r=r, image=image: run_to_end(
+                predict_probabilities(model, image, device="cpu", runtime=r)
             )
         best = dict.fromkeys(jobs, float("inf"))
         with torch.inference_mode():

@@ -1,7 +1,8 @@
 """Where the network runs: torch, or a graph exported to ONNX and run by ONNX Runtime or OpenVINO.
 
-On the CPU an exported graph runs the fast preset's network 1.3-3x faster than torch (largest
-gains on large tiles); on CUDA and MPS torch stays. The graph is exported once per model and
+On the CPU an exported graph runs the fast preset's network 1.6-2.8x faster than torch (largest
+gains on large tiles; OpenVINO a few per cent ahead of ONNX Runtime, with less working memory, in
+bench/bench_runtimes.py); on CUDA and MPS torch stays. The graph is exported once per model and
 session with dynamic batch and spatial axes (so one export serves every tile shape of the model)
 and cached under a content hash of the model's weights and configuration
 (:func:`model_fingerprint`): a model changed by training gets a new export, never a stale one.
@@ -55,7 +56,7 @@ RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 #: The runtimes that run an exported graph (on the CPU only).
 GRAPH_RUNTIMES = ("onnxruntime", "openvino")
 #: What ``'auto'`` runs on the CPU (the faster of the two in bench/bench_runtimes.py).
-CPU_DEFAULT_RUNTIME = "onnxruntime"
+CPU_DEFAULT_RUNTIME = "openvino"
 #: Readable names, for the device readout.
 RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "torch": "torch"}
 #: ONNX opset of the export.
@@ -250,7 +251,7 @@ class ExportedNetwork:
 
     Called like the torch network: a float32 batch ``(N, C, H, W)`` (any admissible ``H``,
     ``W``) gives the class logits ``(N, n_classes, H', W')`` as a CPU tensor. The runtime keeps
-    its working memory between calls (a third faster than allocating it afresh); call
+    its working memory between calls (ONNX Runtime ran a third slower allocating it afresh); call
     :meth:`release_memory` when a prediction is over.
 
     Parameters
@@ -338,7 +339,9 @@ class _OpenVinoBackend:
         return self.request.get_output_tensor(0).data.copy()
 
     def release(self) -> None:
-        self.compiled.release_memory()
+        release = getattr(self.compiled, "release_memory", None)  # OpenVINO 2024.3 and later
+        if release is not None:
+            release()
 
 
 def _check_export(model: TrainedModel, network: ExportedNetwork) -> None:
