@@ -234,10 +234,10 @@ def predict_whole(
     precision : {'auto', 'float32', 'bfloat16'}
         ``'auto'``: bfloat16 autocast on CUDA, float32 elsewhere.
     runtime : {'auto', 'torch', 'onnxruntime', 'openvino'}
-        Where the network runs: ``'auto'`` runs it on the CPU as a graph exported to ONNX
-        Runtime (or OpenVINO), exported once per model and session; torch elsewhere. If export
-        or the runtime fails, the network runs in torch (one logged warning says why). See
-        :mod:`~napari_unet.core.inference.runtimes`.
+        Where the network runs: ``'auto'`` runs it on the CPU as an exported graph in
+        OpenVINO (else ONNX Runtime), exported once per model and session; in torch elsewhere.
+        If export or the runtime fails, the network runs in torch (one logged warning says
+        why). See :mod:`~napari_unet.core.inference.runtimes`.
 
     Returns
     -------
@@ -379,10 +379,10 @@ def predict_probabilities(
         Checked between batches of tiles; when set, :class:`Cancelled` is raised (tiles already
         written to ``out`` stay written).
     runtime : {'auto', 'torch', 'onnxruntime', 'openvino'}
-        Where the network runs: ``'auto'`` runs it on the CPU as a graph exported to ONNX
-        Runtime (or OpenVINO), exported once per model and session; torch elsewhere. If export
-        or the runtime fails, the network runs in torch (one logged warning says why). See
-        :mod:`~napari_unet.core.inference.runtimes`.
+        Where the network runs: ``'auto'`` runs it on the CPU as an exported graph in
+        OpenVINO (else ONNX Runtime), exported once per model and session; in torch elsewhere.
+        If export or the runtime fails, the network runs in torch (one logged warning says
+        why). See :mod:`~napari_unet.core.inference.runtimes`.
 
     Yields
     ------
