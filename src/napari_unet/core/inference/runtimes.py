@@ -38,6 +38,7 @@ __all__ = [
     "CPU_DEFAULT_RUNTIME",
     "GRAPH_RUNTIMES",
     "RUNTIMES",
+    "RUNTIME_NAMES",
     "ExportedNetwork",
     "available_runtimes",
     "clear_runtime_cache",
