@@ -364,3 +364,33 @@ def test_labels_into_needs_ome_zarr(tmp_path, model_path, stack, capsys):
     tifffile.imwrite(src, stack[0])
     assert main(["predict", str(model_path), str(src), "--labels-into"]) == 2
     assert "is not an OME-Zarr image" in capsys.readouterr().err
+
+
+def test_runtime_option_gives_the_same_labels(tmp_path) -> None:
+    """--runtime torch and onnxruntime give the same probabilities (to 1e-4)."""
+    image, _ = make_touching_cells((64, 64), n_cells=5, seed=3)
+    torch.manual_seed(0)
+    model = TrainedModel(UNet(UNetConfig(depth=2, base_channels=4)))
+    save_model(model, tmp_path / "m.pt")
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    outs = {}
+    for runtime in ("torch", "onnxruntime"):
+        out = tmp_path / f"{runtime}.tif"
+        code = main(
+            [
+                "predict",
+                str(tmp_path / "m.pt"),
+                str(tmp_path / "img.tif"),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--runtime",
+                runtime,
+                "--probabilities",
+                str(tmp_path / f"p_{runtime}.tif"),
+            ]
+        )
+        assert code == 0
+        outs[runtime] = tifffile.imread(tmp_path / f"p_{runtime}.tif")
+    np.testing.assert_allclose(outs["torch"], outs["onnxruntime"], atol=1e-4)

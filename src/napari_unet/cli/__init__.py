@@ -1,4 +1,4 @@
-"""The ``napari-unet`` command line: ``train``, ``predict``, ``weights`` and ``demo``.
+"""The ``napari-unet`` command line: ``train``, ``predict``, ``weights``, ``export`` and ``demo``.
 
 Each sub-command lives in a module of this package that defines ``add_parser(subparsers)`` and
 ``run(args) -> int``. Modules are imported only when their command runs, so ``napari-unet --help``
@@ -48,6 +48,7 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "predict": "predict",
     "weights": "weights",
+    "export": "export",
     "demo": "demo",
 }
 

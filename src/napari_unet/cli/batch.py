@@ -78,6 +78,8 @@ class PredictSettings:
         ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or ``'mps'``.
     tta : bool
         Test-time augmentation.
+    runtime : str
+        Where the network runs: 'auto', 'torch', 'onnxruntime' or 'openvino'.
     threshold : float, optional
         Foreground where the probability exceeds this; None: the model's (else 0.5).
     min_size : int, optional
@@ -90,6 +92,7 @@ class PredictSettings:
     batch_size: int | None = None
     device: str = "auto"
     tta: bool = False
+    runtime: str = "auto"
     threshold: float | None = None
     min_size: int | None = None
 
@@ -445,7 +448,12 @@ def plan_file(model: Any, target: Target, settings: PredictSettings) -> FileJob:
     threshold, min_size = postprocessing_defaults(
         model.training, settings.threshold, settings.min_size
     )
-    options = {**layout, "device": settings.device, "tta": settings.tta}
+    options = {
+        **layout,
+        "device": settings.device,
+        "tta": settings.tta,
+        "runtime": settings.runtime,
+    }
     return FileJob(model, target, image, plan, options, threshold, min_size)
 
 

@@ -72,7 +72,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--init",
         type=Path,
         metavar="MODEL",
-        help="continue training this model file (fine-tuning) instead of starting afresh",
+        help="continue training this model file (.pt, or a bioimage.io .zip this project "
+        "exported) instead of starting afresh",
     )
     add_preset(parser)
     add_device(parser)
@@ -200,11 +201,12 @@ def run(args: argparse.Namespace) -> int:
     """
     _check_files(args)
     settings = _settings(args)
-    from napari_unet.core.model_files import load_model, save_model
+    from napari_unet.bioimageio import load_model_or_package
+    from napari_unet.core.model_files import save_model
     from napari_unet.core.progress import run_to_end
     from napari_unet.core.training import describe_run, train
 
-    model = load_model(args.init) if args.init is not None else None
+    model = load_model_or_package(args.init) if args.init is not None else None
     images = _read_all(args.images)
     labels = _read_all(args.labels)
     regions = None

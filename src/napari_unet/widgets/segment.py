@@ -147,7 +147,9 @@ class SegmentWidget(ViewerWidget):
         self.model_source = ComboBox(
             name="model_source", label="model", choices=MODEL_CHOICES, value="session"
         )
-        self.model_file = FileEdit(name="model_file", label="model file", mode="r", filter="*.pt")
+        self.model_file = FileEdit(
+            name="model_file", label="model file", mode="r", filter="*.pt *.zip"
+        )
         self.model_info = message("model_info", "")
         self.tile = SpinBox(name="tile", label="tile (0: auto)", min=0, max=16384, step=16)
         self.threshold = FloatSpinBox(name="threshold", min=0.01, max=0.99, step=0.05, value=0.5)
@@ -372,7 +374,8 @@ class SegmentWidget(ViewerWidget):
 
     # -- planning ------------------------------------------------------------------------------
     def _model(self) -> Any:
-        from napari_unet.core.model_files import ModelFileError, load_model
+        from napari_unet.bioimageio import load_model_or_package
+        from napari_unet.core.model_files import ModelFileError
 
         if self.model_source.value == "session":
             model = self._session.model
@@ -384,12 +387,14 @@ class SegmentWidget(ViewerWidget):
             return model
         path = str(self.model_file.value or "")
         if not path or path == "." or not os.path.isfile(path):
-            raise ValueError(f"Choose a model file (.pt) to segment with; '{path}' is not a file.")
+            raise ValueError(
+                f"Choose a model file (.pt or .zip) to segment with; '{path}' is not a file."
+            )
         mtime = os.path.getmtime(path)
         if self._file_cache and self._file_cache[:2] == (path, mtime):
             return self._file_cache[2]
         try:
-            model = load_model(path)
+            model = load_model_or_package(path)
         except ModelFileError as exc:
             raise ValueError(
                 f"'{Path(path).name}' is not a napari-unet model file we can read: {exc}"

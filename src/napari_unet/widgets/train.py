@@ -281,13 +281,14 @@ class TrainWidget(ViewerWidget):
         bool
             True if the model was loaded.
         """
-        from napari_unet.core.model_files import ModelFileError, load_model
+        from napari_unet.bioimageio import load_model_or_package
+        from napari_unet.core.model_files import ModelFileError
 
         if self.busy:
             show_warning("Wait for training to end (or Stop it) before loading another model.")
             return False
         try:
-            model = load_model(path)
+            model = load_model_or_package(path)
         except ModelFileError as exc:
             show_error(f"'{Path(path).name}' is not a napari-unet model file we can read: {exc}")
             return False
@@ -481,7 +482,8 @@ class TrainWidget(ViewerWidget):
 
         current = self._session.current
         start = current.path if current is not None and current.path else "unet.pt"
-        filters = "napari-unet model (*.pt);;All files (*)"
+        kinds = "*.pt" if save else "*.pt *.zip"  # a bioimage.io package this project exported
+        filters = f"napari-unet model ({kinds});;All files (*)"
         if save:
             path, _ = QFileDialog.getSaveFileName(self.native, "Save model", start, filters)
             if path and not Path(path).suffix:
