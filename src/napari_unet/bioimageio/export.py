@@ -554,6 +554,13 @@ def _check_destination(model: TrainedModel, path: str | os.PathLike[str]) -> Pat
     return dest
 
 
+def _net_and_output(model: TrainedModel, test_input: np.ndarray) -> tuple[Any, np.ndarray]:
+    """The network the package describes, and its output for the test input."""
+    net = _export_net(model)
+    with torch.no_grad():
+        return net, net(_normalized(model, test_input)).numpy()
+
+
 def export_package(
     model: TrainedModel,
     path: str | os.PathLike[str],
@@ -625,9 +632,7 @@ def export_package(
     }
     _check_meta(meta)
     test_input = package_test_input(model, test_image, channel_axis=channel_axis, rgb=rgb)
-    net = _export_net(model)
-    with torch.no_grad():
-        test_output = net(_normalized(model, test_input)).numpy()
+    net, test_output = _net_and_output(model, test_input)
     with tempfile.TemporaryDirectory(prefix="napari-unet-package-") as tmp:
         files = _write_files(model, net, test_input, test_output, Path(tmp), meta)
         descr = _model_descr(model, files, meta)

@@ -145,15 +145,20 @@ def probabilities_to_labels(
         return labels
     if gap:
         labels = grow_instances(labels, int(gap))
+    return _renumber(labels, n, int(min_size), int(start_label))
+
+
+def _renumber(labels: np.ndarray, n: int, min_size: int, start_label: int) -> np.ndarray:
+    """Drop instances under ``min_size`` px; number the rest from ``start_label`` in the order
+    of their first pixels."""
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    keep = sizes >= max(int(min_size), 1)
+    keep = sizes >= max(min_size, 1)
     keep[0] = False
-    # Consecutive numbering from start_label, in the order of the instances' first pixels.
     ids, first = np.unique(labels.ravel(), return_index=True)
     order = ids[np.argsort(first)]
     order = order[keep[order]]
     mapping = np.zeros(n + 1, np.int64)
-    mapping[order] = np.arange(int(start_label), int(start_label) + order.size)
+    mapping[order] = np.arange(start_label, start_label + order.size)
     if mapping.max(initial=0) > np.iinfo(np.int32).max:
         raise ValueError(
             f"start_label {start_label} leaves no room for {int(keep.sum())} labels in int32"

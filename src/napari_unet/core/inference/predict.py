@@ -234,10 +234,8 @@ def predict_whole(
     precision : {'auto', 'float32', 'bfloat16'}
         ``'auto'``: bfloat16 autocast on CUDA, float32 elsewhere.
     runtime : {'auto', 'torch', 'onnxruntime', 'openvino'}
-        Where the network runs: ``'auto'`` runs it on the CPU as an exported graph in
-        OpenVINO (else ONNX Runtime), exported once per model and session; in torch elsewhere.
-        If export or the runtime fails, the network runs in torch (one logged warning says
-        why). See :mod:`~napari_unet.core.inference.runtimes`.
+        ``'auto'``: an exported graph in OpenVINO on the CPU, torch elsewhere; torch when
+        export fails (see :mod:`~napari_unet.core.inference.runtimes`).
 
     Returns
     -------
@@ -373,16 +371,13 @@ def predict_probabilities(
     tta : bool
         Test-time augmentation: the mean over the 8 flips and 90-degree rotations of each tile.
     out : array-like, optional
-        Where to write, tile by tile: a numpy or zarr array ``(Y, X)`` (2D input) or
-        ``(Z, Y, X)``. Default: a new float32 numpy array.
+        numpy or zarr array ``(Y, X)`` or ``(Z, Y, X)`` written tile by tile; default: new.
     stop : threading.Event, optional
         Checked between batches of tiles; when set, :class:`Cancelled` is raised (tiles already
         written to ``out`` stay written).
     runtime : {'auto', 'torch', 'onnxruntime', 'openvino'}
-        Where the network runs: ``'auto'`` runs it on the CPU as an exported graph in
-        OpenVINO (else ONNX Runtime), exported once per model and session; in torch elsewhere.
-        If export or the runtime fails, the network runs in torch (one logged warning says
-        why). See :mod:`~napari_unet.core.inference.runtimes`.
+        ``'auto'``: an exported graph in OpenVINO on the CPU, torch elsewhere; torch when
+        export fails (see :mod:`~napari_unet.core.inference.runtimes`).
 
     Yields
     ------
@@ -419,12 +414,18 @@ def predict_probabilities(
         model, image, channel_axis, rgb, tile, batch_size, device, tta, precision, runtime
     )
     out = _output(out, plan.shape, np.float32, "out")
-    engine = TileEngine(model, src, plan, runner, _normalizer(src, model), stop=stop)
+    yield from _tile_events(
+        TileEngine(model, src, plan, runner, _normalizer(src, model), stop=stop), src, out
+    )
+    return out
+
+
+def _tile_events(engine: TileEngine, src: SliceSource, out: Any) -> Generator[Step, None, None]:
+    """Run ``engine`` over every slice into ``out``, passing its tile events on."""
     with closing(engine.run(range(src.n), _writer(out, src.is_stack))) as events:
         for event in events:
             if event.stage == "tiles":
                 yield event
-    return out
 
 
 def predict_region(
