@@ -199,7 +199,10 @@ def test_seeded_run_with_dropout_is_reproducible_and_leaves_global_rng_alone(cel
     assert torch.equal(torch.get_rng_state(), state)
 
 
-def test_validation_score_and_best_model():
+def test_validation_score_and_best_model(monkeypatch):
+    from napari_unet.core.training import validation
+
+    monkeypatch.setattr(validation, "MIN_TUNING_CELLS", 1)  # the 3 held-out cells suffice
     image, labels = make_touching_cells((128, 128), n_cells=24, seed=4)
     settings = _settings(iterations=6, validate_every=2, learning_rate=1e-2)
     events, model = _drain(train(image, labels, settings=settings, model=_tiny()))
@@ -326,8 +329,29 @@ def test_the_loss_area_sees_image_context_not_zero_padding(cells):
         next(train(image, labels, settings=_settings(context=-1)))
 
 
-def test_checkpoint_threshold_and_min_size_chosen_on_held_out_instances():
+def test_too_few_held_out_cells_keep_the_last_model():
+    image, labels = make_touching_cells((128, 128), n_cells=24, seed=4)
+    settings = _settings(iterations=6, validate_every=2, learning_rate=1e-2)
+    events, model = _drain(train(image, labels, settings=settings, model=_tiny()))
+    summary = model.training["summary"]
+    assert summary["validation_cells"] == 3 and summary["checkpoint"] == "last"
+    assert summary["best_iteration"] == 6
+    assert summary["validation"] == events[-1].validation == events[-1].best_validation
+    # the IoU ablation chooses whatever the number of cells (as before the AP selection)
+    settings = _settings(
+        iterations=6, validate_every=2, learning_rate=1e-2, validation_metric="iou"
+    )
+    events, model = _drain(train(image, labels, settings=settings, model=_tiny()))
+    summary = model.training["summary"]
+    assert summary["checkpoint"] == "best"
+    assert summary["validation"] == max(e.validation for e in events if e.validation is not None)
+
+
+def test_checkpoint_threshold_and_min_size_chosen_on_held_out_instances(monkeypatch):
+    from napari_unet.core.training import validation
     from napari_unet.core.training.validation import THRESHOLDS
+
+    monkeypatch.setattr(validation, "MIN_TUNING_CELLS", 1)  # the 3 held-out cells suffice
 
     image, labels = make_touching_cells((128, 128), n_cells=24, seed=4)
     settings = _settings(iterations=6, validate_every=2, learning_rate=1e-2)

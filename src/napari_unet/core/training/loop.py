@@ -56,6 +56,7 @@ from .validation import (
     THRESHOLDS,
     ValidationScore,
     ValidationTiles,
+    enough_cells,
     hold_out,
     min_size_candidates,
     score_network,
@@ -526,6 +527,9 @@ class _BestState:
         The latest score.
     last_validated : int
         The iteration of the latest score.
+    select : bool
+        Choose the best checkpoint; ``False`` (too few held-out cells to choose on): the
+        latest one is kept, its score reported.
     """
 
     metric: str = "ap"
@@ -534,13 +538,16 @@ class _BestState:
     iteration: int = 0
     last_score: ValidationScore | None = None
     last_validated: int = 0
+    select: bool = True
 
     def offer(
         self, score: ValidationScore, net: torch.nn.Module, iteration: int, keep: bool = True
     ) -> None:
         """Record a score; keep a copy of the weights if it is the best so far."""
         self.last_score, self.last_validated = score, iteration
-        if self.score is None or score.key(self.metric) > self.score.key(self.metric):
+        if not self.select:
+            self.score, self.iteration, self.state = score, iteration, None
+        elif self.score is None or score.key(self.metric) > self.score.key(self.metric):
             self.score, self.iteration = score, iteration
             self.state = _state_cpu(net) if keep else None
 
@@ -670,7 +677,11 @@ class _TrainingRun:
         self.generator.manual_seed(plan.seed)
         self.opt = _Optimisation(data.config, plan, model)
         self.validate_every = _validation_interval(self.settings)
-        self.best = _BestState(metric=self.settings.validation_metric)
+        metric = self.settings.validation_metric
+        # a handful of held-out cells cannot tell checkpoints apart (AP ties at 1.0 pick an
+        # early, undertrained one): keep the last model then; the IoU ablation always chooses
+        select = data.tiles is not None and (metric == "iou" or enough_cells(data.tiles))
+        self.best = _BestState(metric=metric, select=select)
         self.min_sizes = min_size_candidates(data.min_size, DEFAULT_MIN_SIZE)
         self.iteration = 0
         self.loss = float("nan")
@@ -806,6 +817,8 @@ class _TrainingRun:
             "validation_ap": None if best is None else best.ap,
             "validation_iou": None if best is None else best.iou,
             "best_iteration": self.best.iteration,
+            "checkpoint": "best" if self.best.select else "last",
+            "validation_cells": 0 if data.tiles is None else data.tiles.n_cells,
             "validation_blocks": len(data.blocks),
             "input_size": data.in_size,
             "output_size": data.out_size,

@@ -33,6 +33,7 @@ __all__ = [
     "VIEW_MARGIN",
     "ValidationScore",
     "ValidationTiles",
+    "enough_cells",
     "hold_out",
     "min_size_candidates",
     "predict_tiles",
@@ -46,8 +47,8 @@ THRESHOLDS = (0.5, 0.4, 0.6, 0.3, 0.7)
 #: Pixels of network output kept around a held-out block for its instances (cells cut by the
 #: block's edge are matched whole).
 VIEW_MARGIN = 32
-#: Fewer held-out cells than this are too few to choose the post-processing on: the preferred
-#: threshold and minimum size are kept (the checkpoint is still chosen by their AP).
+#: Fewer held-out cells than this are too few to choose on: the preferred threshold and minimum
+#: size are kept, and training keeps its last model rather than an earlier checkpoint.
 MIN_TUNING_CELLS = 10
 
 
@@ -365,6 +366,22 @@ class ValidationScore:
         return (ap, self.iou) if metric == "ap" and self.ap is not None else (self.iou, ap)
 
 
+def enough_cells(tiles: ValidationTiles) -> bool:
+    """Whether the held-out part holds enough cells (:data:`MIN_TUNING_CELLS`) to choose on.
+
+    Parameters
+    ----------
+    tiles : ValidationTiles
+        The held-out blocks.
+
+    Returns
+    -------
+    bool
+        ``tiles.n_cells >= MIN_TUNING_CELLS``.
+    """
+    return tiles.n_cells >= MIN_TUNING_CELLS
+
+
 def min_size_candidates(base: int | None, default: int) -> tuple[int, ...]:
     """Minimum object sizes tried on the held-out part, in order of preference on a tie.
 
@@ -444,7 +461,7 @@ def score_network(
         return ValidationScore(iou, None, 0.5, min_sizes[0] if min_sizes else None)
     v0, v1 = o - tiles.margin, o + block + tiles.margin
     views = prob[:, v0:v1, v0:v1]
-    if tiles.n_cells < MIN_TUNING_CELLS:
+    if not enough_cells(tiles):
         thresholds, min_sizes = thresholds[:1], min_sizes[:1]
     best = ValidationScore(iou, -1.0)
     for threshold in thresholds:
