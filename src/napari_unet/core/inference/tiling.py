@@ -301,7 +301,7 @@ def available_memory_bytes() -> int:
 def _largest_admissible_at_most(config: UNetConfig, n: int) -> int:
     t = config.admissible_size(max(int(n), 1))
     if t > n:
-        below = config._largest_admissible_below(t)
+        below = config.largest_admissible_below(t)
         if below is not None:
             t = below
     return max(t, minimum_tile(config))
