@@ -7,7 +7,12 @@ Example::
 Images, labels and optional region masks are read with :func:`napari_unet.cli.files.read_image`
 (TIFF, PNG, NPY, zarr). Every training setting is an option (see
 :class:`~napari_unet.core.training.TrainSettings`). Progress goes to stderr as a tqdm bar.
-Ctrl-C once stops after the current step and still writes the model; a second Ctrl-C aborts.
+Ctrl-C (or SIGTERM, as a scheduler sends) once stops after the current step and still writes
+the model; a second Ctrl-C aborts.
+
+Under ``torchrun`` (``torchrun --standalone --nproc_per_node N -m napari_unet train ...``) every
+process runs this command; they train one model data-parallel
+(:mod:`napari_unet.core.training.distributed`) and rank 0 alone shows progress and writes files.
 """
 
 from __future__ import annotations
@@ -201,6 +206,16 @@ def run(args: argparse.Namespace) -> int:
     """
     _check_files(args)
     settings = _settings(args)
+    from napari_unet.core.training.distributed import process_group
+
+    with process_group(settings.device) as group:
+        if not group.main:
+            logging.getLogger("napari_unet").setLevel(logging.WARNING)
+        return _train(args, settings, group.main)
+
+
+def _train(args: argparse.Namespace, settings: Any, main: bool) -> int:
+    """Read the files, train (stopping at Ctrl-C or SIGTERM), write the model on rank 0."""
     from napari_unet.bioimageio import load_model_or_package
     from napari_unet.core.model_files import save_model
     from napari_unet.core.progress import run_to_end
@@ -214,29 +229,34 @@ def run(args: argparse.Namespace) -> int:
         regions = [r != 0 for r in _read_all(args.region)]
 
     stop = threading.Event()
-    previous = None
+    previous: dict[int, Any] = {}
 
     def on_interrupt(signum: int, frame: Any) -> None:
         if stop.is_set():
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return  # torchrun follows a Ctrl-C with SIGTERM: the same request
         stop.set()
-        print(
-            "\nnapari-unet train: stopping after this step (Ctrl-C again to abort)",
-            file=sys.stderr,
-            flush=True,
-        )
+        if main:
+            print(
+                "\nnapari-unet train: stopping after this step (Ctrl-C again to abort)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGINT, on_interrupt)
-    progress = None if args.quiet else ProgressLine(sys.stderr)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, on_interrupt)
+    progress = None if args.quiet or not main else ProgressLine(sys.stderr)
     try:
         work = train(images, labels, regions, settings=settings, model=model, stop=stop)
         result = run_to_end(work, None if progress is None else progress.update)
     finally:
         if progress is not None:
             progress.close()
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    path = save_model(result, Path(args.out))
-    print(f"saved {path}: {describe_run(result)}")
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if main:
+        path = save_model(result, Path(args.out))
+        print(f"saved {path}: {describe_run(result)}")
     return 0

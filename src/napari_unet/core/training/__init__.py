@@ -8,6 +8,8 @@
   post-processing (threshold, minimum size) chosen there.
 - :mod:`.loop`: :func:`train`, a generator of :class:`TrainEvent` that returns the model.
 - :mod:`.metrics`: IoU and average precision with one-to-one instance matching.
+- :mod:`.distributed`: data-parallel training under ``torchrun`` (DistributedDataParallel);
+  :func:`.train` runs data-parallel when a process group is initialised.
 """
 
 from .augment import AugmentSettings, augment_batch

@@ -27,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -51,6 +51,7 @@ from .data import (
     patch_geometry,
     prepare_samples,
 )
+from .distributed import Distributed, current
 from .settings import TrainSettings
 from .validation import (
     THRESHOLDS,
@@ -160,7 +161,10 @@ class TrainEvent:
 
 
 def weighted_cross_entropy(
-    logits: torch.Tensor, classes: torch.Tensor, weights: torch.Tensor
+    logits: torch.Tensor,
+    classes: torch.Tensor,
+    weights: torch.Tensor,
+    count: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pixel-wise weighted softmax cross-entropy over the annotated pixels.
 
@@ -175,6 +179,9 @@ def weighted_cross_entropy(
         int64 ``(N, H, W)`` target classes; ``IGNORE`` where not annotated.
     weights : torch.Tensor
         float ``(N, H, W)`` pixel weights.
+    count : torch.Tensor, optional
+        What the sum is divided by instead of this batch's annotated pixels (data-parallel
+        training: :meth:`~napari_unet.core.training.distributed.Distributed.loss_count`).
 
     Returns
     -------
@@ -189,7 +196,8 @@ def weighted_cross_entropy(
     """
     target = torch.where(classes == IGNORE, torch.zeros_like(classes), classes)
     ce = F.cross_entropy(logits.float(), target, reduction="none")
-    count = (weights > 0).sum().clamp_min(1)
+    if count is None:
+        count = (weights > 0).sum().clamp_min(1)
     return (ce * weights).sum() / count
 
 
@@ -272,6 +280,8 @@ class _RunPlan:
         Gap cut between touching cells (the model's when fine-tuning).
     in_channels : int, optional
         Channels the images must have (the model's when fine-tuning).
+    dist : Distributed
+        This process's place in a data-parallel run (a single process by default).
     """
 
     settings: TrainSettings
@@ -283,6 +293,7 @@ class _RunPlan:
     normalization: dict[str, Any]
     gap: int
     in_channels: int | None
+    dist: Distributed = field(default_factory=Distributed)
 
 
 def _resolve_plan(settings: TrainSettings | None, model: TrainedModel | None) -> _RunPlan:
@@ -310,6 +321,8 @@ def _resolve_plan(settings: TrainSettings | None, model: TrainedModel | None) ->
     seed = settings.seed
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % (2**31))
+    group = current()
+    seed = group.same_seed(seed)
     cuda = device.type == "cuda"
     if model is not None:
         normalization, gap = dict(model.normalization), int(model.gap)
@@ -319,16 +332,18 @@ def _resolve_plan(settings: TrainSettings | None, model: TrainedModel | None) ->
             )
     else:
         normalization, gap = normalization_spec(), settings.gap
+    processes = f" x {group.world_size} processes" if group.active else ""
     return _RunPlan(
         settings=settings,
         device=device,
-        device_text=describe_device(device),
+        device_text=describe_device(device) + processes,
         seed=seed,
         amp=cuda if settings.amp is None else bool(settings.amp),
         channels_last=cuda if settings.channels_last is None else bool(settings.channels_last),
         normalization=normalization,
         gap=gap,
         in_channels=None if model is None else model.config.in_channels,
+        dist=group,
     )
 
 
@@ -415,8 +430,9 @@ def _prepare_run_data(
     train_samples, blocks = hold_out(
         samples, settings.validation_fraction, block, rng, targets=spec
     )
-    tiles = validation_tiles(samples, blocks, block, config) if blocks else None
-    sampler = PatchSampler(train_samples, crop, plan.device, rng)
+    # every rank holds the same blocks out; rank 0 alone validates
+    tiles = validation_tiles(samples, blocks, block, config) if blocks and plan.dist.main else None
+    sampler = PatchSampler(train_samples, crop, plan.device, plan.dist.rank_rng(rng, plan.seed))
     min_size = annotation_min_size(samples, settings.min_size_fraction)
     return _RunData(samples, config, in_size, out_size, blocks, block, tiles, sampler, min_size)
 
@@ -461,9 +477,9 @@ class _Optimisation:
         if plan.channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.net.train()
-        self.forward: Callable[[torch.Tensor], torch.Tensor] = self.net
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = plan.dist.wrap(self.net, plan.device)
         if settings.compile:
-            self.forward = torch.compile(self.net)
+            self.forward = torch.compile(self.forward)
         params = self.net.parameters()
         if settings.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
@@ -481,7 +497,7 @@ class _Optimisation:
         self.rng_state: torch.Tensor | None = None
         if config.dropout > 0 and plan.device.type == "cpu":
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(plan.seed + 1)
+                torch.manual_seed(plan.dist.rank_seed(plan.seed) + 1)
                 self.rng_state = torch.get_rng_state()
 
     def step(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lr: float) -> float:
@@ -503,7 +519,8 @@ class _Optimisation:
         with torch.autocast(self.plan.device.type, dtype=torch.bfloat16, enabled=self.plan.amp):
             logits = self.forward(x)
         # same padding with context: the loss area is the centre of the output
-        loss = weighted_cross_entropy(center_crop(logits, tuple(y.shape[-2:])), y, w)
+        count = self.plan.dist.loss_count(w)
+        loss = weighted_cross_entropy(center_crop(logits, tuple(y.shape[-2:])), y, w, count)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
@@ -674,7 +691,7 @@ class _TrainingRun:
         self.settings = plan.settings
         self.aug = self.settings.augment_settings()
         self.generator = torch.Generator(device=plan.device)
-        self.generator.manual_seed(plan.seed)
+        self.generator.manual_seed(plan.dist.rank_seed(plan.seed))
         self.opt = _Optimisation(data.config, plan, model)
         self.validate_every = _validation_interval(self.settings)
         metric = self.settings.validation_metric
@@ -684,6 +701,7 @@ class _TrainingRun:
         self.best = _BestState(metric=metric, select=select)
         self.min_sizes = min_size_candidates(data.min_size, DEFAULT_MIN_SIZE)
         self.iteration = 0
+        self.clock = 0.0  # seconds of training, rank 0's clock in a data-parallel run
         self.loss = float("nan")
         self.window: deque[tuple[float, int]] = deque(maxlen=20)
         logger.info(
@@ -701,17 +719,20 @@ class _TrainingRun:
         """Whether the run ends before its next step (stop request, iterations, minutes)."""
         elapsed = time.perf_counter() - self.start
         settings = self.settings
-        return (
+        done = (
             (stop is not None and stop.is_set())
             or (settings.iterations is not None and self.iteration >= settings.iterations)
             or (settings.minutes is not None and elapsed >= 60.0 * settings.minutes)
         )
+        clock = time.perf_counter() - self.train_start
+        done, self.clock = self.plan.dist.agree(done, clock, self.plan.device)
+        return done
 
     def step(self) -> TrainEvent:
         """Draw and augment a batch, take one optimisation step, validate when due."""
         t0 = time.perf_counter()
         settings, data = self.settings, self.data
-        lr = _learning_rate(settings, self.iteration, time.perf_counter() - self.train_start)
+        lr = _learning_rate(settings, self.iteration, self.clock)
         x, y, w = data.sampler.sample(settings.batch_size)
         x, y, w = augment_batch(
             x,
@@ -722,14 +743,16 @@ class _TrainingRun:
             target_size=data.out_size,
             generator=self.generator,
         )
-        self.loss = self.opt.step(x, y, w, lr)
+        self.loss = self.plan.dist.mean(self.opt.step(x, y, w, lr), self.plan.device)
         if not math.isfinite(self.loss):
             raise RuntimeError(
                 f"training diverged at iteration {self.iteration + 1} (loss {self.loss}); "
                 f"lower the learning rate (now {settings.learning_rate:g})"
             )
         self.iteration += 1
-        self.window.append((time.perf_counter() - t0, settings.batch_size))
+        self.window.append(
+            (time.perf_counter() - t0, settings.batch_size * self.plan.dist.world_size)
+        )
         done = settings.iterations is not None and self.iteration >= settings.iterations
         score = None
         if data.tiles is not None and (self.iteration % self.validate_every == 0 or done):
