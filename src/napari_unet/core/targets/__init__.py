@@ -1,6 +1,7 @@
 """Training targets from instance labels: label checks, the gap, the border-weight map.
 
-What the loss learns from a user's painting (Ronneberger et al. 2015, eq. 2):
+What the loss learns from a user's painting (Ronneberger et al. 2015, eq. 2), for 2D images and
+3D volumes alike (a volume's voxel size is ``sampling=(z, y, x)``):
 
 - :mod:`.labels`: instance labels and annotated regions are checked here; one label value on
   several separate regions is split into one label per region.
@@ -10,10 +11,17 @@ What the loss learns from a user's painting (Ronneberger et al. 2015, eq. 2):
 - :mod:`.live`: the map kept up to date while the user paints.
 """
 
-from .gap import cut_gap, grow_instances, touching_gap
-from .labels import SplitLabelsWarning, check_labels, check_region, split_components
+from .gap import axis_gaps, cut_gap, grow_instances, touching_gap
+from .labels import (
+    SplitLabelsWarning,
+    check_labels,
+    check_labels_sampling,
+    check_region,
+    check_sampling,
+    split_components,
+)
 from .live import BorderWeightMap, Box, update_border_weights
-from .terms import BORDER_TOLERANCE, border_radius, class_weights
+from .terms import BORDER_TOLERANCE, border_radius, class_weights, pixel_sampling
 from .weight_map import (
     BACKGROUND,
     FOREGROUND,
@@ -33,14 +41,18 @@ __all__ = [
     "Box",
     "SplitLabelsWarning",
     "TrainingTargets",
+    "axis_gaps",
     "border_radius",
     "border_weight_map",
     "border_weight_stack",
     "check_labels",
+    "check_labels_sampling",
     "check_region",
+    "check_sampling",
     "class_weights",
     "cut_gap",
     "grow_instances",
+    "pixel_sampling",
     "split_components",
     "touching_gap",
     "training_targets",

@@ -1,7 +1,8 @@
 """Checks of instance-label images and annotated-region masks.
 
 Instance labels are integer images: 0 = background, k > 0 = instance k. A region is a boolean
-mask of the annotated pixels (``None``: the whole image).
+mask of the annotated pixels (``None``: the whole image). A voxel size (``sampling``) gives the
+spacing of each axis in physical units, e.g. ``(2.0, 0.5, 0.5)`` for ``(Z, Y, X)``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,15 @@ from __future__ import annotations
 import numpy as np
 from skimage.measure import label as label_components
 
-__all__ = ["SplitLabelsWarning", "check_labels", "check_region", "split_components"]
+__all__ = [
+    "SplitLabelsWarning",
+    "check_labels",
+    "check_labels_sampling",
+    "check_region",
+    "check_sampling",
+    "labels_ndim",
+    "split_components",
+]
 
 
 def check_labels(labels: object, name: str = "labels", ndim: int | None = 2) -> np.ndarray:
@@ -48,10 +57,113 @@ def check_labels(labels: object, name: str = "labels", ndim: int | None = 2) -> 
         )
     if ndim is not None and arr.ndim != ndim:
         axes = {2: "(Y, X)", 3: "(Z, Y, X)"}.get(ndim, f"{ndim}D")
-        raise ValueError(f"{name} must be {ndim}D {axes}, got {arr.ndim}D with shape {arr.shape}")
+        hint = ""
+        if ndim == 2 and arr.ndim == 3:
+            hint = " (a volume needs its voxel size: sampling=(z, y, x))"
+        raise ValueError(
+            f"{name} must be {ndim}D {axes}, got {arr.ndim}D with shape {arr.shape}{hint}"
+        )
     if arr.size and np.issubdtype(arr.dtype, np.signedinteger) and arr.min() < 0:
         raise ValueError(f"{name} must be non-negative, got minimum {int(arr.min())}")
     return arr
+
+
+def check_sampling(
+    sampling: object, ndim: int | None = None, name: str = "sampling"
+) -> tuple[float, ...] | None:
+    """Check a voxel size: one finite spacing > 0 per axis.
+
+    Parameters
+    ----------
+    sampling : sequence of float or None
+        Spacing of each axis in physical units (e.g. ``(z, y, x)`` in micrometres); ``None``
+        means isotropic.
+    ndim : int, optional
+        Number of axes the spacing must have (``None``: any number >= 1).
+    name : str
+        Argument name used in error messages (``--scale`` on the command line).
+
+    Returns
+    -------
+    tuple of float or None
+        The spacings as floats, or ``None`` when ``sampling`` is ``None``.
+
+    Raises
+    ------
+    ValueError
+        If the spacing has the wrong length or holds a value that is not a finite number > 0.
+
+    Examples
+    --------
+    >>> check_sampling([2, 0.5, 0.5], ndim=3)
+    (2.0, 0.5, 0.5)
+    >>> check_sampling((1.0, 0.0), ndim=2)
+    Traceback (most recent call last):
+    ...
+    ValueError: sampling must hold finite spacings > 0 (one per axis), got (1.0, 0.0)
+    """
+    if sampling is None:
+        return None
+    if isinstance(sampling, (str, bytes)) or np.ndim(sampling) != 1:  # type: ignore[arg-type]
+        raise ValueError(f"{name} must be a sequence of spacings, one per axis, got {sampling!r}")
+    values = tuple(sampling)  # type: ignore[arg-type]
+    if ndim is not None and len(values) != ndim:
+        raise ValueError(
+            f"{name} must have {ndim} values (one spacing per axis of {ndim}D labels), "
+            f"got {len(values)}: {values!r}"
+        )
+    ok = all(
+        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+        for v in values
+    )
+    if not values or not ok or not all(np.isfinite(float(v)) and float(v) > 0 for v in values):
+        raise ValueError(f"{name} must hold finite spacings > 0 (one per axis), got {values!r}")
+    return tuple(float(v) for v in values)
+
+
+def labels_ndim(sampling: object) -> int:
+    """Dimensions the target functions expect: 2, or one per spacing when a voxel size is given.
+
+    A ``(Z, Y, X)`` array is a stack of 2D slices unless a voxel size says it is a volume;
+    the targets functions refuse it without ``sampling`` so that the two are never confused.
+
+    Parameters
+    ----------
+    sampling : sequence of float or None
+        The voxel size given by the caller.
+
+    Returns
+    -------
+    int
+        ``len(sampling)``, or 2 without one.
+    """
+    return 2 if sampling is None else len(check_sampling(sampling) or ())
+
+
+def check_labels_sampling(
+    labels: object, sampling: object, name: str = "labels"
+) -> tuple[np.ndarray, tuple[float, ...] | None]:
+    """Labels checked against a voxel size: 2D without one, one axis per spacing with one.
+
+    Parameters
+    ----------
+    labels : array-like
+        Integer instance labels.
+    sampling : sequence of float or None
+        Voxel size, one spacing per axis.
+    name : str
+        Argument name used in error messages.
+
+    Returns
+    -------
+    labels : numpy.ndarray
+        The checked labels.
+    sampling : tuple of float or None
+        The checked voxel size.
+    """
+    sampling = check_sampling(sampling)
+    labels = check_labels(labels, name=name, ndim=labels_ndim(sampling))
+    return labels, sampling
 
 
 def check_region(region: object, shape: tuple[int, ...], name: str = "region") -> np.ndarray | None:

@@ -9,6 +9,11 @@ The weight map follows Ronneberger et al. (2015), eq. 2::
 and of the second-nearest instance; the border term is 0 on foreground pixels and wherever
 fewer than two instances exist.
 
+Any number of dimensions: with a voxel size (``sampling``, one spacing per axis, e.g.
+``(z, y, x)``) the distances are Euclidean in physical units, expressed in pixels of the finest
+axis (:func:`pixel_sampling`), so ``sigma`` keeps its meaning in-plane and a z spacing twice the
+in-plane spacing counts each slice as two pixels.
+
 Speed: the border term is below ``BORDER_TOLERANCE * w0`` once ``d1 + d2`` exceeds
 :func:`border_radius` (``~4.8 sigma``), so each instance's distance transform is taken only in
 its bounding box grown by that radius and folded into running nearest / second-nearest arrays
@@ -26,7 +31,12 @@ from scipy import ndimage as ndi
 
 from .labels import as_work_labels
 
-__all__ = ["BORDER_TOLERANCE", "border_radius", "class_weights"]
+__all__ = [
+    "BORDER_TOLERANCE",
+    "border_radius",
+    "class_weights",
+    "pixel_sampling",
+]
 
 #: the border term is dropped where it falls below this fraction of ``w0``
 BORDER_TOLERANCE: float = 1e-5
@@ -103,19 +113,53 @@ def balance_weights(n_total: int, n_fg: int) -> tuple[float, float]:
     return w_bg, w_fg
 
 
-def border_term(labels: np.ndarray, sigma: float) -> np.ndarray:
+def pixel_sampling(sampling: tuple[float, ...] | None, ndim: int) -> np.ndarray:
+    """A voxel size in units of its finest spacing (``(1, 1)`` without one).
+
+    Parameters
+    ----------
+    sampling : tuple of float or None
+        Checked spacings (:func:`~napari_unet.core.targets.labels.check_sampling`).
+    ndim : int
+        Number of axes.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 spacings divided by their minimum: distances measured with it are in pixels of
+        the finest axis, the unit of ``sigma``.
+
+    Examples
+    --------
+    >>> pixel_sampling((2.0, 0.5, 0.5), 3).tolist()
+    [4.0, 1.0, 1.0]
+    """
+    if sampling is None:
+        return np.ones(ndim)
+    spacing = np.asarray(sampling, np.float64)
+    return spacing / spacing.min()
+
+
+def axis_reach(distance: float, spacing: np.ndarray) -> tuple[int, ...]:
+    """Whole pixels along each axis within ``distance`` (in pixels of the finest axis)."""
+    return tuple(int(np.ceil(distance / s)) for s in spacing)
+
+
+def border_term(
+    labels: np.ndarray, sigma: float, sampling: tuple[float, ...] | None = None
+) -> np.ndarray:
     """Unit border term ``exp(-(d1 + d2)^2 / (2 sigma^2))`` on background, 0 elsewhere.
 
     Each instance's distance transform is taken in its bounding box grown by the radius beyond
     which the term is below :data:`BORDER_TOLERANCE` (``d1 + d2 >= radius`` gives 0), and folded
     into running nearest / second-nearest distance arrays: memory O(pixels), time O(sum of the
     grown boxes). Instances with no other instance in their grown box are skipped: near them
-    fewer than two instances lie within reach.
+    fewer than two instances lie within reach. Any number of dimensions; with ``sampling`` the
+    distances are anisotropic, in pixels of the finest axis (:func:`pixel_sampling`).
     """
     labels, _ = as_work_labels(labels, limit=max(labels.size, 1024))  # find_objects lists every id
+    spacing = pixel_sampling(sampling, labels.ndim)
     radius = border_radius(sigma)
-    pad = int(np.ceil(radius))
-    height, width = labels.shape
     term = np.zeros(labels.shape, np.float32)
     if labels.size == 0:
         return term
@@ -124,16 +168,12 @@ def border_term(labels: np.ndarray, sigma: float) -> np.ndarray:
         return term
     d1 = np.full(labels.shape, np.inf, np.float32)
     d2 = np.full(labels.shape, np.inf, np.float32)
-    for k, sl in enumerate(ndi.find_objects(labels), start=1):
-        if sl is None:
-            continue
-        y0, y1 = max(sl[0].start - pad, 0), min(sl[0].stop + pad, height)
-        x0, x1 = max(sl[1].start - pad, 0), min(sl[1].stop + pad, width)
-        sub = labels[y0:y1, x0:x1]
-        if np.count_nonzero(sub) == areas[k]:
-            continue  # no other instance within reach
-        dk = ndi.distance_transform_edt(sub != k).astype(np.float32)
-        a, b = d1[y0:y1, x0:x1], d2[y0:y1, x0:x1]
+    isotropic = bool(np.all(spacing == 1))
+    for k, box in _reach_boxes(labels, axis_reach(radius, spacing), areas):
+        dk = ndi.distance_transform_edt(
+            labels[box] != k, sampling=None if isotropic else spacing
+        ).astype(np.float32)
+        a, b = d1[box], d2[box]
         # second = min(second, max(first, dk)); first = min(first, dk)
         np.minimum(b, np.maximum(a, dk), out=b)
         np.minimum(a, dk, out=a)
@@ -142,6 +182,23 @@ def border_term(labels: np.ndarray, sigma: float) -> np.ndarray:
     keep = (labels == 0) & (s < radius)
     term[keep] = np.exp(-(s[keep] ** 2) / np.float32(2.0 * sigma**2))
     return term
+
+
+def _reach_boxes(
+    labels: np.ndarray, pad: tuple[int, ...], areas: np.ndarray
+) -> list[tuple[int, tuple[slice, ...]]]:
+    """Each instance with its bounding box grown by ``pad``, when another instance is in it."""
+    out = []
+    for k, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        box = tuple(
+            slice(max(s.start - p, 0), min(s.stop + p, n))
+            for s, p, n in zip(sl, pad, labels.shape, strict=True)
+        )
+        if np.count_nonzero(labels[box]) != areas[k]:
+            out.append((k, box))
+    return out
 
 
 def assemble_weights(

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .gap import cut_gap
-from .labels import check_labels, check_region
+from .labels import check_labels, check_labels_sampling, check_region
 from .terms import (
     assemble_weights,
     border_term,
@@ -67,33 +67,48 @@ def border_weight_map(
     sigma: float = 5.0,
     class_balance: bool = True,
     region: np.ndarray | None = None,
+    sampling: tuple[float, ...] | None = None,
 ) -> np.ndarray:
-    """The U-Net weight map of a 2D label image (Ronneberger et al. 2015, eq. 2).
+    """The U-Net weight map of a label image or volume (Ronneberger et al. 2015, eq. 2).
 
     Parameters
     ----------
     labels : numpy.ndarray
-        2D integer instance labels, 0 = background.
+        Integer instance labels, 0 = background: 2D ``(Y, X)``, or one axis per value of
+        ``sampling`` (a ``(Z, Y, X)`` volume with ``sampling=(z, y, x)``).
     w0 : float
         Height of the border term.
     sigma : float
-        Width of the border term in pixels.
+        Width of the border term in pixels of the finest axis.
     class_balance : bool
         Balance background and foreground over the annotated pixels.
     region : numpy.ndarray, optional
         bool mask of the annotated area; the weight is 0 outside it.
+    sampling : sequence of float, optional
+        Voxel size, one spacing per axis (e.g. a napari layer's ``scale``): the distances
+        ``d1``, ``d2`` are Euclidean in physical units, counted in pixels of the finest axis.
+        ``None``: 2D labels with square pixels. A stack of independent 2D slices goes to
+        :func:`border_weight_stack` instead.
 
     Returns
     -------
     numpy.ndarray
         float32 weights of the labels' shape.
+
+    Examples
+    --------
+    >>> volume = np.zeros((5, 16, 16), np.int32)
+    >>> volume[1:4, 2:8, 2:8], volume[1:4, 2:8, 9:14] = 1, 2
+    >>> w = border_weight_map(volume, sampling=(3.0, 1.0, 1.0), class_balance=False)
+    >>> w.shape, round(float(w[2, 5, 8]), 3)  # between the two: d1 = d2 = 1
+    ((5, 16, 16), 10.231)
     """
-    labels = check_labels(labels)
+    labels, sampling = check_labels_sampling(labels, sampling)
     region = check_region(region, labels.shape)
     w0, sigma = check_weight_params(w0, sigma)
     fg = labels > 0
     w_bg, w_fg = class_weights(fg, region, class_balance)
-    border = border_term(labels, sigma) if w0 > 0 else None
+    border = border_term(labels, sigma, sampling) if w0 > 0 else None
     return assemble_weights(fg, w_bg, w_fg, w0, border, region)
 
 
@@ -113,6 +128,11 @@ def border_weight_stack(labels: np.ndarray, **kwargs: object) -> np.ndarray:
         float32 weights of the stack's shape.
     """
     labels = check_labels(labels, ndim=3)
+    if kwargs.get("sampling") is not None:
+        raise ValueError(
+            "border_weight_stack weights independent 2D slices; for a volume with a voxel "
+            "size call border_weight_map(labels, sampling=(z, y, x))"
+        )
     region = check_region(kwargs.pop("region", None), labels.shape)
     out = np.empty(labels.shape, np.float32)
     for z in range(labels.shape[0]):
@@ -129,14 +149,14 @@ def border_weight_stack(labels: np.ndarray, **kwargs: object) -> np.ndarray:
 
 @dataclass
 class TrainingTargets:
-    """Targets and weights for one 2D annotated image.
+    """Targets and weights for one annotated 2D image or 3D volume.
 
     Attributes
     ----------
     classes : numpy.ndarray
-        uint8 ``(Y, X)``: :data:`BACKGROUND`, :data:`FOREGROUND` or :data:`IGNORE`.
+        uint8 of the labels' shape: :data:`BACKGROUND`, :data:`FOREGROUND` or :data:`IGNORE`.
     weights : numpy.ndarray
-        float32 ``(Y, X)`` loss weights, 0 where ``classes == IGNORE``.
+        float32 loss weights of the labels' shape, 0 where ``classes == IGNORE``.
     """
 
     classes: np.ndarray
@@ -152,8 +172,9 @@ def training_targets(
     sigma: float = 5.0,
     class_balance: bool = True,
     border_weights: bool = True,
+    sampling: tuple[float, ...] | None = None,
 ) -> TrainingTargets:
-    """Target classes and loss weights for one annotated 2D image.
+    """Target classes and loss weights for one annotated 2D image or 3D volume.
 
     Foreground is every instance pixel minus :func:`touching_gap` (so touching cells come out
     separate), background every other pixel of the annotated region, ignored the rest. The
@@ -162,17 +183,21 @@ def training_targets(
     Parameters
     ----------
     labels : numpy.ndarray
-        2D integer instance labels.
+        Integer instance labels: 2D, or one axis per value of ``sampling``.
     region : numpy.ndarray, optional
         bool mask of the annotated area (default: the whole image).
     gap : int
-        Gap cut between touching instances, in pixels from each side (0: none).
+        Gap cut between touching instances, in pixels of the finest axis from each side (0:
+        none); see :func:`~napari_unet.core.targets.touching_gap`.
     w0, sigma : float
-        Border term height and width (pixels).
+        Border term height and width (sigma in pixels of the finest axis).
     class_balance : bool
         Balance the two classes over the annotated pixels.
     border_weights : bool
         Add the border term (``False``: class weights only, an ablation).
+    sampling : sequence of float, optional
+        Voxel size, one spacing per axis (``(z, y, x)`` for a volume); ``None``: a 2D image
+        with square pixels.
 
     Returns
     -------
@@ -186,10 +211,10 @@ def training_targets(
     array([[1, 0, 0, 1],
            [1, 0, 0, 1]], dtype=uint8)
     """
-    labels = check_labels(labels)
+    labels, sampling = check_labels_sampling(labels, sampling)
     region = check_region(region, labels.shape)
     w0, sigma = check_weight_params(w0, sigma)
-    cut = cut_gap(labels, gap)
+    cut = cut_gap(labels, gap, sampling=sampling)
     classes = np.where(cut > 0, np.uint8(FOREGROUND), np.uint8(BACKGROUND)).astype(np.uint8)
     if region is not None:
         classes[~region] = IGNORE
@@ -199,5 +224,6 @@ def training_targets(
         sigma=sigma,
         class_balance=class_balance,
         region=region,
+        sampling=sampling,
     )
     return TrainingTargets(classes=classes, weights=weights)
