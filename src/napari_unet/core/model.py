@@ -17,6 +17,7 @@ from torch import nn
 
 __all__ = [
     "ANISOTROPY_RATIO",
+    "MODES",
     "PRESETS",
     "PRESETS_3D",
     "DoubleConv",
@@ -25,7 +26,9 @@ __all__ = [
     "UNet",
     "UNetConfig",
     "Up",
+    "check_mode",
     "check_voxel_size",
+    "default_class_names",
     "plan_levels",
     "preset_config",
 ]
@@ -120,6 +123,10 @@ def check_voxel_size(voxel_size: object, spatial_dims: int, what: str = "voxel_s
     if not all(math.isfinite(v) and v > 0 for v in values):
         raise ValueError(f"{what} must hold positive finite numbers {axes}, got {values}")
     return values
+
+
+#: What a model is trained for: instances of cells, or classes painted as scribbles.
+MODES = ("cells", "classes")
 
 
 @dataclass(frozen=True)
@@ -641,6 +648,12 @@ class TrainedModel:
         post-processing grows instances back by this width.
     training : dict
         Training settings and a summary of the run (plain Python values only).
+    mode : {'cells', 'classes'}
+        What the network predicts: ``'cells'``, foreground probability made into instances
+        (two output classes); ``'classes'``, one probability per class of a semantic
+        segmentation trained from scribbles (``net.config.n_classes`` classes).
+    class_names : tuple of str
+        Names of the classes of a ``'classes'`` model, class 1 first (empty for ``'cells'``).
     """
 
     net: UNet
@@ -649,6 +662,15 @@ class TrainedModel:
     )
     gap: int = 1
     training: dict[str, Any] = field(default_factory=dict)
+    mode: str = "cells"
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        self.class_names = tuple(str(name) for name in self.class_names)
+        if self.mode == "classes" and len(self.class_names) != self.config.n_classes:
+            self.class_names = default_class_names(self.config.n_classes, self.class_names)
 
     @property
     def config(self) -> UNetConfig:
@@ -665,3 +687,61 @@ class TrainedModel:
             normalization=dict(self.normalization),
             training=dict(self.training),
         )
+
+
+def default_class_names(n_classes: int, names: Any = ()) -> tuple[str, ...]:
+    """Names of ``n_classes`` classes: the given ones, then ``'class k'`` for the rest.
+
+    Parameters
+    ----------
+    n_classes : int
+        Number of classes.
+    names : sequence of str
+        Known names, class 1 first (extra ones are dropped, empty ones replaced).
+
+    Returns
+    -------
+    tuple of str
+        One name per class.
+
+    Examples
+    --------
+    >>> default_class_names(3, ["nucleus"])
+    ('nucleus', 'class 2', 'class 3')
+    """
+    given = [str(n) for n in list(names)[:n_classes]]
+    return tuple(
+        given[k] if k < len(given) and given[k].strip() else f"class {k + 1}"
+        for k in range(n_classes)
+    )
+
+
+def check_mode(model: TrainedModel, mode: str, what: str = "this") -> None:
+    """Raise ValueError when ``model`` was trained for another mode than ``mode``.
+
+    Parameters
+    ----------
+    model : TrainedModel
+        The model.
+    mode : {'cells', 'classes'}
+        The mode the caller needs.
+    what : str
+        What needs it, for the message (e.g. ``'fine-tuning with --mode cells'``).
+
+    Examples
+    --------
+    >>> model = TrainedModel(UNet(UNetConfig(depth=2, base_channels=4)))
+    >>> check_mode(model, "cells")
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if model.mode == mode:
+        return
+    found = (
+        f"a 'classes' model ({model.config.n_classes} classes: {', '.join(model.class_names)})"
+        if model.mode == "classes"
+        else "a 'cells' model (instance segmentation)"
+    )
+    raise ValueError(
+        f"{what} needs a '{mode}' model, got {found}; use a model trained with mode '{mode}'"
+    )

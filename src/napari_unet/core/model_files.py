@@ -4,7 +4,10 @@ A model file is a ``torch.save`` of a dictionary of plain values and tensors::
 
     {"format": "napari-unet-model", "format_version": 1, "package_version": "0.1.0",
      "torch_version": "2.x", "config": {...}, "normalization": {...}, "gap": 1,
-     "training": {...}, "state_dict": {name: tensor}}
+     "training": {...}, "mode": "cells", "class_names": [], "state_dict": {name: tensor}}
+
+``mode`` (``'cells'`` or ``'classes'``) and ``class_names`` came in later; files without them
+load as ``'cells'`` models.
 
 Loading uses ``torch.load(weights_only=True)``, whose restricted unpickler refuses any object
 that is not a tensor or a plain container, so a file never runs code when it is opened. Writes go
@@ -26,7 +29,7 @@ import torch
 from .. import __version__
 from .atomic import atomic_path
 from .device import select_device
-from .model import TrainedModel, UNet, UNetConfig
+from .model import MODES, TrainedModel, UNet, UNetConfig
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelFileError", "load_model", "save_model"]
 
@@ -108,6 +111,8 @@ def save_model(model: TrainedModel, path: str | os.PathLike[str]) -> Path:
         "normalization": _plain(dict(model.normalization), "model.normalization"),
         "gap": int(model.gap),
         "training": _plain(dict(model.training), "model.training"),
+        "mode": model.mode,
+        "class_names": list(model.class_names),
         "state_dict": {
             key: value.detach().to("cpu", copy=True).contiguous()
             for key, value in model.net.state_dict().items()
@@ -192,11 +197,32 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     training = data.get("training") or {}
     if not isinstance(training, dict):
         raise ModelFileError(f"{p}: training must be a dictionary, got {type(training).__name__}")
+    mode, class_names = _mode(data, net, p)
     if device is not None:
         net.to(select_device(device))
     return TrainedModel(
-        net=net, normalization=dict(normalization), gap=gap, training=dict(training)
+        net=net,
+        normalization=dict(normalization),
+        gap=gap,
+        training=dict(training),
+        mode=mode,
+        class_names=class_names,
     )
+
+
+def _mode(data: dict[str, Any], net: UNet, p: Path) -> tuple[str, tuple[str, ...]]:
+    """The stored mode and class names (files without them hold 'cells' models)."""
+    mode = data.get("mode", "cells")
+    if mode not in MODES:
+        raise ModelFileError(f"{p}: mode must be one of {MODES}, got {mode!r}")
+    names = data.get("class_names") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ModelFileError(f"{p}: class_names must be a list of strings, got {names!r}")
+    if mode == "cells" and net.config.n_classes != 2:
+        raise ModelFileError(
+            f"{p}: a 'cells' model must have 2 output classes, got {net.config.n_classes}"
+        )
+    return mode, tuple(names)
 
 
 def _check_header(data: Any, p: Path) -> None:

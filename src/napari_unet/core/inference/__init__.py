@@ -10,7 +10,8 @@
 - :mod:`.runtimes`: where the network runs: torch, or on the CPU a graph exported to ONNX
   Runtime or OpenVINO (cached per model content, torch fallback).
 - :mod:`.engine`: the tile loop with its reader thread and out-of-memory fallback.
-- :mod:`.postprocess`: probabilities -> instance labels, unique across a stack.
+- :mod:`.postprocess`: probabilities -> instance labels, unique across a stack; class ids and
+  objects per class for a model of the classes mode.
 """
 
 from .engine import Cancelled
@@ -19,6 +20,8 @@ from .postprocess import (
     DEFAULT_MIN_SIZE,
     DEFAULT_THRESHOLD,
     StackLabeller,
+    class_ids,
+    class_objects,
     postprocessing_defaults,
     probabilities_to_labels,
 )
@@ -28,10 +31,11 @@ from .predict import (
     predict_region,
     predict_whole,
     prediction_plan,
+    probability_shape,
     segment,
     slice_normalization,
 )
-from .runner import foreground_probability
+from .runner import class_probabilities, foreground_probability
 from .runtimes import RUNTIMES, available_runtimes, describe_runtime
 
 __all__ = [
@@ -43,6 +47,9 @@ __all__ = [
     "SliceLabels",
     "StackLabeller",
     "available_runtimes",
+    "class_ids",
+    "class_objects",
+    "class_probabilities",
     "describe_runtime",
     "foreground_probability",
     "postprocessing_defaults",
@@ -51,6 +58,7 @@ __all__ = [
     "predict_whole",
     "prediction_plan",
     "probabilities_to_labels",
+    "probability_shape",
     "segment",
     "slice_normalization",
 ]

@@ -33,7 +33,8 @@ __all__ = ["Cancelled", "TileEngine", "Writer"]
 
 logger = logging.getLogger(__name__)
 
-#: ``write(z, (y0, y1), (x0, x1), probabilities)``: where a cropped tile output goes.
+#: ``write(z, (y0, y1), (x0, x1), probabilities)``: where a cropped tile output goes
+#: (``(h, w)``, or ``(K, h, w)`` class probabilities for a model of the classes mode).
 Writer = Callable[[int, tuple[int, int], tuple[int, int], np.ndarray], None]
 
 
@@ -331,4 +332,4 @@ class TileEngine:
             xa, xb = max(xa, self.cols[0]), min(xb, self.cols[1])
         oy = ya - iy * lay.y.stride + lay.crop
         ox = xa - ix * lay.x.stride + lay.crop
-        write(z, (ya, yb), (xa, xb), prob[oy : oy + yb - ya, ox : ox + xb - xa])
+        write(z, (ya, yb), (xa, xb), prob[..., oy : oy + yb - ya, ox : ox + xb - xa])

@@ -6,6 +6,9 @@ growth), small objects dropped, consecutive int32 labels. One 2D slice at a time
 label so that the slices of a stack get labels unique across the stack (:class:`StackLabeller`
 keeps that count for a stack).
 
+For a model of the classes mode: :func:`class_ids` (the most probable class of each pixel) and
+:func:`class_objects` (the connected components of chosen classes, as objects).
+
 Instances do not depend on a perfectly predicted gap: the seeds are the connected cores where the
 network is confident (``prob > seed_threshold``), which a thin or broken gap still separates, and
 a watershed on the probability grows each seed over the foreground (``prob > threshold``).
@@ -14,6 +17,8 @@ stitched probabilities alone, so tiled inference stays exact.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -25,6 +30,8 @@ __all__ = [
     "DEFAULT_MIN_SIZE",
     "DEFAULT_THRESHOLD",
     "StackLabeller",
+    "class_ids",
+    "class_objects",
     "postprocessing_defaults",
     "probabilities_to_labels",
     "seeded_instances",
@@ -304,3 +311,92 @@ class StackLabeller:
     def n_objects(self) -> int:
         """Objects labelled so far, over all slices."""
         return self.next_label - 1
+
+
+def class_ids(probabilities: np.ndarray) -> np.ndarray:
+    """The most probable class of every pixel, numbered ``1..K`` as the scribbles were painted.
+
+    Parameters
+    ----------
+    probabilities : numpy.ndarray
+        ``(K, ...)`` class probabilities (class 1 first).
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 class ids of shape ``probabilities.shape[1:]``; a tie goes to the lower class.
+
+    Examples
+    --------
+    >>> class_ids(np.array([[0.7, 0.2], [0.3, 0.8]])).tolist()
+    [1, 2]
+    """
+    prob = np.asarray(probabilities)
+    if prob.ndim < 2 or not 1 <= prob.shape[0] <= 255:
+        raise ValueError(
+            f"probabilities must be (K, ...) with 1 <= K <= 255 classes, got shape {prob.shape}"
+        )
+    return (prob.argmax(axis=0) + 1).astype(np.uint8)
+
+
+def class_objects(
+    ids: np.ndarray,
+    classes: Sequence[int] | None = None,
+    *,
+    min_size: int = 0,
+    connectivity: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Objects of the chosen classes: the connected components of each class, numbered apart.
+
+    Parameters
+    ----------
+    ids : numpy.ndarray
+        Class ids ``(Y, X)``, or ``(Z, Y, X)`` for a stack of 2D slices (components are found
+        in each slice; labels stay unique across the stack).
+    classes : sequence of int, optional
+        The class ids whose objects are wanted (default: every class present but 0).
+    min_size : int
+        Components of fewer pixels are dropped.
+    connectivity : int
+        1: 4-connected, 2: 8-connected components.
+
+    Returns
+    -------
+    labels : numpy.ndarray
+        int32 objects, ``1..n`` (0 = none).
+    object_class : numpy.ndarray
+        uint8 ``(n + 1,)``: the class of each object (``object_class[0] == 0``).
+
+    Examples
+    --------
+    >>> ids = np.array([[2, 2, 1, 2], [1, 1, 1, 2]])
+    >>> labels, object_class = class_objects(ids, [2])
+    >>> labels.tolist(), object_class.tolist()
+    ([[1, 1, 0, 2], [0, 0, 0, 2]], [0, 2, 2])
+    """
+    ids = np.asarray(ids)
+    if ids.ndim not in (2, 3) or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(
+            f"ids must be integer class ids (Y, X) or (Z, Y, X), got {ids.dtype} {ids.shape}"
+        )
+    if connectivity not in (1, 2):
+        raise ValueError(f"connectivity must be 1 or 2, got {connectivity!r}")
+    wanted = [int(c) for c in (np.unique(ids[ids > 0]) if classes is None else classes)]
+    structure = ndi.generate_binary_structure(2, connectivity)
+    labels = np.zeros(ids.shape, np.int32)
+    owners = [0]
+    for z in range(ids.shape[0]) if ids.ndim == 3 else [None]:
+        plane = ids if z is None else ids[z]
+        out = labels if z is None else labels[z]
+        for c in wanted:
+            comp, n = ndi.label(plane == c, structure=structure)
+            if n == 0:
+                continue
+            sizes = np.bincount(comp.ravel(), minlength=n + 1)
+            keep = np.flatnonzero(sizes >= max(int(min_size), 1))
+            keep = keep[keep > 0]
+            table = np.zeros(n + 1, np.int32)
+            table[keep] = np.arange(len(owners), len(owners) + keep.size, dtype=np.int32)
+            out[comp > 0] = table[comp[comp > 0]]
+            owners.extend([c] * keep.size)
+    return labels, np.asarray(owners, np.uint8)

@@ -56,7 +56,7 @@ from ..normalize import check_finite, normalize_image, percentile_range
 from ..progress import Step, run_to_end
 from .engine import TileEngine
 from .plan import Plan, make_plan
-from .postprocess import StackLabeller, postprocessing_defaults
+from .postprocess import StackLabeller, class_ids, postprocessing_defaults
 from .runner import (
     NetworkRunner,
     cudnn_benchmark,
@@ -72,6 +72,7 @@ __all__ = [
     "predict_region",
     "predict_whole",
     "prediction_plan",
+    "probability_shape",
     "segment",
     "slice_normalization",
 ]
@@ -91,9 +92,11 @@ class SliceLabels:
     z : int
         Index of the slice in the stack (0 for a 2D image).
     labels : numpy.ndarray
-        int32 ``(Y, X)`` labels of the slice, unique across the stack.
+        int32 ``(Y, X)`` labels of the slice, unique across the stack (uint8 class ids
+        ``1..K`` for a model of the classes mode).
     probabilities : numpy.ndarray
-        float32 ``(Y, X)`` foreground probability of the slice.
+        float32 ``(Y, X)`` foreground probability of the slice (``(K, Y, X)`` class
+        probabilities for a classes model).
     """
 
     z: int
@@ -240,7 +243,7 @@ def predict_whole(
     Returns
     -------
     numpy.ndarray
-        float32 ``(Y, X)``.
+        float32 ``(Y, X)``; ``(K, Y, X)`` class probabilities for a model of the classes mode.
     """
     src = SliceSource(np.asarray(image), channel_axis, rgb)
     config = _check_model(model, src)
@@ -259,7 +262,7 @@ def predict_whole(
         prob = run(torch.from_numpy(x)[None].to(dev))[0]
     run.release_memory()
     crop = halo if config.padding == "same" else 0
-    return prob[crop : crop + src.h, crop : crop + src.w].cpu().numpy()
+    return prob[..., crop : crop + src.h, crop : crop + src.w].cpu().numpy()
 
 
 def prediction_plan(
@@ -371,7 +374,8 @@ def predict_probabilities(
     tta : bool
         Test-time augmentation: the mean over the 8 flips and 90-degree rotations of each tile.
     out : array-like, optional
-        numpy or zarr array ``(Y, X)`` or ``(Z, Y, X)`` written tile by tile; default: new.
+        numpy or zarr array ``(Y, X)`` or ``(Z, Y, X)`` (``(K, ...)`` for a classes model)
+        written tile by tile; default: new.
     stop : threading.Event, optional
         Checked between batches of tiles; when set, :class:`Cancelled` is raised (tiles already
         written to ``out`` stay written).
@@ -389,7 +393,8 @@ def predict_probabilities(
     -------
     array
         float32 foreground probability, ``(Y, X)`` for a 2D image, ``(Z, Y, X)`` for a stack;
-        ``out`` when given.
+        ``out`` when given. For a model of the classes mode the probability of every class,
+        ``(K, Y, X)`` or ``(K, Z, Y, X)`` (class 1 first).
 
     Raises
     ------
@@ -413,16 +418,37 @@ def predict_probabilities(
     src, plan, runner = _prepare(
         model, image, channel_axis, rgb, tile, batch_size, device, tta, precision, runtime
     )
-    out = _output(out, plan.shape, np.float32, "out")
+    out = _output(out, probability_shape(model, plan.shape), np.float32, "out")
     yield from _tile_events(
         TileEngine(model, src, plan, runner, _normalizer(src, model), stop=stop), src, out
     )
     return out
 
 
+def probability_shape(model: TrainedModel, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape of the probabilities of an image of spatial ``shape`` (``(K, *shape)`` for classes).
+
+    Parameters
+    ----------
+    model : TrainedModel
+        The model.
+    shape : tuple of int
+        ``(Y, X)`` or ``(Z, Y, X)``.
+
+    Returns
+    -------
+    tuple of int
+        ``shape`` for a cells model; ``(K, *shape)`` for a model of the classes mode.
+    """
+    if model.mode == "classes":
+        return (model.config.n_classes, *shape)
+    return tuple(shape)
+
+
 def _tile_events(engine: TileEngine, src: SliceSource, out: Any) -> Generator[Step, None, None]:
     """Run ``engine`` over every slice into ``out``, passing its tile events on."""
-    with closing(engine.run(range(src.n), _writer(out, src.is_stack))) as events:
+    classes = engine.runner.classes
+    with closing(engine.run(range(src.n), _writer(out, src.is_stack, classes))) as events:
         for event in events:
             if event.stage == "tiles":
                 yield event
@@ -474,7 +500,8 @@ def predict_region(
     Returns
     -------
     numpy.ndarray
-        float32 ``(rows[1] - rows[0], cols[1] - cols[0])``.
+        float32 ``(rows[1] - rows[0], cols[1] - cols[0])`` (with a leading class axis ``K``
+        for a model of the classes mode).
     """
     src, plan, runner = _prepare(
         model, image, channel_axis, rgb, tile, batch_size, device, tta, precision, runtime
@@ -484,10 +511,10 @@ def predict_region(
     for name, (a, b), n in (("rows", rows, src.h), ("cols", cols, src.w)):
         if not 0 <= a < b <= n:
             raise ValueError(f"{name} must satisfy 0 <= start < stop <= {n}, got {(a, b)}")
-    result = np.empty((rows[1] - rows[0], cols[1] - cols[0]), np.float32)
+    result = np.empty(probability_shape(model, (rows[1] - rows[0], cols[1] - cols[0])), np.float32)
 
     def write(_z: int, ys: tuple[int, int], xs: tuple[int, int], data: np.ndarray) -> None:
-        result[ys[0] - rows[0] : ys[1] - rows[0], xs[0] - cols[0] : xs[1] - cols[0]] = data
+        result[..., ys[0] - rows[0] : ys[1] - rows[0], xs[0] - cols[0] : xs[1] - cols[0]] = data
 
     norm = {int(z): normalization} if normalization is not None else None
     engine = TileEngine(
@@ -515,13 +542,17 @@ def segment(
     precision: str = "auto",
     runtime: str = "auto",
 ) -> Generator[Step, None, Any]:
-    """Instance labels of a 2D image or a stack.
+    """Instance labels (or class ids, for a model of the classes mode) of a 2D image or a stack.
 
     A generator: it yields progress and returns the labels (``run_to_end`` drains it).
     Foreground probability as :func:`predict_probabilities` computes it, then, slice by slice
     as each finishes, :func:`~napari_unet.core.inference.probabilities_to_labels`: threshold,
     connected components, instances grown back by the model's training gap (``model.gap``),
     small objects dropped. Labels are consecutive and unique across the whole stack.
+
+    A model of the classes mode gives the class id of every pixel instead, ``1..K`` (the most
+    probable class, :func:`~napari_unet.core.inference.class_ids`, uint8); ``threshold`` and
+    ``min_size`` do not apply to it.
 
     Parameters
     ----------
@@ -543,7 +574,8 @@ def segment(
         numpy or zarr array for the labels, ``(Y, X)`` or ``(Z, Y, X)``, written one slice at
         a time. Default: a new int32 numpy array.
     probabilities_out : array-like, optional
-        Also write the probabilities here (shape as ``out``), tile by tile.
+        Also write the probabilities here (shape as ``out``; ``(K, *out.shape)`` for a classes
+        model), tile by tile.
 
     Yields
     ------
@@ -555,7 +587,8 @@ def segment(
     Returns
     -------
     array
-        int32 labels (0 = background), ``out`` when given.
+        int32 labels (0 = background), ``out`` when given; uint8 class ids ``1..K`` for a
+        model of the classes mode.
 
     Raises
     ------
@@ -565,12 +598,17 @@ def segment(
     src, plan, runner = _prepare(
         model, image, channel_axis, rgb, tile, batch_size, device, tta, precision, runtime
     )
-    threshold, min_size = postprocessing_defaults(model.training, threshold, min_size)
-    out = _output(out, plan.shape, np.int32, "out")
+    classes = runner.classes
+    out = _output(out, plan.shape, np.uint8 if classes else np.int32, "out")
     if probabilities_out is not None:
-        _check_out(probabilities_out, plan.shape, "probabilities_out")
-    labeller = StackLabeller(threshold=threshold, gap=model.gap, min_size=min_size)
-    slices = _SliceLabelling(src, labeller, out, probabilities_out)
+        shape = probability_shape(model, plan.shape)
+        _check_out(probabilities_out, shape, "probabilities_out")
+    if classes:
+        labeller: Callable[[np.ndarray], np.ndarray] = class_ids
+    else:
+        threshold, min_size = postprocessing_defaults(model.training, threshold, min_size)
+        labeller = StackLabeller(threshold=threshold, gap=model.gap, min_size=min_size)
+    slices = _SliceLabelling(src, labeller, out, probabilities_out, model)
     engine = TileEngine(model, src, plan, runner, _normalizer(src, model), stop=stop)
     with closing(engine.run(range(src.n), slices.write)) as events:
         for event in events:
@@ -591,12 +629,14 @@ def _output(out: Any, shape: tuple[int, ...], dtype: type, what: str) -> Any:
     return out
 
 
-def _writer(out: Any, stack: bool) -> Callable[..., None]:
-    """A tile writer into ``out`` (``(Z, Y, X)`` for a stack, else ``(Y, X)``)."""
+def _writer(out: Any, stack: bool, classes: bool = False) -> Callable[..., None]:
+    """A tile writer into ``out`` (``(Z, Y, X)`` for a stack, else ``(Y, X)``; with
+    ``classes`` a leading class axis: ``(K, Z, Y, X)`` or ``(K, Y, X)``)."""
+    lead = (slice(None),) if classes else ()
 
     def write(z: int, ys: tuple[int, int], xs: tuple[int, int], data: np.ndarray) -> None:
         index = (slice(*ys), slice(*xs))
-        out[(z, *index) if stack else index] = data
+        out[(*lead, z, *index) if stack else (*lead, *index)] = data
 
     return write
 
@@ -606,19 +646,28 @@ class _SliceLabelling:
     maps (and copied to ``probabilities_out``), each finished slice labelled into ``out``."""
 
     def __init__(
-        self, src: SliceSource, labeller: StackLabeller, out: Any, probabilities_out: Any
+        self,
+        src: SliceSource,
+        labeller: Callable[[np.ndarray], np.ndarray],
+        out: Any,
+        probabilities_out: Any,
+        model: TrainedModel,
     ) -> None:
-        self.shape, self.n, self.stack = (src.h, src.w), src.n, src.is_stack
+        self.shape = probability_shape(model, (src.h, src.w))
+        self.n, self.stack = src.n, src.is_stack
         self.labeller, self.out, self.labelled = labeller, out, 0
         self.buffers: dict[int, np.ndarray] = {}
-        self.copy = None if probabilities_out is None else _writer(probabilities_out, self.stack)
+        classes = model.mode == "classes"
+        self.copy = (
+            None if probabilities_out is None else _writer(probabilities_out, self.stack, classes)
+        )
 
     def write(self, z: int, ys: tuple[int, int], xs: tuple[int, int], data: np.ndarray) -> None:
         """Write a tile output into slice ``z``'s buffer."""
         buf = self.buffers.get(z)
         if buf is None:
             buf = self.buffers[z] = np.empty(self.shape, np.float32)
-        buf[ys[0] : ys[1], xs[0] : xs[1]] = data
+        buf[..., ys[0] : ys[1], xs[0] : xs[1]] = data
         if self.copy is not None:
             self.copy(z, ys, xs, data)
 

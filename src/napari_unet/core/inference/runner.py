@@ -4,8 +4,9 @@
 on CPU and CUDA, bfloat16 autocast on CUDA by default), or on the CPU by default the network
 exported to ONNX Runtime or OpenVINO (:mod:`.runtimes`); calling the :class:`NetworkRunner` on a
 batch ``(N, C, H, W)`` gives the foreground probability ``(N, H, W)``
-(:func:`foreground_probability`), optionally as the mean over the 8 flips and 90-degree
-rotations.
+(:func:`foreground_probability`), or for a model of the classes mode the probability of every
+class ``(N, K, H, W)`` (:func:`class_probabilities`), optionally as the mean over the 8 flips and
+90-degree rotations.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .runtimes import ExportedNetwork, exported_network_or_none, resolve_runtime
 
 __all__ = [
     "NetworkRunner",
+    "class_probabilities",
     "cudnn_benchmark",
     "foreground_probability",
     "is_out_of_memory",
@@ -51,9 +53,29 @@ def foreground_probability(logits: torch.Tensor) -> torch.Tensor:
     return 1.0 - torch.softmax(logits, dim=1)[:, 0]
 
 
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Probability of every class from class logits ``(N, K, H, W)``: their softmax (float32).
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        Network output.
+
+    Returns
+    -------
+    torch.Tensor
+        float32 ``(N, K, H, W)``, summing to 1 over ``K``.
+    """
+    return torch.softmax(logits.float(), dim=1)
+
+
 @dataclass(frozen=True)
 class NetworkRunner:
-    """A network ready for inference on one device."""
+    """A network ready for inference on one device.
+
+    ``classes``: the output is the probability of every class ``(N, K, H, W)`` (a model of
+    the classes mode) instead of the foreground probability ``(N, H, W)``.
+    """
 
     net: Callable[[torch.Tensor], torch.Tensor]
     device: torch.device
@@ -61,9 +83,10 @@ class NetworkRunner:
     channels_last: bool
     tta: bool
     runtime: str = "torch"
+    classes: bool = False
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Foreground probability ``(N, H, W)`` of a batch ``(N, C, H, W)`` on the device."""
+        """Probabilities ``(N, H, W)`` (``(N, K, H, W)`` with ``classes``) of a batch."""
         if not self.tta:
             return self._one(x)
         total = None
@@ -85,7 +108,7 @@ class NetworkRunner:
         )
         with ctx:
             logits = self.net(x)
-        return foreground_probability(logits)
+        return class_probabilities(logits) if self.classes else foreground_probability(logits)
 
     def release_memory(self) -> None:
         """Let an exported graph's runtime give its working memory back (after a prediction)."""
@@ -148,18 +171,20 @@ def make_runner(
     Returns
     -------
     NetworkRunner
-        An exported graph, or a private eval-mode copy of the torch network.
+        An exported graph, or a private eval-mode copy of the torch network; class
+        probabilities for a model of the classes mode.
     """
+    classes = model.mode == "classes"
     autocast = resolve_precision(precision, device)
     used = resolve_runtime(runtime, device, autocast, model.net)
     graph = exported_network_or_none(model, used) if used != "torch" else None
     if graph is not None:
-        return NetworkRunner(graph, device, None, False, bool(tta), used)
+        return NetworkRunner(graph, device, None, False, bool(tta), used, classes)
     net = copy.deepcopy(model.net).to(device).eval()
     channels_last = device.type in ("cuda", "cpu")
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    return NetworkRunner(net, device, autocast, channels_last, bool(tta))
+    return NetworkRunner(net, device, autocast, channels_last, bool(tta), classes=classes)
 
 
 @contextmanager

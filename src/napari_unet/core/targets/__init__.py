@@ -9,8 +9,16 @@ What the loss learns from a user's painting (Ronneberger et al. 2015, eq. 2), fo
 - :mod:`.terms`: the two terms of eq. 2, class balance and the border term.
 - :mod:`.weight_map`: the whole map, per image or per slice, and the training targets.
 - :mod:`.live`: the map kept up to date while the user paints.
+- :mod:`.classes`: targets of the classes mode (scribbles, class-balanced painted pixels).
 """
 
+from .classes import (
+    MAX_CLASSES,
+    check_class_labels,
+    class_balance_weights,
+    class_targets,
+    painted_classes,
+)
 from .gap import axis_gaps, cut_gap, grow_instances, touching_gap
 from .labels import (
     SplitLabelsWarning,
@@ -37,6 +45,7 @@ __all__ = [
     "BORDER_TOLERANCE",
     "FOREGROUND",
     "IGNORE",
+    "MAX_CLASSES",
     "BorderWeightMap",
     "Box",
     "SplitLabelsWarning",
@@ -45,13 +54,17 @@ __all__ = [
     "border_radius",
     "border_weight_map",
     "border_weight_stack",
+    "check_class_labels",
     "check_labels",
     "check_labels_sampling",
     "check_region",
     "check_sampling",
+    "class_balance_weights",
+    "class_targets",
     "class_weights",
     "cut_gap",
     "grow_instances",
+    "painted_classes",
     "pixel_sampling",
     "split_components",
     "touching_gap",

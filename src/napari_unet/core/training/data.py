@@ -31,8 +31,11 @@ from ..targets import (
     IGNORE,
     SplitLabelsWarning,
     TrainingTargets,
+    check_class_labels,
     check_labels,
     check_region,
+    class_targets,
+    painted_classes,
     split_components,
     training_targets,
 )
@@ -45,6 +48,7 @@ __all__ = [
     "annotated_cell_areas",
     "annotation_min_size",
     "as_list",
+    "class_count",
     "pad2d",
     "patch_geometry",
     "prepare_samples",
@@ -122,10 +126,13 @@ def as_list(value: Any, name: str) -> list[Any]:
     raise ValueError(f"{name} must be an array or a sequence of arrays, got {type(value).__name__}")
 
 
-def _spatial_labels(labels: Any, n: int, yx: tuple[int, int], i: int) -> np.ndarray:
+def _spatial_labels(
+    labels: Any, n: int, yx: tuple[int, int], i: int, mode: str = "cells"
+) -> np.ndarray:
     """Labels of input ``i`` as ``(N, Y, X)``, checked against the image's layout."""
     name = f"labels[{i}]"
-    arr = check_labels(labels, name=name, ndim=None)
+    check = check_class_labels if mode == "classes" else check_labels
+    arr = check(labels, name=name, ndim=None)
     given = arr.shape
     if arr.ndim == 2 and n == 1:
         arr = arr[None]
@@ -153,6 +160,8 @@ def prepare_samples(
     sigma: float = 5.0,
     class_balance: bool = True,
     border_weights: bool = True,
+    mode: str = "cells",
+    n_classes: int | None = None,
 ) -> list[AnnotatedImage]:
     """Check and prepare training data.
 
@@ -176,6 +185,13 @@ def prepare_samples(
         Number of channels the images must have (a model's input channels).
     gap, w0, sigma, class_balance, border_weights
         Passed to :func:`napari_unet.core.targets.training_targets`.
+    mode : {'cells', 'classes'}
+        ``'classes'``: the labels are scribbles (0 = not painted, k = class k, at most 255),
+        made into targets by :func:`napari_unet.core.targets.class_targets`; the samples'
+        ``labels`` hold the scribbles.
+    n_classes : int, optional
+        Classes mode: the number of classes (a fine-tuned model's); default: the largest
+        value painted (:func:`class_count`).
 
     Returns
     -------
@@ -189,14 +205,18 @@ def prepare_samples(
         non-numeric images, NaN or infinity in an annotated image, channel counts that differ,
         an image side below :data:`MIN_SIDE`, or annotations without any foreground pixel.
     """
-    inputs = _check_inputs(images, labels, regions, channel_axis, rgb, in_channels)
+    if mode not in ("cells", "classes"):
+        raise ValueError(f"mode must be 'cells' or 'classes', got {mode!r}")
+    inputs = _check_inputs(images, labels, regions, channel_axis, rgb, in_channels, mode)
     stack = {item.index: item.nchw.shape[0] > 1 for item in inputs}
     spec = normalization or normalization_spec()
-    make = TargetSpec(gap, w0, sigma, class_balance, border_weights)
+    if mode == "classes":
+        n_classes = class_count(_painted(inputs), n_classes)
+    make = TargetSpec(gap, w0, sigma, class_balance, border_weights, mode, n_classes or 2)
     samples, split_values, split_cells = [], 0, 0
     for i, z, data, lab, reg in _read_slices(inputs):
         image = normalize_image(data, spec, f"images[{i}]" + (f" slice {z}" if stack[i] else ""))
-        lab, values, cells = split_components(lab)
+        lab, values, cells = split_components(lab) if mode == "cells" else (lab, 0, 0)
         split_values, split_cells = split_values + values, split_cells + cells
         targets = make.targets(lab, reg)
         samples.append(
@@ -214,6 +234,55 @@ def prepare_samples(
     return samples
 
 
+def _painted(inputs: list[_Input]) -> np.ndarray:
+    """The class values painted in the used slices (inside their regions)."""
+    parts = []
+    for item in inputs:
+        for z in item.used:
+            lab = item.labels[z]
+            parts.append(lab if item.region is None else lab[item.region[z]])
+    return painted_classes(parts)
+
+
+def class_count(painted: np.ndarray, n_classes: int | None = None) -> int:
+    """The number of classes of a classes-mode run, checked against what was painted.
+
+    Parameters
+    ----------
+    painted : numpy.ndarray
+        The distinct class values painted (:func:`~napari_unet.core.targets.painted_classes`).
+    n_classes : int, optional
+        The classes of the model fine-tuned, if any.
+
+    Returns
+    -------
+    int
+        ``n_classes``, else the largest value painted.
+
+    Raises
+    ------
+    ValueError
+        If fewer than two classes are painted, or a value above ``n_classes``.
+
+    Examples
+    --------
+    >>> class_count(np.array([1, 3]))
+    3
+    """
+    if painted.size < 2:
+        found = "no class" if painted.size == 0 else f"one class only (value {int(painted[0])})"
+        raise ValueError(
+            f"the scribbles hold {found}; paint at least two classes, each with its own "
+            "label value (e.g. 1 = background, 2 = cells; 0 = not painted)"
+        )
+    top = int(painted.max())
+    if n_classes is not None and top > n_classes:
+        raise ValueError(
+            f"the scribbles hold class {top} but the model fine-tuned has {n_classes} classes"
+        )
+    return int(n_classes) if n_classes is not None else top
+
+
 @dataclass(frozen=True)
 class TargetSpec:
     """How training targets are made from labels (:func:`~.targets.training_targets`).
@@ -226,6 +295,10 @@ class TargetSpec:
         Border weight height and width.
     class_balance, border_weights : bool
         Balance the classes; add the border term.
+    mode : {'cells', 'classes'}
+        ``'classes'``: the labels are scribbles (:func:`~.targets.class_targets`).
+    n_classes : int
+        Number of classes (classes mode).
     """
 
     gap: int = 1
@@ -233,9 +306,15 @@ class TargetSpec:
     sigma: float = 5.0
     class_balance: bool = True
     border_weights: bool = True
+    mode: str = "cells"
+    n_classes: int = 2
 
     def targets(self, labels: np.ndarray, region: np.ndarray | None) -> TrainingTargets:
         """Classes and weights of ``labels`` inside ``region``."""
+        if self.mode == "classes":
+            return class_targets(
+                labels, self.n_classes, region=region, class_balance=self.class_balance
+            )
         return training_targets(
             labels,
             region=region,
@@ -290,6 +369,7 @@ def _check_inputs(
     channel_axis: int | None,
     rgb: bool,
     in_channels: int | None,
+    mode: str = "cells",
 ) -> list[_Input]:
     """Cheap checks of every input (nothing heavy is read); the annotated ones."""
     inputs: list[_Input] = []
@@ -306,7 +386,7 @@ def _check_inputs(
                 f"images[{i}] has {c} channel(s) but {what} {channels}; all images must have "
                 "the same channels"
             )
-        lab3 = _spatial_labels(lab, n, (y, x), i)
+        lab3 = _spatial_labels(lab, n, (y, x), i, mode)
         reg3 = None
         if reg is not None:
             reg3 = check_region(

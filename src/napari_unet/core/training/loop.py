@@ -26,7 +26,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from ... import __version__
 from ..device import describe_device, select_device
 from ..inference.postprocess import DEFAULT_MIN_SIZE
-from ..model import TrainedModel, UNet, UNetConfig, preset_config
+from ..model import TrainedModel, UNet, UNetConfig, check_mode, default_class_names, preset_config
 from ..normalize import normalization_spec
 from ..progress import run_to_end
 from ..targets import IGNORE
@@ -60,6 +60,7 @@ from .validation import (
     enough_cells,
     hold_out,
     min_size_candidates,
+    score_classes,
     score_network,
     validation_block,
     validation_tiles,
@@ -83,6 +84,7 @@ WARMUP = 10
 METRICS = {
     "ap": "instance AP@0.5 on held-out annotations",
     "iou": "foreground IoU on held-out annotations",
+    "class_iou": "mean per-class IoU on held-out scribbles",
 }
 
 
@@ -282,6 +284,8 @@ class _RunPlan:
         Channels the images must have (the model's when fine-tuning).
     dist : Distributed
         This process's place in a data-parallel run (a single process by default).
+    n_classes : int, optional
+        Classes mode, fine-tuning: the model's number of classes.
     """
 
     settings: TrainSettings
@@ -294,6 +298,7 @@ class _RunPlan:
     gap: int
     in_channels: int | None
     dist: Distributed = field(default_factory=Distributed)
+    n_classes: int | None = None
 
 
 def _resolve_plan(settings: TrainSettings | None, model: TrainedModel | None) -> _RunPlan:
@@ -317,6 +322,8 @@ def _resolve_plan(settings: TrainSettings | None, model: TrainedModel | None) ->
     settings.validate()
     if model is not None and not isinstance(model, TrainedModel):
         raise ValueError(f"model must be a TrainedModel or None, got {type(model).__name__}")
+    if model is not None:
+        check_mode(model, settings.mode, f"fine-tuning with mode '{settings.mode}'")
     device = select_device(settings.device)
     seed = settings.seed
     if seed is None:
@@ -344,6 +351,7 @@ def _resolve_plan(settings: TrainSettings | None, model: TrainedModel | None) ->
         gap=gap,
         in_channels=None if model is None else model.config.in_channels,
         dist=group,
+        n_classes=None if model is None else model.config.n_classes,
     )
 
 
@@ -415,25 +423,40 @@ def _prepare_run_data(
         sigma=settings.sigma,
         class_balance=settings.class_balance,
         border_weights=settings.border_weights,
+        mode=settings.mode,
+        n_classes=plan.n_classes if settings.mode == "classes" else None,
     )
+    classes_mode = settings.mode == "classes"
     if model is not None:
         config = model.config
     else:
-        config = preset_config(settings.preset, in_channels=samples[0].image.shape[0])
+        # classes mode: K = the largest class painted (prepare_samples checked K >= 2)
+        k = max(int(s.labels.max()) for s in samples if s.labels is not None) if classes_mode else 2
+        config = preset_config(settings.preset, in_channels=samples[0].image.shape[0], n_classes=k)
     in_size, out_size = _geometry(config, samples, settings)
     crop = in_size + 2 * context_margin(in_size, settings.augment_settings())
     rng = np.random.default_rng(plan.seed)
     block = validation_block(out_size, config.grid)
     spec = TargetSpec(
-        plan.gap, settings.w0, settings.sigma, settings.class_balance, settings.border_weights
+        plan.gap,
+        settings.w0,
+        settings.sigma,
+        settings.class_balance,
+        settings.border_weights,
+        settings.mode,
+        config.n_classes,
     )
     train_samples, blocks = hold_out(
         samples, settings.validation_fraction, block, rng, targets=spec
     )
     # every rank holds the same blocks out; rank 0 alone validates
-    tiles = validation_tiles(samples, blocks, block, config) if blocks and plan.dist.main else None
+    tiles = (
+        validation_tiles(samples, blocks, block, config, not classes_mode)
+        if blocks and plan.dist.main
+        else None
+    )
     sampler = PatchSampler(train_samples, crop, plan.device, plan.dist.rank_rng(rng, plan.seed))
-    min_size = annotation_min_size(samples, settings.min_size_fraction)
+    min_size = None if classes_mode else annotation_min_size(samples, settings.min_size_fraction)
     return _RunData(samples, config, in_size, out_size, blocks, block, tiles, sampler, min_size)
 
 
@@ -602,6 +625,7 @@ def train(
     settings: TrainSettings | None = None,
     model: TrainedModel | None = None,
     stop: threading.Event | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> Generator[TrainEvent, None, TrainedModel]:
     """Train a U-Net on annotated images, yielding progress; return the best model.
 
@@ -617,7 +641,9 @@ def train(
         image is normalised by its own percentiles.
     labels : array or sequence of arrays
         Integer instance labels of each image's spatial shape (0 = background, k = cell k).
-        In a stack, slices without any label are ignored (unless a region marks them).
+        In a stack, slices without any label are ignored (unless a region marks them). With
+        ``settings.mode == 'classes'``: scribbles, 0 = not painted, k = class k (1 to 255;
+        the model gets as many classes as the largest value painted, at least two painted).
     regions : array, sequence of (array or None), or None
         Boolean masks of the annotated area; nothing is learnt outside them. ``None``: the
         whole image (or every labelled slice of a stack).
@@ -628,6 +654,9 @@ def train(
         are kept; the given model itself is not modified.
     stop : threading.Event, optional
         Set it to end training before the next step; the best model so far is returned.
+    class_names : sequence of str, optional
+        Classes mode: the names of classes 1, 2, ... (stored with the model); missing ones
+        are ``'class k'`` (a fine-tuned model's names when not given).
 
     Yields
     ------
@@ -663,7 +692,7 @@ def train(
     start = time.perf_counter()
     plan = _resolve_plan(settings, model)
     data = _prepare_run_data(images, labels, regions, plan, model)
-    run = _TrainingRun(plan, data, model, start)
+    run = _TrainingRun(plan, data, model, start, class_names)
     while not run.finished(stop):
         yield run.step()
     return run.result(model, stopped=stop is not None and stop.is_set())
@@ -682,22 +711,31 @@ class _TrainingRun:
         The model fine-tuned.
     start : float
         ``time.perf_counter()`` when the run began (data preparation included).
+    class_names : sequence of str, optional
+        Classes mode: the names of the classes.
     """
 
     def __init__(
-        self, plan: _RunPlan, data: _RunData, model: TrainedModel | None, start: float
+        self,
+        plan: _RunPlan,
+        data: _RunData,
+        model: TrainedModel | None,
+        start: float,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         self.plan, self.data, self.start = plan, data, start
+        self.names = tuple(class_names or ())
         self.settings = plan.settings
         self.aug = self.settings.augment_settings()
         self.generator = torch.Generator(device=plan.device)
         self.generator.manual_seed(plan.dist.rank_seed(plan.seed))
         self.opt = _Optimisation(data.config, plan, model)
         self.validate_every = _validation_interval(self.settings)
-        metric = self.settings.validation_metric
+        self.classes = self.settings.mode == "classes"
+        metric = "class_iou" if self.classes else self.settings.validation_metric
         # a handful of held-out cells cannot tell checkpoints apart (AP ties at 1.0 pick an
         # early, undertrained one): keep the last model then; the IoU ablation always chooses
-        select = data.tiles is not None and (metric == "iou" or enough_cells(data.tiles))
+        select = data.tiles is not None and (metric != "ap" or enough_cells(data.tiles))
         self.best = _BestState(metric=metric, select=select)
         self.min_sizes = min_size_candidates(data.min_size, DEFAULT_MIN_SIZE)
         self.iteration = 0
@@ -764,6 +802,10 @@ class _TrainingRun:
         """The validation score of the network now (AP with the best post-processing)."""
         plan, tiles = self.plan, self.data.tiles
         assert tiles is not None
+        if self.classes:
+            return score_classes(
+                self.opt.net, tiles, plan.device, amp=plan.amp, channels_last=plan.channels_last
+            )
         tune = self.settings.validation_metric == "ap"
         return score_network(
             self.opt.net,
@@ -808,9 +850,9 @@ class _TrainingRun:
         record = {
             "settings": replace(self.settings, seed=self.plan.seed).to_dict(),
             "summary": self.summary(stopped),
-            "threshold": threshold,
-            "min_size": min_size,
         }
+        if not self.classes:
+            record.update(threshold=threshold, min_size=min_size)
         if model is not None:
             record["fine_tuned_from"] = dict(model.training)
         value = best.value(best.score)
@@ -823,8 +865,20 @@ class _TrainingRun:
             min_size,
         )
         return TrainedModel(
-            net=net, normalization=self.plan.normalization, gap=self.plan.gap, training=record
+            net=net,
+            normalization=self.plan.normalization,
+            gap=self.plan.gap,
+            training=record,
+            mode=self.settings.mode,
+            class_names=self.class_names(model),
         )
+
+    def class_names(self, model: TrainedModel | None) -> tuple[str, ...]:
+        """Classes mode: the caller's names, else the fine-tuned model's, else 'class k'."""
+        if not self.classes:
+            return ()
+        given = self.names or (model.class_names if model is not None else ())
+        return default_class_names(self.data.config.n_classes, given)
 
     def summary(self, stopped: bool) -> dict[str, Any]:
         """A summary of the run (plain values, stored with the model)."""
@@ -839,9 +893,12 @@ class _TrainingRun:
             "validation_last": self.best.value(self.best.last_score),
             "validation_ap": None if best is None else best.ap,
             "validation_iou": None if best is None else best.iou,
+            "validation_class_iou": None if best is None else _plain_list(best.class_iou),
+            "mode": self.settings.mode,
+            "n_classes": data.config.n_classes,
             "best_iteration": self.best.iteration,
             "checkpoint": "best" if self.best.select else "last",
-            "validation_cells": 0 if data.tiles is None else data.tiles.n_cells,
+            "validation_cells": 0 if data.tiles is None or self.classes else data.tiles.n_cells,
             "validation_blocks": len(data.blocks),
             "input_size": data.in_size,
             "output_size": data.out_size,
@@ -867,12 +924,13 @@ def run_training(
     model: TrainedModel | None = None,
     stop: threading.Event | None = None,
     callback: Callable[[TrainEvent], Any] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> TrainedModel:
     """Run :func:`train` to the end and return its model.
 
     Parameters
     ----------
-    images, labels, regions, settings, model, stop
+    images, labels, regions, settings, model, stop, class_names
         As for :func:`train`.
     callback : callable, optional
         Called with every :class:`TrainEvent`.
@@ -894,8 +952,23 @@ def run_training(
             "settings.iterations and settings.minutes are both None and no stop event was "
             "given: training would never end"
         )
-    run = train(images, labels, regions, settings=settings, model=model, stop=stop)
+    run = train(
+        images,
+        labels,
+        regions,
+        settings=settings,
+        model=model,
+        stop=stop,
+        class_names=class_names,
+    )
     return run_to_end(run, callback)
+
+
+def _plain_list(values: Sequence[float] | None) -> list[float | None] | None:
+    """Per-class scores as plain values for the model file (NaN: ``None``)."""
+    if values is None:
+        return None
+    return [float(v) if math.isfinite(v) else None for v in values]
 
 
 def describe_run(model: TrainedModel) -> str:
@@ -918,7 +991,10 @@ def describe_run(model: TrainedModel) -> str:
     )
     scores = [
         f"{name} {summary[key]:.3f}"
-        for name, key in (("AP@0.5", "validation_ap"), ("IoU", "validation_iou"))
+        for name, key in (
+            ("AP@0.5", "validation_ap"),
+            ("mean class IoU" if model.mode == "classes" else "IoU", "validation_iou"),
+        )
         if summary.get(key) is not None
     ]
     if scores:

@@ -19,6 +19,7 @@ from scipy.optimize import linear_sum_assignment
 __all__ = [
     "Matching",
     "average_precision",
+    "class_iou",
     "iou",
     "iou_matrix",
     "match_instances",
@@ -315,3 +316,46 @@ def _inside(labels: np.ndarray, window: np.ndarray, ids: np.ndarray) -> np.ndarr
     total = np.bincount(labels.ravel(), minlength=top)
     inside = np.bincount(labels[window].ravel(), minlength=top)
     return 2 * inside[ids] >= total[ids]
+
+
+def class_iou(
+    truth: np.ndarray, pred: np.ndarray, n_classes: int, where: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-class IoU of a semantic segmentation (class ids 1..K, 0 = unknown in ``truth``).
+
+    Parameters
+    ----------
+    truth : numpy.ndarray
+        True class ids; pixels with 0 are not scored.
+    pred : numpy.ndarray
+        Predicted class ids, same shape.
+    n_classes : int
+        Number of classes ``K``.
+    where : numpy.ndarray, optional
+        bool mask of the pixels to score (besides ``truth > 0``).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(K,)``: ``|T_k & P_k| / |T_k | P_k|`` over the scored pixels; NaN for a
+        class found neither in ``truth`` nor in ``pred`` there.
+
+    Examples
+    --------
+    >>> class_iou(np.array([1, 1, 2, 0]), np.array([1, 2, 2, 2]), 2).tolist()
+    [0.5, 0.5]
+    """
+    truth, pred = np.asarray(truth), np.asarray(pred)
+    if truth.shape != pred.shape:
+        raise ValueError(f"truth and pred must have one shape, got {truth.shape} and {pred.shape}")
+    scored = truth > 0 if where is None else (truth > 0) & where
+    t = truth[scored].astype(np.int64)
+    p = pred[scored].astype(np.int64)
+    k = int(n_classes) + 1
+    confusion = np.bincount(t * k + np.clip(p, 0, k - 1), minlength=k * k).reshape(k, k)[1:, 1:]
+    inter = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - inter
+    # predictions of class 0 (none) count as misses of the true class only
+    union = union + np.bincount(t[p == 0], minlength=k)[1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / np.where(union > 0, union, 1), np.nan)

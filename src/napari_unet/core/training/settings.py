@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..model import PRESETS
+from ..model import MODES, PRESETS
 from .augment import AugmentSettings
 
 __all__ = ["ADVANCED", "HIDDEN", "MAIN", "TrainSettings", "setting"]
@@ -105,6 +105,11 @@ class TrainSettings:
     preset : {'fast', 'paper'}
         Network architecture for a new model (ignored when fine-tuning a given model). Use
         :meth:`for_preset` to get the paper's training settings as well.
+    mode : {'cells', 'classes'}
+        What the labels hold: ``'cells'``, instances (0 = background, k = cell k; the
+        network learns foreground with the border weights); ``'classes'``, scribbles of a
+        semantic segmentation (0 = not painted, k = class k; only painted pixels count, each
+        class weighted by ``n_painted / (K * n_k)``, validation by mean per-class IoU).
     iterations : int, optional
         Stop after this many optimisation steps. ``None``: no limit.
     minutes : float, optional
@@ -184,6 +189,7 @@ class TrainSettings:
     """
 
     preset: str = setting("fast", show=MAIN, choices=tuple(PRESETS))
+    mode: str = setting("cells", show=MAIN, choices=MODES)
     iterations: int | None = setting(
         400, show=MAIN, label="iterations (0: no limit)", min=0, max=10_000_000, none=0
     )
@@ -268,6 +274,8 @@ class TrainSettings:
 
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         positive_int("iterations", self.iterations, allow_none=True)
         if self.minutes is not None and not (
             isinstance(self.minutes, int | float) and self.minutes > 0

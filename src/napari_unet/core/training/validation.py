@@ -25,7 +25,7 @@ from ..inference.postprocess import probabilities_to_labels
 from ..model import UNetConfig
 from ..targets import FOREGROUND, IGNORE
 from .data import AnnotatedImage, TargetSpec, pad2d
-from .metrics import window_counts
+from .metrics import class_iou, window_counts
 
 __all__ = [
     "MIN_TUNING_CELLS",
@@ -37,6 +37,7 @@ __all__ = [
     "hold_out",
     "min_size_candidates",
     "predict_tiles",
+    "score_classes",
     "score_network",
     "validation_block",
     "validation_tiles",
@@ -117,7 +118,10 @@ def hold_out(
         raise ValueError(f"validation_fraction must be in [0, 0.5), got {fraction!r}")
     if fraction == 0 or not samples:
         return list(samples), []
-    chosen = _choose_blocks(samples, fraction, block, rng, max_blocks)
+    if targets is not None and targets.mode == "classes":
+        chosen = _choose_scribble_blocks(samples, fraction, block, rng, max_blocks)
+    else:
+        chosen = _choose_blocks(samples, fraction, block, rng, max_blocks)
     if not chosen:
         return list(samples), []
     out = []
@@ -158,6 +162,48 @@ def _choose_blocks(
         held_fg += int(np.count_nonzero(samples[k].classes[box] == FOREGROUND))
         chosen.append((k, y0, x0))
     if held > 2 * fraction * total or held_fg == 0 or held_fg == total_fg:
+        return []
+    return chosen
+
+
+def _choose_scribble_blocks(
+    samples: Sequence[AnnotatedImage],
+    fraction: float,
+    block: int,
+    rng: np.random.Generator,
+    max_blocks: int,
+) -> list[tuple[int, int, int]]:
+    """Classes mode: random blocks touched by scribbles holding about ``fraction`` of them.
+
+    Scribbles are sparse, so a block is a candidate when it holds any painted pixels; a block
+    that would take the held-out part over twice ``fraction`` is passed over. None when the
+    training part would lose a class entirely.
+    """
+    n_classes = 1 + max(int(s.classes[s.annotated].max(initial=0)) for s in samples)
+    total = np.zeros(n_classes, np.int64)
+    candidates = []
+    for k, s in enumerate(samples):
+        ann = s.annotated
+        total += np.bincount(s.classes[ann], minlength=n_classes)
+        ny, nx = s.classes.shape
+        for y0 in range(0, ny - block + 1, block):
+            for x0 in range(0, nx - block + 1, block):
+                if ann[y0 : y0 + block, x0 : x0 + block].any():
+                    candidates.append((k, y0, x0))
+    held = np.zeros(n_classes, np.int64)
+    chosen: list[tuple[int, int, int]] = []
+    for j in rng.permutation(len(candidates)) if candidates else []:
+        if held.sum() >= fraction * total.sum() or len(chosen) >= max_blocks:
+            break
+        k, y0, x0 = candidates[j]
+        box = (slice(y0, y0 + block), slice(x0, x0 + block))
+        ann = samples[k].annotated[box]
+        counts = np.bincount(samples[k].classes[box][ann], minlength=n_classes)
+        if (held + counts).sum() > 2 * fraction * total.sum():
+            continue
+        held += counts
+        chosen.append((k, y0, x0))
+    if held.sum() == 0 or np.any((total > 0) & (held == total)):
         return []
     return chosen
 
@@ -219,6 +265,7 @@ def validation_tiles(
     blocks: Sequence[tuple[int, int, int]],
     block: int,
     config: UNetConfig,
+    instances: bool = True,
 ) -> ValidationTiles:
     """Cut the network inputs for the held-out blocks.
 
@@ -232,6 +279,9 @@ def validation_tiles(
         Block edge in pixels.
     config : UNetConfig
         The network, for its geometry.
+    instances : bool
+        Keep the instances to score (``False`` in the classes mode, whose labels are
+        scribbles).
 
     Returns
     -------
@@ -251,7 +301,7 @@ def validation_tiles(
         s = samples[k]
         images.append(_crop_mirror(s.image, y0 - start, x0 - start, n_in))
         classes.append(s.classes[y0 : y0 + block, x0 : x0 + block])
-        if s.labels is not None:
+        if instances and s.labels is not None:
             known = s.labels if s.region is None else np.where(s.region, s.labels, 0)
             labels.append(_crop_zero(known, y0 - margin, x0 - margin, block + 2 * margin))
             window = np.zeros((block + 2 * margin,) * 2, bool)
@@ -301,8 +351,9 @@ def predict_tiles(
     amp: bool = False,
     channels_last: bool = False,
     batch: int = 4,
+    classes: bool = False,
 ) -> np.ndarray:
-    """Foreground probability of the network on the validation tiles' inputs.
+    """Foreground (or class) probability of the network on the validation tiles' inputs.
 
     Parameters
     ----------
@@ -316,6 +367,8 @@ def predict_tiles(
         bf16 autocast; channels-last memory.
     batch : int
         Tiles per forward pass.
+    classes : bool
+        Return the probability of every class, ``(M, K, O, O)``.
 
     Returns
     -------
@@ -332,7 +385,8 @@ def predict_tiles(
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = net(x)
-            out.append(torch.softmax(logits.float(), dim=1)[:, FOREGROUND].cpu().numpy())
+            prob = torch.softmax(logits.float(), dim=1)
+            out.append((prob if classes else prob[:, FOREGROUND]).cpu().numpy())
     finally:
         net.train(was_training)
     return np.concatenate(out)
@@ -353,12 +407,16 @@ class ValidationScore:
         The probability threshold that scored ``ap``.
     min_size : int, optional
         The minimum object size that scored ``ap``.
+    class_iou : tuple of float, optional
+        Classes mode: the IoU of each class on the held-out scribbles (NaN for a class found
+        neither there nor in the prediction); ``iou`` is then their mean.
     """
 
     iou: float
     ap: float | None
     threshold: float = 0.5
     min_size: int | None = None
+    class_iou: tuple[float, ...] | None = None
 
     def key(self, metric: str) -> tuple[float, float]:
         """What checkpoints are ranked by: ``(AP, IoU)`` for ``'ap'``, ``(IoU, AP)`` else."""
@@ -470,6 +528,45 @@ def score_network(
             if best.ap is None or ap > best.ap:
                 best = ValidationScore(iou, ap, float(threshold), int(min_size))
     return best
+
+
+def score_classes(
+    net: torch.nn.Module,
+    tiles: ValidationTiles,
+    device: torch.device,
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> ValidationScore:
+    """Classes mode: the mean per-class IoU of the network on the held-out scribbles.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The network (``K`` output classes).
+    tiles : ValidationTiles
+        The held-out blocks (target classes ``k - 1`` where class ``k`` is painted).
+    device : torch.device
+        Where the network is.
+    amp, channels_last : bool
+        As for :func:`predict_tiles`.
+
+    Returns
+    -------
+    ValidationScore
+        ``iou``: the mean of ``class_iou`` over the classes scored (the argmax class against
+        the painted class, :func:`~.metrics.class_iou`); ``ap`` is ``None``.
+    """
+    prob = predict_tiles(net, tiles, device, amp, channels_last, classes=True)
+    n_classes = prob.shape[1]
+    block = tiles.classes.shape[-1]
+    o = tiles.offset
+    pred = prob[:, :, o : o + block, o : o + block].argmax(axis=1) + 1
+    truth = tiles.classes.numpy()
+    truth = np.where(truth == IGNORE, 0, truth + 1)
+    per_class = class_iou(truth, pred, n_classes)
+    mean = float(np.nanmean(per_class)) if np.isfinite(per_class).any() else 0.0
+    return ValidationScore(mean, None, class_iou=tuple(float(v) for v in per_class))
 
 
 def _instance_ap(
