@@ -3,7 +3,8 @@
 :func:`make_touching_cells` (2D) and :func:`make_touching_nuclei_3d` (a volume with anisotropic
 z) are plain numpy + scipy; :func:`touching_cells_sample` and :func:`touching_nuclei_3d_sample`
 wrap them as napari layer data for the npe2 ``sample_data`` contribution (napari itself is not
-imported).
+imported). :func:`make_cell_classes` (:func:`cell_classes_sample`) is the sample of the classes
+mode: two kinds of cells on a structured background, scribbles and the full ground truth.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 __all__ = [
+    "CELL_CLASS_NAMES",
+    "cell_classes_sample",
+    "make_cell_classes",
     "make_touching_cells",
     "make_touching_nuclei_3d",
     "touching_cells_sample",
@@ -370,4 +374,164 @@ def touching_nuclei_3d_sample() -> list[tuple[Any, dict[str, Any], str]]:
     return [
         (image, {"name": "touching nuclei 3D", "colormap": "gray", "scale": spacing}, "image"),
         (labels, {"name": "ground truth 3D", "opacity": 0.5, "scale": spacing}, "labels"),
+    ]
+
+
+#: Class names of :func:`make_cell_classes`, class 1 first.
+CELL_CLASS_NAMES = ("background", "round cells", "granular rods")
+
+
+def make_cell_classes(
+    shape: tuple[int, int] = (256, 256),
+    n_cells: int = 40,
+    *,
+    noise: float = 0.08,
+    scribbled_cells: int = 5,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Make an image of two kinds of cells on a structured background, scribbles and truth.
+
+    Class 1 is the background: uneven light, soft blobs and faint fibres about as bright as
+    the cells in places. Class 2, round cells: discs with a smooth interior and a bright rim.
+    Class 3, granular rods: elongated ellipses of the same mean brightness, speckled inside.
+    The two kinds differ in shape and texture, not in mean brightness. Scribbles are short
+    strokes along a few cells of each kind and across the background (well under 5% of the
+    pixels), the way a user marks classes in napari; the ground truth gives every pixel its class.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(Y, X)`` size of the image.
+    n_cells : int
+        Cells to place, half of each kind (fewer if they do not fit).
+    noise : float
+        Standard deviation of the Gaussian noise (the cells' brightness is about 0.7).
+    scribbled_cells : int
+        Cells of each kind with a stroke on them.
+    seed : int
+        Seed of the random generator.
+
+    Returns
+    -------
+    image : numpy.ndarray
+        uint16 ``(Y, X)``.
+    scribbles : numpy.ndarray
+        uint8 ``(Y, X)``: 0 = not painted, k = class k (:data:`CELL_CLASS_NAMES`).
+    truth : numpy.ndarray
+        uint8 ``(Y, X)`` class of every pixel, 1 to 3.
+
+    Examples
+    --------
+    >>> image, scribbles, truth = make_cell_classes((128, 128), 12, seed=1)
+    >>> sorted(np.unique(truth).tolist()), bool(np.count_nonzero(scribbles) < 0.05 * 128 * 128)
+    ([1, 2, 3], True)
+    """
+    rng = np.random.default_rng(seed)
+    image = _structured_background(shape, rng)
+    truth = np.ones(shape, np.uint8)
+    cells = _place_class_cells(shape, n_cells, rng)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    speckle = ndi.gaussian_filter(rng.normal(0, 1, shape), 0.8).astype(np.float32)
+    for kind, cy, cx, a, b, angle in cells:
+        c, s = np.cos(angle), np.sin(angle)
+        u = ((yy - cy) * c + (xx - cx) * s) / a
+        v = (-(yy - cy) * s + (xx - cx) * c) / b
+        rho = np.sqrt(u**2 + v**2)
+        inside = rho <= 1
+        truth[inside] = kind
+        if kind == 2:  # smooth interior, bright rim
+            image[inside] = 0.6 + 0.3 * rho[inside] ** 6
+        else:  # speckled interior of the same mean brightness
+            image[inside] = 0.66 + 0.5 * speckle[inside] / speckle.std()
+    image = ndi.gaussian_filter(image, 0.8) + rng.normal(0, noise, shape)
+    scribbles = _class_scribbles(truth, cells, scribbled_cells, rng)
+    return np.clip(image * 20000 + 500, 0, 65535).astype(np.uint16), scribbles, truth
+
+
+def _structured_background(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Uneven light, soft blobs and faint oriented fibres (values about 0.2 to 0.6)."""
+    light = ndi.gaussian_filter(rng.normal(0, 1, shape), min(shape) / 6)
+    light = 0.3 + 0.1 * light / (np.abs(light).max() + 1e-9)
+    blobs = ndi.gaussian_filter(rng.normal(0, 1, shape), 4.0)
+    blobs = 0.25 * np.clip(blobs / blobs.std() - 1.0, 0, None)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    angle = rng.uniform(0, np.pi)
+    fibres = 0.06 * np.sin((yy * np.cos(angle) + xx * np.sin(angle)) / 2.5) ** 8
+    return (light + blobs + fibres).astype(np.float32)
+
+
+def _place_class_cells(
+    shape: tuple[int, int], n_cells: int, rng: np.random.Generator
+) -> list[tuple[int, float, float, float, float, float]]:
+    """``(kind, cy, cx, a, b, angle)`` of cells that do not touch, kinds alternating."""
+    cells: list[tuple[int, float, float, float, float, float]] = []
+    for _ in range(50 * n_cells):
+        if len(cells) >= n_cells:
+            break
+        kind = 2 + len(cells) % 2
+        a, b = (
+            (rng.uniform(8, 11),) * 2 if kind == 2 else (rng.uniform(14, 19), rng.uniform(5, 6.5))
+        )
+        cy, cx = rng.uniform(a, shape[0] - a), rng.uniform(a, shape[1] - a)
+        if all(np.hypot(cy - o[1], cx - o[2]) > a + o[3] + 3 for o in cells):
+            cells.append((kind, cy, cx, a, b, rng.uniform(0, np.pi)))
+    return cells
+
+
+def _class_scribbles(
+    truth: np.ndarray,
+    cells: list[tuple[int, float, float, float, float, float]],
+    per_kind: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Strokes along the long axis of a few cells of each kind, and across the background."""
+    scribbles = np.zeros(truth.shape, np.uint8)
+    for kind in (2, 3):
+        for _, cy, cx, a, _, angle in [c for c in cells if c[0] == kind][:per_kind]:
+            _stroke(scribbles, truth, kind, (cy, cx), angle, 0.6 * a)
+    far = ndi.distance_transform_edt(truth == 1) > 4
+    for _ in range(10):
+        where = np.argwhere(far)
+        cy, cx = where[rng.integers(len(where))]
+        _stroke(scribbles, truth, 1, (cy, cx), rng.uniform(0, np.pi), 14.0, far)
+    return scribbles
+
+
+def _stroke(
+    scribbles: np.ndarray,
+    truth: np.ndarray,
+    kind: int,
+    centre: tuple[float, float],
+    angle: float,
+    half: float,
+    allowed: np.ndarray | None = None,
+) -> None:
+    """Paint a 3 px wide stroke of ``2 * half`` px, only where the truth is ``kind``."""
+    for t in np.linspace(-half, half, int(4 * half) + 1):
+        y = round(float(centre[0] + t * np.cos(angle)))
+        x = round(float(centre[1] + t * np.sin(angle)))
+        ys = slice(max(y - 1, 0), y + 2)
+        xs = slice(max(x - 1, 0), x + 2)
+        ok = truth[ys, xs] == kind
+        if allowed is not None:
+            ok &= allowed[ys, xs]
+        scribbles[ys, xs][ok] = kind
+
+
+def cell_classes_sample() -> list[tuple[Any, dict[str, Any], str]]:
+    """napari sample for the classes mode: two kinds of cells, scribbles and the ground truth.
+
+    Returns
+    -------
+    list of LayerData tuples
+        An image layer ``'cell classes'``, a labels layer ``'scribbles'`` whose ``features``
+        name the classes (one row per label value, row 0 = not painted), and a hidden labels
+        layer ``'ground truth classes'``.
+    """
+    image, scribbles, truth = make_cell_classes((384, 384), n_cells=70, seed=0)
+    features = {"index": [0, 1, 2, 3], "name": ["not painted", *CELL_CLASS_NAMES]}
+    return [
+        (image, {"name": "cell classes", "colormap": "gray"}, "image"),
+        (scribbles, {"name": "scribbles", "features": features}, "labels"),
+        (truth, {"name": "ground truth classes", "visible": False, "opacity": 0.5}, "labels"),
     ]

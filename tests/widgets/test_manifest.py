@@ -32,7 +32,7 @@ def test_widgets_and_sample_are_contributed() -> None:
         "Segment": "napari-unet-trainer.segment",
     }
     samples = [s.key for s in manifest.contributions.sample_data]
-    assert samples == ["touching_cells", "touching_nuclei_3d"]
+    assert samples == ["touching_cells", "touching_nuclei_3d", "cell_classes"]
 
 
 def test_every_command_resolves() -> None:

@@ -110,7 +110,8 @@ class Target:
     labels_into : str, optional
         Instead: the name of a label image to write into the source OME-Zarr's ``labels/``.
     probabilities : pathlib.Path, optional
-        Also write the foreground probability here.
+        Also write the foreground probability here (the ``(K, ...)`` class probabilities for
+        a model of the classes mode).
     """
 
     source: Path
@@ -385,11 +386,24 @@ class FileJob:
         """``(Y, X)`` edge of an output zarr chunk: about :data:`CHUNK`, whole tile strides."""
         return _chunk(self.plan.layout.y), _chunk(self.plan.layout.x)
 
+    @property
+    def classes(self) -> bool:
+        """Whether the model is of the classes mode (class ids out, ``(K, ...)`` probabilities)."""
+        return self.model.mode == "classes"
+
     def write_probabilities(self, z: int, rows: tuple, cols: tuple, data: np.ndarray) -> None:
         """Write a rectangle of slice ``z``'s probabilities, if they are wanted."""
         if self.probabilities is not None:
             index = (slice(*rows), slice(*cols))
-            self.probabilities[(z, *index) if self.plan.stack else index] = data
+            lead = (slice(None),) if self.classes else ()
+            self.probabilities[(*lead, z, *index) if self.plan.stack else (*lead, *index)] = data
+
+    def describe(self, n_objects: int) -> str:
+        """What was written, e.g. ``'512 x 512 int32, 40 objects'`` (``uint8, 3 classes``)."""
+        shape = " x ".join(map(str, self.plan.shape))
+        if self.classes:
+            return f"{shape} uint8 class ids, {n_objects} of {self.model.config.n_classes} classes"
+        return f"{shape} int32, {n_objects} objects"
 
 
 def _chunk(axis: Any) -> int:
@@ -511,18 +525,22 @@ def open_outputs(job: FileJob) -> Iterator[FileJob]:
         ``job``.
     """
     from napari_unet.cli.ngff import labels_into
+    from napari_unet.core.inference import probability_shape
 
     plan, target = job.plan, job.target
     chunks = (1, *job.chunks()) if plan.stack else job.chunks()
     with ExitStack() as outputs:
         if target.probabilities is not None:
+            shape = probability_shape(job.model, plan.shape)
+            prob_chunks = (1, *chunks) if job.classes else chunks
             job.probabilities = outputs.enter_context(
-                output_array(target.probabilities, plan.shape, "float32", chunks)
+                output_array(target.probabilities, shape, "float32", prob_chunks)
             )
         if target.labels_into is not None:
             opened = labels_into(job.image.ome, target.labels_into, job.chunks())
         else:
-            opened = output_array(target.labels, plan.shape, "int32", chunks)
+            dtype = "uint8" if job.classes else "int32"
+            opened = output_array(target.labels, plan.shape, dtype, chunks)
         job.labels = outputs.enter_context(opened)
         yield job
 
@@ -546,11 +564,11 @@ def run_local(job: FileJob, stop: threading.Event | None = None) -> Generator[An
     Returns
     -------
     int
-        The number of objects.
+        The number of objects (classes mode: the number of classes found).
     """
     from napari_unet.core.inference import segment
 
-    n_objects = 0
+    n_objects, found = 0, set()
     work = segment(
         job.model,
         job.image.data,
@@ -566,8 +584,9 @@ def run_local(job: FileJob, stop: threading.Event | None = None) -> Generator[An
     for event in work:
         if event.stage == "labels":
             n_objects = max(n_objects, int(event.item.labels.max(initial=0)))
+            found.update(np.unique(event.item.labels).tolist() if job.classes else ())
         yield event
-    return n_objects
+    return len(found) if job.classes else n_objects
 
 
 #: how a job runs: (job, stop) -> generator of events that returns the number of objects
@@ -615,8 +634,7 @@ def segment_file(
     job = plan_file(model, target, settings)
     with open_outputs(job):
         n_objects = yield from run(job, stop)
-    shape = " x ".join(map(str, job.plan.shape))
-    return FileResult(target, "written", f"{shape} int32, {n_objects} objects", n_objects)
+    return FileResult(target, "written", job.describe(n_objects), n_objects)
 
 
 def segment_files(

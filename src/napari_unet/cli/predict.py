@@ -48,7 +48,7 @@ _WRITABLE = (".tif", ".tiff", ".npy", ".zarr")
 DEFAULT_LABELS_NAME = "unet"
 
 #: the line in ``napari-unet --help``
-HELP = "segment images or stacks into instance labels with a trained model"
+HELP = "segment images or stacks into instance labels (or class ids) with a trained model"
 DESCRIPTION = (
     "Segment 2D images, multichannel images or (Z, Y, X) stacks with a trained napari-unet "
     "model: exact overlap-tile inference (the result equals one whole-image pass), threshold, "
@@ -57,7 +57,9 @@ DESCRIPTION = (
     "INPUTs (files, folders, quoted glob patterns) with --out FOLDER write <name>_labels.tif "
     "(.zarr for zarr inputs) for each, and a failing image is reported while the others are "
     "done (exit code 1 if any failed). zarr and OME-Zarr inputs are read lazily; "
-    "--labels-into writes the labels into an OME-Zarr input's labels/ group."
+    "--labels-into writes the labels into an OME-Zarr input's labels/ group. A model trained "
+    "with --mode classes writes the class id 1..K of every pixel (uint8) instead, and "
+    "--probabilities the (K, ...) class probabilities."
 )
 
 
@@ -99,8 +101,9 @@ def _add_outputs(parser: argparse.ArgumentParser) -> None:
         parser,
         metavar="LABELS",
         required=False,
-        help="where to write the int32 labels: a .tif, .tiff, .npy or .zarr file for one "
-        "INPUT, a folder for several (<name>_labels.tif, or .zarr for zarr inputs)",
+        help="where to write the int32 labels (uint8 class ids for a classes model): a .tif, "
+        ".tiff, .npy or .zarr file for one INPUT, a folder for several (<name>_labels.tif, "
+        "or .zarr for zarr inputs)",
     )
     parser.add_argument(
         "--labels-into",
@@ -114,8 +117,9 @@ def _add_outputs(parser: argparse.ArgumentParser) -> None:
         "--probabilities",
         type=Path,
         metavar="OUT",
-        help="also write the float32 foreground probability: a .tif, .tiff, .npy or .zarr "
-        "file for one INPUT, a folder for several (<name>_probabilities.tif)",
+        help="also write the float32 foreground probability ((K, ...) class probabilities for "
+        "a classes model): a .tif, .tiff, .npy or .zarr file for one INPUT, a folder for "
+        "several (<name>_probabilities.tif)",
     )
     parser.add_argument(
         "--skip-existing",
@@ -196,6 +200,19 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--min-size must be 0 or more, got {args.min_size}")
     if args.out is None and args.labels_into is None:
         raise UsageError("say where the labels go: --out, or --labels-into for OME-Zarr inputs")
+
+
+def _check_mode(model: Any, args: argparse.Namespace) -> None:
+    """UsageError for the options of instances given with a model of the classes mode."""
+    if model.mode != "classes":
+        return
+    given = [f"--{n.replace('_', '-')}" for n in ("threshold", "min_size") if getattr(args, n)]
+    if given:
+        raise UsageError(
+            f"{' and '.join(given)} apply to a 'cells' model; {args.model} is a 'classes' model "
+            f"({', '.join(model.class_names)}), which writes the most probable class of each "
+            "pixel"
+        )
 
 
 def _is_folder(path: Path) -> bool:
@@ -388,8 +405,8 @@ def _run_one(model: Any, target: Any, settings: Any, runner: Any) -> int:
     finally:
         bars.close()
     print(
-        f"wrote {target.destination}: {' x '.join(map(str, plan.shape))} int32, {n_objects} "
-        f"objects in {time.perf_counter() - started:.1f} s"
+        f"wrote {target.destination}: {job.describe(n_objects)} in "
+        f"{time.perf_counter() - started:.1f} s"
         + (f"; probabilities in {target.probabilities}" if target.probabilities else "")
     )
     return 0
@@ -487,10 +504,11 @@ def _run_distributed(address: str, job: Any) -> int:
     from dask.distributed import Client, as_completed
 
     from napari_unet.cli.files import is_zarr_path
-    from napari_unet.core.inference import StackLabeller
+    from napari_unet.core.inference import StackLabeller, class_ids, probability_shape
 
     labeller = StackLabeller(threshold=job.threshold, gap=job.model.gap, min_size=job.min_size)
-    shape = (job.plan.layout.y.size, job.plan.layout.x.size)
+    label = class_ids if job.classes else labeller
+    shape = probability_shape(job.model, (job.plan.layout.y.size, job.plan.layout.x.size))
     source = job.target.source
     client = Client(address)
     try:
@@ -506,13 +524,16 @@ def _run_distributed(address: str, job: Any) -> int:
             z, rows, cols = futures.pop(fut)
             data = fut.result()
             job.write_probabilities(z, rows, cols, data)
-            buffers.setdefault(z, np.empty(shape, np.float32))[slice(*rows), slice(*cols)] = data
+            buf = buffers.setdefault(z, np.empty(shape, np.float32))
+            buf[..., slice(*rows), slice(*cols)] = data
             pending[z] -= 1
             while next_z in pending and pending[next_z] == 0:  # label in slice order
-                job.labels[next_z if job.plan.stack else ...] = labeller(buffers.pop(next_z))
+                job.labels[next_z if job.plan.stack else ...] = label(buffers.pop(next_z))
                 next_z += 1
     finally:
         client.close()
+    if job.classes:
+        return len(np.unique(job.labels[...]))
     return labeller.n_objects
 
 
@@ -553,6 +574,7 @@ def run(args: argparse.Namespace) -> int:
     targets = [single] if single is not None else _batch_targets(args)
     settings = _settings(args)
     model = load_model_or_package(args.model)
+    _check_mode(model, args)
     runner = _cluster_runner(args.scheduler) if args.scheduler else run_local
     if single is not None:
         if args.skip_existing and single.exists():

@@ -48,7 +48,9 @@ HELP = "train a U-Net on annotated images and write a model file"
 DESCRIPTION = (
     "Train a U-Net on images and their instance labels (0 = background, k = cell k) "
     "and write one .pt model file. Stacks (Z, Y, X) are sets of 2D images; slices "
-    "without labels are ignored unless a region marks them as annotated."
+    "without labels are ignored unless a region marks them as annotated. With --mode classes "
+    "the labels are scribbles of a semantic segmentation (0 = not painted, k = class k): only "
+    "painted pixels are learnt, and the model predicts the class of every pixel."
 )
 
 
@@ -79,6 +81,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="MODEL",
         help="continue training this model file (.pt, or a bioimage.io .zip this project "
         "exported) instead of starting afresh",
+    )
+    parser.add_argument(
+        "--class-names",
+        nargs="+",
+        metavar="NAME",
+        help="with --mode classes: the names of classes 1, 2, ... stored with the model "
+        "(default: 'class 1', 'class 2', ...)",
     )
     add_preset(parser)
     add_device(parser)
@@ -189,6 +198,8 @@ def _check_files(args: argparse.Namespace) -> None:
         raise UsageError(f"--out: folder does not exist: {out.parent}")
     if out.is_dir():
         raise UsageError(f"--out must be a file name, got a folder: {out}")
+    if args.class_names and args.mode != "classes":
+        raise UsageError("--class-names needs --mode classes")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -249,7 +260,15 @@ def _train(args: argparse.Namespace, settings: Any, main: bool) -> int:
             previous[signum] = signal.signal(signum, on_interrupt)
     progress = None if args.quiet or not main else ProgressLine(sys.stderr)
     try:
-        work = train(images, labels, regions, settings=settings, model=model, stop=stop)
+        work = train(
+            images,
+            labels,
+            regions,
+            settings=settings,
+            model=model,
+            stop=stop,
+            class_names=args.class_names,
+        )
         result = run_to_end(work, None if progress is None else progress.update)
     finally:
         if progress is not None:
