@@ -116,3 +116,56 @@ def test_weights_takes_a_stack_of_three_slices(tmp_path, labels):
     np.save(src, stack)
     assert main(["weights", str(src), "--out", str(dst)]) == 0
     assert np.load(dst).shape == stack.shape
+
+
+# ----------------------------------------------------------------------------------- volumes
+
+
+@pytest.fixture
+def volume():
+    from napari_unet.sample_data import make_touching_nuclei_3d
+
+    return make_touching_nuclei_3d((10, 40, 40), 8, spacing=(2.0, 1.0, 1.0), seed=0)[1]
+
+
+def test_weights_volume_with_ndim_3_and_scale(tmp_path, volume, capsys):
+    src, dst = tmp_path / "volume.tif", tmp_path / "w.tif"
+    tifffile.imwrite(src, volume)
+    argv = ["weights", str(src), "--out", str(dst), "--ndim", "3", "--scale", "2", "1", "1"]
+    assert main(argv) == 0
+    expected = border_weight_map(volume, sampling=(2.0, 1.0, 1.0))
+    np.testing.assert_array_equal(tifffile.imread(dst), expected)
+    assert "10 x 40 x 40 float32" in capsys.readouterr().out
+    # three values of --scale say "a volume" on their own; --ndim 3 alone is isotropic
+    assert main(["weights", str(src), "--out", str(dst), "--scale", "2", "1", "1"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(dst), expected)
+    assert main(["weights", str(src), "--out", str(dst), "--ndim", "3"]) == 0
+    iso = border_weight_map(volume, sampling=(1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(tifffile.imread(dst), iso)
+    assert not np.array_equal(iso, expected)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ndim", "3", "--scale", "2", "1"], r"--scale must have 3 values .* got 2"),
+        (["--scale", "2", "0", "1"], r"--scale must hold finite spacings > 0 .* \(2.0, 0.0, 1.0\)"),
+        (["--scale", "1", "-1", "1"], "--scale must hold finite spacings > 0"),
+        (["--ndim", "2", "--scale", "2", "1", "1"], r"--scale must have 2 values"),
+    ],
+)
+def test_weights_bad_voxel_size_exits_2(tmp_path, capsys, volume, extra, message):
+    src, dst = tmp_path / "v.npy", tmp_path / "w.tif"
+    np.save(src, volume)
+    assert main(["weights", str(src), "--out", str(dst), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("napari-unet weights: error:") and err.count("\n") == 1
+    assert re.search(message, err)
+    assert not dst.exists()
+
+
+def test_weights_ndim_3_needs_a_volume(tmp_path, capsys, labels):
+    src = tmp_path / "l.npy"
+    np.save(src, labels)
+    assert main(["weights", str(src), "--out", str(tmp_path / "w.npy"), "--ndim", "3"]) == 2
+    assert "--ndim 3 needs a (Z, Y, X) label volume" in capsys.readouterr().err

@@ -211,3 +211,31 @@ def test_3d_training_targets():
     gap = touching_gap(labels, sampling=sampling) & region
     assert gap.any() and np.median(t.weights[gap]) > 5
     assert np.all(t.weights[~region] == 0)
+
+
+# ------------------------------------------------------------------------------ live updates
+
+
+@pytest.mark.parametrize("gap", [0, 1])
+def test_3d_live_map_equals_full_recompute(gap):
+    from napari_unet.core.targets import BorderWeightMap
+
+    sampling = (2.0, 1.0, 1.0)
+    labels = nuclei((12, 64, 64), 14, seed=6)
+    live = BorderWeightMap(labels, gap=gap, sampling=sampling, sigma=4.0)
+    assert live.shape == labels.shape and live.sampling == sampling
+    zz, yy, xx = np.mgrid[:12, :64, :64]
+    painted = labels.copy()
+    painted[(2 * (zz - 6)) ** 2 + (yy - 30) ** 2 + (xx - 30) ** 2 <= 64] = labels.max() + 1
+    box = live.update(painted)
+    assert box is not None and len(box) == 3
+    assert box[1].stop - box[1].start < 64  # recomputed around the edit, not everywhere
+    erased = painted.copy()
+    erased[erased == 1] = 0
+    # a user paints one slice at a time: the hint is that slice
+    erased[5, 50:55, 50:55] = 0
+    live.update(erased, changed=(slice(0, 12), slice(0, 64), slice(0, 64)))
+    expected = training_targets(erased, gap=gap, sigma=4.0, sampling=sampling).weights
+    np.testing.assert_array_equal(live.weights, expected)
+    with pytest.raises(ValueError, match="a box of 3 slices"):
+        live.update(erased, changed=(slice(0, 4), slice(0, 4)))

@@ -124,3 +124,50 @@ def test_removing_the_labels_stops_following(viewer, dock, wait_idle, cells) -> 
     layer.paint((5, 5), 3)  # no longer followed: nothing happens
     assert not widget.busy
     assert "cells border weights" in viewer.layers  # what was shown stays
+
+
+def test_a_volume_is_weighted_in_3d_with_its_scale(viewer, dock, wait_idle, notes) -> None:
+    from napari_unet.sample_data import make_touching_nuclei_3d
+
+    spacing = (2.0, 1.0, 1.0)
+    _, volume = make_touching_nuclei_3d((10, 48, 48), 8, spacing=spacing, seed=0)
+    viewer.add_image(np.zeros(volume.shape, np.float32), name="image", scale=spacing)
+    layer = viewer.add_labels(volume.copy(), name="nuclei", scale=spacing)
+    widget = dock("Border weights")
+    widget.labels_layer.value = layer
+    assert widget.dims.enabled and widget.dims.value == "3D"  # from the layer's scale
+    widget.gap.value = 1
+    assert widget.show_weights()
+    wait_idle(widget)
+    weights = widget.weights_layer
+    assert weights.data.shape == volume.shape and tuple(weights.scale) == spacing
+
+    def expected(labels):
+        cut = cut_gap(labels, 1, sampling=spacing)
+        return border_weight_map(cut, sampling=spacing)
+
+    np.testing.assert_allclose(weights.data, expected(volume), rtol=1e-5, atol=1e-5)
+    # painting in one slice updates the 3D map around the stroke
+    viewer.dims.set_point(0, 5 * spacing[0])
+    layer.brush_size = 5
+    layer.paint((5, 10, 40), int(volume.max()) + 1)
+    wait_idle(widget)
+    assert widget.updates >= 1
+    np.testing.assert_allclose(weights.data, expected(layer.data), rtol=1e-5, atol=1e-5)
+    # the same labels as 2D slices: each slice on its own
+    widget.dims.value = "2D slices"
+    wait_idle(widget)
+    for z in (0, 5):
+        flat = border_weight_map(cut_gap(layer.data[z], 1))
+        np.testing.assert_allclose(widget.weights_layer.data[z], flat, rtol=1e-5, atol=1e-5)
+    assert notes.messages("error") == []
+
+
+def test_an_isotropic_stack_defaults_to_2d_slices(viewer, dock, cells) -> None:
+    _, labels = cells
+    layer = viewer.add_labels(np.stack([labels, labels]), name="stack")
+    widget = dock("Border weights")
+    widget.labels_layer.value = layer
+    assert widget.dims.enabled and widget.dims.value == "2D slices"
+    widget.labels_layer.value = viewer.add_labels(labels, name="flat")
+    assert not widget.dims.enabled

@@ -2,10 +2,11 @@
 
 Every sub-command module builds its parser with :func:`add_command` and adds the blocks it needs:
 :func:`add_device`, :func:`add_channel_layout` (``--channel-axis`` / ``--rgb``),
-:func:`add_preset`, :func:`add_output`. :func:`add_dataclass_options` turns the
-fields of a settings dataclass (e.g. :class:`~napari_unet.core.training.TrainSettings`) into
-options, with help from the class docstring and choices and extra spellings from the fields'
-metadata; :func:`given_fields` reads them back.
+:func:`add_preset`, :func:`add_output`, :func:`add_volume` (``--ndim`` / ``--scale``).
+:func:`add_dataclass_options` turns the fields of a settings dataclass (e.g.
+:class:`~napari_unet.core.training.TrainSettings`) into options, with help from the class
+docstring and choices and extra spellings from the fields' metadata; :func:`given_fields` reads
+them back.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ __all__ = [
     "add_device",
     "add_output",
     "add_preset",
+    "add_volume",
     "field_docs",
     "given_fields",
+    "volume_sampling",
 ]
 
 
@@ -123,6 +126,63 @@ def add_output(
         Whether the option must be given.
     """
     parser.add_argument("--out", "-o", type=Path, required=required, metavar=metavar, help=help)
+
+
+def add_volume(parser: argparse.ArgumentParser, *, what: str) -> None:
+    """``--ndim {2,3}`` and ``--scale Z Y X``: a stack of 2D slices or a volume, and its voxel size.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        Where to add them; they arrive as ``args.ndim`` (2, 3 or None) and ``args.scale``
+        (a list of floats or None). Read them back with :func:`volume_sampling`.
+    what : str
+        What a ``(Z, Y, X)`` array is treated as with ``--ndim 2``, e.g. ``'weighted slice by
+        slice'`` (shown in the help).
+    """
+    parser.add_argument(
+        "--ndim",
+        type=int,
+        choices=[2, 3],
+        default=None,
+        help=f"3: a (Z, Y, X) array is one volume; 2: it is a stack of 2D slices, {what} "
+        "(default: 3 when --scale has three values, else 2)",
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        nargs="+",
+        metavar="S",
+        help="voxel size, one spacing per axis (Z Y X for a volume, e.g. 2 0.5 0.5, as a napari "
+        "layer's scale); distances are measured in it (default: 1 per axis)",
+    )
+
+
+def volume_sampling(args: argparse.Namespace) -> tuple[int, tuple[float, ...] | None]:
+    """The dimensions and voxel size asked for by ``--ndim`` and ``--scale``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed arguments of a command with :func:`add_volume`.
+
+    Returns
+    -------
+    ndim : int
+        2 or 3: ``--ndim``, else the length of ``--scale``, else 2.
+    sampling : tuple of float or None
+        The checked ``--scale``; None when not given.
+
+    Raises
+    ------
+    ValueError
+        If ``--scale`` does not have ``ndim`` values or holds a value that is not > 0.
+    """
+    from napari_unet.core.targets import check_sampling
+
+    scale = getattr(args, "scale", None)
+    ndim = args.ndim or (len(scale) if scale is not None and len(scale) in (2, 3) else 2)
+    return ndim, check_sampling(scale, ndim, name="--scale")
 
 
 def field_docs(cls: type) -> dict[str, str]:

@@ -1,8 +1,9 @@
 """``napari-unet weights``: compute the U-Net border-weight map of a label image, to a file.
 
 A 2D label image gives a 2D map; a ``(Z, Y, X)`` stack is weighted slice by slice (each slice is
-an independent 2D image, see :func:`napari_unet.core.targets.border_weight_stack`). The map is
-that of the labels as given: no gap is cut (training cuts it before weighting).
+an independent 2D image, see :func:`napari_unet.core.targets.border_weight_stack`), or as one
+volume with ``--ndim 3`` (distances in 3D, measured in the voxel size ``--scale Z Y X``). The
+map is that of the labels as given: no gap is cut (training cuts it before weighting).
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from typing import Any
 import numpy as np
 
 from napari_unet.cli import UsageError
-from napari_unet.cli.options import add_command, add_dataclass_options, add_output, given_fields
+from napari_unet.cli.options import (
+    add_command,
+    add_dataclass_options,
+    add_output,
+    add_volume,
+    given_fields,
+    volume_sampling,
+)
 
 __all__ = ["DESCRIPTION", "HELP", "add_parser", "check_label_shape", "run"]
 
@@ -31,7 +39,7 @@ DESCRIPTION = (
     "Compute the border-weight map of Ronneberger et al. (2015, eq. 2), "
     "w = w_c + w0 * exp(-(d1 + d2)^2 / (2 sigma^2)), of an integer label image "
     "(0 = background, k > 0 = cell k) and write it as float32. A (Z, Y, X) stack is "
-    "weighted slice by slice."
+    "weighted slice by slice, or as one volume with --ndim 3 (voxel size --scale Z Y X)."
 )
 
 
@@ -49,6 +57,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="where to write the float32 weight map (.tif, .tiff or .npy)",
     )
     add_dataclass_options(parser, TrainSettings, only=("w0", "sigma", "class_balance"))
+    add_volume(parser, what="each weighted on its own")
     return parser
 
 
@@ -121,23 +130,31 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--out must end in {', '.join(_WRITABLE)}, got {out.name!r}")
     if not out.parent.exists():
         raise FileNotFoundError(f"folder for --out does not exist: {out.parent}")
+    ndim, sampling = volume_sampling(args)
     labels = np.asarray(read_image(args.labels))  # a zarr store is read whole: labels are small
     name = f"label image {args.labels}"
     check_label_shape(labels.shape, name)
     labels = check_labels(labels, name=name, ndim=labels.ndim)
+    if ndim == 3 and labels.ndim != 3:
+        raise ValueError(
+            f"--ndim 3 needs a (Z, Y, X) label volume, got {name} of shape {labels.shape}"
+        )
     from napari_unet.core.training import TrainSettings
 
     given = TrainSettings(**given_fields(args, TrainSettings))
     kwargs = {"w0": given.w0, "sigma": given.sigma, "class_balance": given.class_balance}
     started = time.perf_counter()
-    if labels.ndim == 2:
-        weights = border_weight_map(labels, **kwargs)
+    if ndim == 3:
+        weights = border_weight_map(labels, sampling=sampling or (1.0, 1.0, 1.0), **kwargs)
+    elif labels.ndim == 2:
+        weights = border_weight_map(labels, sampling=sampling, **kwargs)
     else:
-        weights = border_weight_stack(labels, **kwargs)
+        weights = border_weight_stack(labels, sampling=sampling, **kwargs)
     logger.info(
-        "weights of %s (%s) in %.2f s",
+        "weights of %s (%s, %s) in %.2f s",
         args.labels,
         " x ".join(map(str, labels.shape)),
+        "one volume" if ndim == 3 else "2D",
         time.perf_counter() - started,
     )
     write_image(out, weights)

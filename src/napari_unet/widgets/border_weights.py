@@ -4,7 +4,9 @@ The map (Ronneberger et al. 2015, eq. 2) is shown as an Image layer just below t
 it belongs to. Painting updates it incrementally: each brush stroke's box (from napari's
 ``paint`` event) is recomputed by :class:`~napari_unet.core.targets.BorderWeightMap`, debounced
 so that a fast stroke costs one update. ``w0`` and class balance only re-assemble the map;
-``sigma``, the gap or a new labels layer recompute it in a napari thread worker, slice by slice.
+``sigma``, the gap or a new labels layer recompute it in a napari thread worker, slice by slice,
+or, for a ``(Z, Y, X)`` layer treated as "3D", as one volume with the layer's ``scale`` as voxel
+size (the map is then a 3D Image layer with the same scale).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, FloatSpinBox, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton, SpinBox
 from napari.layers import Image, Labels, Shapes
 from napari.utils import progress
 from napari.utils.notifications import show_error
@@ -28,13 +30,19 @@ from napari_unet.widgets.controls import (
     same_value,
 )
 from napari_unet.widgets.docs import set_tooltips
-from napari_unet.widgets.layers import layer_array, region_mask
+from napari_unet.widgets.layers import (
+    DIMS_CHOICES,
+    default_dims,
+    layer_array,
+    region_mask,
+    voxel_size,
+)
 from napari_unet.widgets.workers import Failure, Job, notify_error
 
 if TYPE_CHECKING:
     import napari.viewer
 
-__all__ = ["BorderWeightsWidget", "paint_boxes"]
+__all__ = ["BorderWeightsWidget", "paint_boxes", "volume_box"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,11 +109,40 @@ def paint_boxes(atoms: Any, ndim: int) -> dict[int | None, Box] | None:
     return boxes
 
 
+def volume_box(boxes: dict[int | None, Box]) -> tuple[slice, ...]:
+    """One ``(Z, Y, X)`` box covering the per-slice boxes of :func:`paint_boxes`.
+
+    Parameters
+    ----------
+    boxes : dict
+        Slice index -> ``(rows, cols)`` box, as :func:`paint_boxes` gives for 3D labels.
+
+    Returns
+    -------
+    tuple of slice
+        ``(z, rows, cols)``.
+
+    Examples
+    --------
+    >>> volume_box({2: (slice(0, 4), slice(5, 9)), 4: (slice(3, 6), slice(1, 2))})
+    (slice(2, 5, None), slice(0, 6, None), slice(1, 9, None))
+    """
+    zs = [z for z in boxes if z is not None]
+    if not zs:
+        raise ValueError(f"volume_box needs per-slice boxes, got {boxes!r}")
+    yx: Box | None = None
+    for box in boxes.values():
+        yx = _union(yx, box)
+    return (slice(min(zs), max(zs) + 1), *yx)  # type: ignore[misc]
+
+
 def _full_job(labels: np.ndarray, region: np.ndarray | None, params: dict[str, Any], *, stop: Any):  # type: ignore[no-untyped-def]
-    """Worker thread: one BorderWeightMap per slice; yields ``(z, map)``."""
+    """Worker thread: one BorderWeightMap per slice, or one for a volume (``sampling`` in
+    ``params``); yields ``(z, map)`` with ``z = None`` for the whole array."""
     from napari_unet.core.targets import BorderWeightMap
 
-    zs: list[int | None] = [None] if labels.ndim == 2 else list(range(labels.shape[0]))
+    whole = labels.ndim == 2 or params.get("sampling") is not None
+    zs: list[int | None] = [None] if whole else list(range(labels.shape[0]))
     for z in zs:
         if stop.is_set():
             return False
@@ -134,7 +171,11 @@ class BorderWeightsWidget(ViewerWidget):
     Attributes
     ----------
     labels_layer : napari.layers.Labels
-        The annotation whose weight map to show (2D or a stack of 2D slices).
+        The annotation whose weight map to show (2D, or ``(Z, Y, X)``).
+    dims : str
+        For ``(Z, Y, X)`` labels: ``'2D slices'`` (each slice weighted on its own, as a 2D model
+        trains) or ``'3D'`` (one volume, distances in 3D measured in the layer's scale, as a 3D
+        model trains). Default: 3D when the layer's z scale differs from its in-plane scale.
     region : napari.layers.Shapes or napari.layers.Labels, optional
         The annotated area; the weight is 0 outside it.
     gap : int
@@ -170,12 +211,16 @@ class BorderWeightsWidget(ViewerWidget):
             name="class_balance", text="balance classes", value=defaults.class_balance
         )
         self.gap = SpinBox(name="gap", min=0, max=20, value=int(defaults.gap))
+        self.dims = ComboBox(name="dims", label="stack as", choices=list(DIMS_CHOICES))
+        self.dims.value = default_dims(self.labels_layer.value)
+        self.dims.enabled = self._is_stack(self.labels_layer.value)
         self.show_button = PushButton(name="show_button", text="Show weight map")
         self.status = message("status", "Choose a Labels layer and press Show.")
         self.extend(
             [
                 form(
                     self.labels_layer,
+                    self.dims,
                     self.region,
                     self.w0,
                     self.sigma,
@@ -199,6 +244,7 @@ class BorderWeightsWidget(ViewerWidget):
         self.class_balance.changed.connect(self._on_cheap_param)
         self.sigma.changed.connect(self._on_full_param)
         self.gap.changed.connect(self._on_full_param)
+        self.dims.changed.connect(self._on_full_param)
         self.region.changed.connect(self._on_region_choice)
         self.labels_layer.changed.connect(self._on_labels_choice)
 
@@ -344,7 +390,20 @@ class BorderWeightsWidget(ViewerWidget):
             self._need_region = True
             self._timer.start()
 
+    @staticmethod
+    def _is_stack(layer: Any) -> bool:
+        return layer is not None and layer_array(layer).ndim == 3
+
+    @property
+    def volume(self) -> bool:
+        """Whether the followed labels are weighted as one 3D volume."""
+        return self._is_stack(self._source) and self.dims.value == DIMS_CHOICES[1]
+
     def _on_labels_choice(self, *_args: Any) -> None:
+        layer = self.labels_layer.value
+        self.dims.enabled = self._is_stack(layer)
+        with self.dims.changed.blocked():
+            self.dims.value = default_dims(layer)
         if self._source is not None and self.labels_layer.value is not None:
             if not same_value(self.labels_layer.value, self._source):
                 self.show_weights()
@@ -360,12 +419,15 @@ class BorderWeightsWidget(ViewerWidget):
 
     # -- the update itself ---------------------------------------------------------------------
     def _params(self) -> dict[str, Any]:
-        return {
+        params: dict[str, Any] = {
             "w0": float(self.w0.value),
             "sigma": float(self.sigma.value),
             "class_balance": bool(self.class_balance.value),
             "gap": int(self.gap.value),
         }
+        if self.volume:
+            params["sampling"] = voxel_size(self._source)
+        return params
 
     def _region(self, shape: tuple[int, ...]) -> np.ndarray | None:
         layer = self.region.value
@@ -407,16 +469,23 @@ class BorderWeightsWidget(ViewerWidget):
         data = np.array(layer_array(self._source), copy=True)
         self._watch_region(self.region.value)
         region = self._region(data.shape)
+        params = self._params()
+        if "sampling" in params:
+            from napari_unet.core.targets import check_sampling
+
+            check_sampling(params["sampling"], 3, name=f"the scale of '{self._source.name}'")
         self._need_full = self._need_region = self._need_assemble = False
         self._dirty.clear()
-        n = 1 if data.ndim == 2 else data.shape[0]
+        self._maps = {}
+        n = 1 if data.ndim == 2 or "sampling" in params else data.shape[0]
         self._pbar = progress(total=n, desc="Border weights") if n > 1 else None
-        self.status.value = "Computing the weight map…"
+        in_3d = " in 3D" if "sampling" in params else ""
+        self.status.value = f"Computing the weight map{in_3d}…"
         self._job = Job(
             _full_job,
             data,
             region,
-            self._params(),
+            params,
             on_yield=self._on_map,
             on_return=self._on_full_return,
             on_finish=self._on_full_finish,
@@ -472,6 +541,10 @@ class BorderWeightsWidget(ViewerWidget):
     def _apply_dirty(self) -> None:
         data = layer_array(self._source)
         dirty, self._dirty = self._dirty, {}
+        if None in self._maps and data.ndim == 3:  # one volume: one box over the edited slices
+            boxes = {z: box for z, box in dirty.items() if box is not None}
+            whole = len(boxes) < len(dirty)
+            dirty = {None: None if whole or not boxes else volume_box(boxes)}
         for z, box in dirty.items():
             live = self._maps.get(z)
             if live is None:

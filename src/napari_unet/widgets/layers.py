@@ -20,14 +20,20 @@ from napari_unet.core.layout import ImageLayout
 from napari_unet.core.layout import image_layout as core_image_layout
 
 __all__ = [
+    "DIMS_CHOICES",
     "LayerLayout",
     "auto_channel_axis",
+    "default_dims",
     "image_layout",
     "labels_array",
     "layer_array",
     "region_mask",
     "slice_index",
+    "voxel_size",
 ]
+
+#: how a widget treats a (Z, Y, X) layer: independent 2D slices or one volume
+DIMS_CHOICES = ("2D slices", "3D")
 
 logger = logging.getLogger(__name__)
 
@@ -250,3 +256,42 @@ def slice_index(viewer: Any, layer: Any, layout: LayerLayout) -> int | None:
     coords = layer.world_to_data(viewer.dims.point)
     z = int(np.round(coords[layout.z_axis]))
     return int(np.clip(z, 0, layout.n_slices - 1))
+
+
+def voxel_size(layer: Any, ndim: int = 3) -> tuple[float, ...]:
+    """The last ``ndim`` values of the layer's ``scale``: its voxel size ``(z, y, x)``.
+
+    Parameters
+    ----------
+    layer : napari.layers.Layer
+        Any layer with a ``scale``.
+    ndim : int
+        Number of spatial axes.
+
+    Returns
+    -------
+    tuple of float
+        The spacings; a non-positive one is refused by the core
+        (:func:`napari_unet.core.targets.check_sampling`) with a clear message.
+    """
+    return tuple(float(s) for s in np.asarray(layer.scale, float)[-ndim:])
+
+
+def default_dims(layer: Any) -> str:
+    """``'3D'`` for a ``(Z, Y, X)`` layer whose z spacing differs from its in-plane spacing (it
+    was opened as a volume with a voxel size), ``'2D slices'`` otherwise.
+
+    Parameters
+    ----------
+    layer : napari.layers.Layer or None
+        The layer chosen in a widget.
+
+    Returns
+    -------
+    str
+        One of :data:`DIMS_CHOICES`.
+    """
+    if layer is None or getattr(layer, "rgb", False) or layer_array(layer).ndim != 3:
+        return DIMS_CHOICES[0]
+    z, y, x = voxel_size(layer)
+    return DIMS_CHOICES[1] if not np.isclose(z, y) or not np.isclose(z, x) else DIMS_CHOICES[0]

@@ -2,7 +2,9 @@
 
 :class:`BorderWeightMap` keeps its own copy of the labels and the unit border term and, after an
 edit, recomputes only around the changed pixels (boxes grown by the border radius), with the
-same result as a full recompute (:func:`napari_unet.core.targets.border_weight_map`).
+same result as a full recompute (:func:`napari_unet.core.targets.border_weight_map`). Images
+and volumes alike: with a voxel size (``sampling``) the boxes grow by the border radius in voxels
+of each axis.
 """
 
 from __future__ import annotations
@@ -12,36 +14,44 @@ import logging
 import numpy as np
 from scipy import ndimage as ndi
 
-from .gap import check_gap, cut_gap
-from .labels import check_labels, check_region
+from .gap import axis_gaps, cut_gap
+from .labels import check_labels_sampling, check_region
 from .terms import (
     assemble_weights,
+    axis_reach,
     balance_weights,
     border_radius,
     border_term,
     check_weight_params,
+    pixel_sampling,
 )
 
 __all__ = ["BorderWeightMap", "Box", "update_border_weights"]
 
 logger = logging.getLogger(__name__)
 
-Box = tuple[slice, slice]
+Box = tuple[slice, ...]
 
 
-def _grow_box(box: Box, margin: int, shape: tuple[int, ...]) -> Box:
-    return tuple(  # type: ignore[return-value]
-        slice(max(s.start - margin, 0), min(s.stop + margin, n))
-        for s, n in zip(box, shape, strict=True)
+def _grow_box(box: Box, margin: tuple[int, ...], shape: tuple[int, ...]) -> Box:
+    return tuple(
+        slice(max(s.start - m, 0), min(s.stop + m, n))
+        for s, m, n in zip(box, margin, shape, strict=True)
     )
 
 
 def _mask_box(mask: np.ndarray) -> Box | None:
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))
-    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+    """The bounding box of the True pixels, None when there are none."""
+    box: list[slice] = []
+    view = mask
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(view.any(axis=others) if others else view)
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+        view = view[(slice(None),) * axis + (box[-1],)]  # shrink before the next axis
+    return tuple(box)
 
 
 def _shift_box(local: Box, origin: Box) -> Box:
@@ -51,34 +61,36 @@ def _shift_box(local: Box, origin: Box) -> Box:
     )
 
 
-def clusters(mask: np.ndarray, reach: int, most: int = 64) -> list[Box]:
-    """Boxes of the True pixels, merged until no two boxes are within ``reach`` pixels."""
+def clusters(mask: np.ndarray, reach: int | tuple[int, ...], most: int = 64) -> list[Box]:
+    """Boxes of the True pixels, merged until no two boxes are within ``reach`` pixels (one
+    value, or one per axis)."""
     box = _mask_box(mask)
     if box is None:
         return []
-    parts, n = ndi.label(mask[box], structure=np.ones((3, 3), bool))
+    reach = (reach,) * mask.ndim if isinstance(reach, (int, np.integer)) else tuple(reach)
+    parts, n = ndi.label(mask[box], structure=np.ones((3,) * mask.ndim, bool))
     if n == 1 or n > most:  # one stroke, or scattered noise: one box
         return [box]
-    boxes = [[s[0].start, s[0].stop, s[1].start, s[1].stop] for s in ndi.find_objects(parts)]
+    boxes = [[(s.start, s.stop) for s in sl] for sl in ndi.find_objects(parts)]
     merged = True
     while merged:
         merged = False
         for i in range(len(boxes)):
             for j in range(i + 1, len(boxes)):
                 a, b = boxes[i], boxes[j]
-                if (
-                    a[0] - reach < b[1]
-                    and b[0] - reach < a[1]
-                    and a[2] - reach < b[3]
-                    and b[2] - reach < a[3]
+                if all(
+                    ai[0] - r < bi[1] and bi[0] - r < ai[1]
+                    for ai, bi, r in zip(a, b, reach, strict=True)
                 ):
-                    boxes[i] = [min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])]
+                    boxes[i] = [
+                        (min(ai[0], bi[0]), max(ai[1], bi[1])) for ai, bi in zip(a, b, strict=True)
+                    ]
                     del boxes[j]
                     merged = True
                     break
             if merged:
                 break
-    return [_shift_box((slice(y0, y1), slice(x0, x1)), box) for y0, y1, x0, x1 in boxes]
+    return [_shift_box(tuple(slice(lo, hi) for lo, hi in b), box) for b in boxes]
 
 
 def _inner(outer: Box, inner: Box) -> Box:
@@ -89,10 +101,10 @@ def _inner(outer: Box, inner: Box) -> Box:
 
 
 def _check_box(changed: object, shape: tuple[int, ...]) -> Box | None:
-    """A ``changed`` hint (bool mask or ``(slice, slice)``) as a box clipped to the image."""
+    """A ``changed`` hint (bool mask or a tuple of slices) as a box clipped to the image."""
     if (
         isinstance(changed, tuple)
-        and len(changed) == 2
+        and len(changed) == len(shape)
         and all(isinstance(s, slice) for s in changed)
     ):
         box = []
@@ -103,11 +115,12 @@ def _check_box(changed: object, shape: tuple[int, ...]) -> Box | None:
             box.append(slice(start, max(stop, start)))
         if any(s.stop <= s.start for s in box):
             return None
-        return box[0], box[1]
+        return tuple(box)
     mask = np.asarray(changed)
     if mask.dtype != bool or mask.shape != tuple(shape):
         raise ValueError(
-            f"changed must be a bool mask of shape {tuple(shape)} or a (slice, slice) box, "
+            f"changed must be a bool mask of shape {tuple(shape)} or a box of "
+            f"{len(shape)} slices, "
             f"got {type(changed).__name__} {getattr(mask, 'dtype', '')} {mask.shape}"
         )
     return _mask_box(mask)
@@ -130,20 +143,23 @@ class BorderWeightMap:
     ``gap = 0`` it is :func:`~napari_unet.core.targets.border_weight_map` of the labels as they
     are.
 
-    A stack is a set of independent 2D images: keep one object per slice.
+    A stack is a set of independent 2D images: keep one object per slice. A volume is one
+    object with its voxel size (``sampling``).
 
     Parameters
     ----------
     labels : numpy.ndarray
-        2D integer instance labels (copied).
+        Integer instance labels (copied): 2D, or one axis per value of ``sampling``.
     w0, sigma : float
-        Border term height and width (pixels).
+        Border term height and width (sigma in pixels of the finest axis).
     class_balance : bool
         Balance the two classes over the annotated pixels.
     region : numpy.ndarray, optional
         bool mask of the annotated area (copied); weight 0 outside.
     gap : int
         Gap cut between touching instances before the map is computed (0: none).
+    sampling : sequence of float, optional
+        Voxel size, one spacing per axis (``(z, y, x)`` for a volume).
 
     Examples
     --------
@@ -167,11 +183,13 @@ class BorderWeightMap:
         class_balance: bool = True,
         region: np.ndarray | None = None,
         gap: int = 0,
+        sampling: tuple[float, ...] | None = None,
     ) -> None:
-        labels = check_labels(labels)
+        labels, self._sampling = check_labels_sampling(labels, sampling)
         self._w0, self._sigma = check_weight_params(w0, sigma)
         self._class_balance = bool(class_balance)
-        self._gap = check_gap(gap)
+        self._gaps = axis_gaps(gap, self._sampling, labels.ndim)
+        self._gap = int(gap)
         self._labels = labels.copy()
         self._region = check_region(region, labels.shape)
         if self._region is not None:
@@ -180,9 +198,14 @@ class BorderWeightMap:
 
     # -- read-only state ---------------------------------------------------------------------
     @property
-    def shape(self) -> tuple[int, int]:
-        """``(Y, X)`` shape of the image."""
-        return self._labels.shape  # type: ignore[return-value]
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the image or volume."""
+        return self._labels.shape
+
+    @property
+    def sampling(self) -> tuple[float, ...] | None:
+        """The voxel size (None: square pixels)."""
+        return self._sampling
 
     @property
     def labels(self) -> np.ndarray:
@@ -234,7 +257,7 @@ class BorderWeightMap:
         ----------
         labels : numpy.ndarray
             The whole new label image, of the same shape.
-        changed : bool mask or (slice, slice), optional
+        changed : bool mask or tuple of slice, optional
             Where labels may have changed; pixels outside it must be unchanged. Without it the
             new labels are compared with the stored copy (one pass over the image).
 
@@ -244,16 +267,17 @@ class BorderWeightMap:
             A box covering every pixel whose weight was recomputed, ``None`` when nothing
             changed.
         """
-        labels = check_labels(labels)
+        labels, _ = check_labels_sampling(labels, self._sampling)
         if labels.shape != self.shape:
             raise ValueError(f"labels must keep the shape {self.shape}, got {labels.shape}")
-        full: Box = (slice(0, self.shape[0]), slice(0, self.shape[1]))
+        full: Box = tuple(slice(0, n) for n in self.shape)
         hint = full if changed is None else _check_box(changed, self.shape)
         if hint is None:
             return None
         diff = labels[hint] != self._labels[hint]
-        pad = int(np.ceil(border_radius(self._sigma)))
-        reach = 2 * (pad + self._gap) + 1  # clusters farther apart than this do not interact
+        pad = axis_reach(border_radius(self._sigma), pixel_sampling(self._sampling, labels.ndim))
+        # clusters farther apart than this do not interact
+        reach = tuple(2 * (p + g) + 1 for p, g in zip(pad, self._gaps, strict=True))
         done: list[Box] = []
         for local in clusters(diff, reach):
             box = _shift_box(local, hint)
@@ -264,19 +288,21 @@ class BorderWeightMap:
             return None
         self._weights = None
         union = tuple(
-            slice(min(b[i].start for b in done), max(b[i].stop for b in done)) for i in range(2)
+            slice(min(b[i].start for b in done), max(b[i].stop for b in done))
+            for i in range(len(self.shape))
         )
         logger.debug("border weights updated in %d box(es) within %s", len(done), union)
-        return union  # type: ignore[return-value]
+        return union
 
-    def _update_box(self, labels: np.ndarray, box: Box, pad: int) -> Box | None:
+    def _update_box(self, labels: np.ndarray, box: Box, pad: tuple[int, ...]) -> Box | None:
         """Copy ``labels[box]`` in and recompute what depends on it; the recomputed box."""
         self._labels[box] = labels[box]
         if self._gap:
             # The cut at a pixel depends on the labels within `gap` of it.
-            cut_box = _grow_box(box, self._gap, self.shape)
-            ctx = _grow_box(cut_box, self._gap, self.shape)
-            new_cut = cut_gap(self._labels[ctx], self._gap)[_inner(ctx, cut_box)]
+            cut_box = _grow_box(box, self._gaps, self.shape)
+            ctx = _grow_box(cut_box, self._gaps, self.shape)
+            new_cut = cut_gap(self._labels[ctx], self._gap, sampling=self._sampling)
+            new_cut = new_cut[_inner(ctx, cut_box)]
         else:
             cut_box, new_cut = box, self._labels[box]
         old_cut = self._cut[cut_box]
@@ -294,7 +320,8 @@ class BorderWeightMap:
         # and there it needs the labels within `radius` again.
         out_box = _grow_box(_shift_box(diff, cut_box), pad, self.shape)
         ctx = _grow_box(out_box, pad, self.shape)
-        self._border[out_box] = border_term(self._cut[ctx], self._sigma)[_inner(ctx, out_box)]
+        border = border_term(self._cut[ctx], self._sigma, self._sampling)
+        self._border[out_box] = border[_inner(ctx, out_box)]
         return out_box
 
     def set_params(
@@ -321,7 +348,7 @@ class BorderWeightMap:
         self._w0 = new_w0
         if new_sigma != self._sigma:
             self._sigma = new_sigma
-            self._border = border_term(self._cut, self._sigma)
+            self._border = border_term(self._cut, self._sigma, self._sampling)
         self._weights = None
 
     def set_region(self, region: np.ndarray | None) -> None:
@@ -339,8 +366,11 @@ class BorderWeightMap:
 
     # -- internals ---------------------------------------------------------------------------
     def _recompute_all(self) -> None:
-        self._cut = cut_gap(self._labels, self._gap) if self._gap else self._labels.copy()
-        self._border = border_term(self._cut, self._sigma)
+        if self._gap:
+            self._cut = cut_gap(self._labels, self._gap, sampling=self._sampling)
+        else:
+            self._cut = self._labels.copy()
+        self._border = border_term(self._cut, self._sigma, self._sampling)
         self._count()
         self._weights: np.ndarray | None = None
 
@@ -372,7 +402,7 @@ def update_border_weights(
         The live map, updated in place.
     labels : numpy.ndarray
         The whole new label image.
-    changed : bool mask or (slice, slice), optional
+    changed : bool mask or tuple of slice, optional
         Where labels may have changed (see :meth:`BorderWeightMap.update`).
 
     Returns

@@ -120,7 +120,8 @@ def border_weight_stack(labels: np.ndarray, **kwargs: object) -> np.ndarray:
     labels : numpy.ndarray
         3D integer labels; each slice is an independent 2D image.
     **kwargs
-        Passed to :func:`border_weight_map`; ``region``, if given, is a ``(Z, Y, X)`` mask.
+        Passed to :func:`border_weight_map`; ``region``, if given, is a ``(Z, Y, X)`` mask;
+        ``sampling``, if given, is the pixel size ``(y, x)`` of every slice.
 
     Returns
     -------
@@ -128,10 +129,12 @@ def border_weight_stack(labels: np.ndarray, **kwargs: object) -> np.ndarray:
         float32 weights of the stack's shape.
     """
     labels = check_labels(labels, ndim=3)
-    if kwargs.get("sampling") is not None:
+    sampling = kwargs.get("sampling")
+    if sampling is not None and np.ndim(sampling) == 1 and len(sampling) != 2:  # type: ignore[arg-type]
         raise ValueError(
-            "border_weight_stack weights independent 2D slices; for a volume with a voxel "
-            "size call border_weight_map(labels, sampling=(z, y, x))"
+            "border_weight_stack weights independent 2D slices: sampling must be the pixel "
+            f"size (y, x), got {sampling!r}; for one volume call "
+            "border_weight_map(labels, sampling=(z, y, x))"
         )
     region = check_region(kwargs.pop("region", None), labels.shape)
     out = np.empty(labels.shape, np.float32)
