@@ -134,7 +134,7 @@ def test_a_single_process_is_rank_0_of_1():
     group = Distributed()
     assert not group.active and group.main
     assert group.loss_count(torch.ones(2, 3)) is None
-    assert group.agree(True, 1.5, torch.device("cpu")) == (True, 1.5)
+    assert group.agree(True, False, 1.5, torch.device("cpu")) == (True, False, 1.5)
     assert group.gather({"a": 1}) == [{"a": 1}]
     rng = np.random.default_rng(3)
     assert group.rank_rng(rng, 3) is rng

@@ -8,7 +8,10 @@ Images, labels and optional region masks are read with :func:`napari_unet.cli.fi
 (TIFF, PNG, NPY, zarr). Every training setting is an option (see
 :class:`~napari_unet.core.training.TrainSettings`). Progress goes to stderr as a tqdm bar.
 Ctrl-C (or SIGTERM, as a scheduler sends) once stops after the current step and still writes
-the model; a second Ctrl-C aborts.
+the model and a checkpoint; a second Ctrl-C aborts. Checkpoints (``--checkpoint``, by default the
+model's name with ``.ckpt``) are also written every ``--checkpoint-minutes``;
+``napari-unet train IMAGE... --labels LABELS... --out MODEL --resume CHECKPOINT`` continues such
+a run with its settings (``--iterations``, ``--minutes`` and ``--device`` may change).
 
 Under ``torchrun`` (``torchrun --standalone --nproc_per_node N -m napari_unet train ...``) every
 process runs this command; they train one model data-parallel
@@ -89,6 +92,27 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="with --mode classes: the names of classes 1, 2, ... stored with the model "
         "(default: 'class 1', 'class 2', ...)",
     )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="continue the run this checkpoint was written by (same images and labels; its "
+        "settings, except --iterations, --minutes and --device)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="PATH",
+        help="checkpoint file, written every --checkpoint-minutes and at Ctrl-C/SIGTERM "
+        "(default: the model's name with .ckpt)",
+    )
+    parser.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=10.0,
+        metavar="M",
+        help="minutes between checkpoints; 0: only when stopped (default: 10)",
+    )
     add_preset(parser)
     add_device(parser)
     add_channel_layout(parser)
@@ -119,6 +143,39 @@ def _read_all(paths: list[str]) -> list[Any]:
     from napari_unet.cli.files import read_image
 
     return [read_image(p) for p in paths]
+
+
+#: settings a resumed run may change
+_RESUMABLE = frozenset({"iterations", "minutes", "device"})
+
+
+def _resumed_settings(args: argparse.Namespace, checkpoint: Any) -> Any:
+    """The checkpoint's settings with a new budget or device; UsageError for other changes."""
+    from dataclasses import fields, replace
+
+    from napari_unet.core.training import TrainSettings
+
+    saved = checkpoint.settings
+    given = given_fields(args, TrainSettings)
+    if args.no_augment:
+        given.update(elastic=False, flips=False, affine=False, intensity=False)
+    flags = {f.name: f.metadata.get("flags", ()) for f in fields(TrainSettings)}
+    for name, value in given.items():
+        if name not in _RESUMABLE and getattr(saved, name) != value:
+            option = ([*flags[name], "--" + name.replace("_", "-")])[0]
+            raise UsageError(
+                f"{option} {value} differs from the checkpoint's {getattr(saved, name)}: a "
+                "resumed run keeps its settings (only --iterations, --minutes and --device "
+                "may change)"
+            )
+    budget: dict[str, Any] = {}
+    if args.iterations is not None:
+        budget = {"iterations": args.iterations, "minutes": None}
+    if args.minutes is not None:
+        budget = {"iterations": None, "minutes": args.minutes}
+    settings = replace(saved, device=args.device, **budget)
+    settings.validate()
+    return settings
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -200,6 +257,36 @@ def _check_files(args: argparse.Namespace) -> None:
         raise UsageError(f"--out must be a file name, got a folder: {out}")
     if args.class_names and args.mode != "classes":
         raise UsageError("--class-names needs --mode classes")
+    if args.resume is not None and args.init is not None:
+        raise UsageError("--resume continues a run (its model included); --init cannot go with it")
+    if args.checkpoint_minutes < 0:
+        raise UsageError(f"--checkpoint-minutes must be >= 0, got {args.checkpoint_minutes:g}")
+    ckpt = _checkpoint_path(args)
+    if ckpt.resolve() == out.resolve():
+        raise UsageError(f"--checkpoint must differ from --out, got {ckpt} for both")
+    if not ckpt.parent.exists():
+        raise UsageError(f"--checkpoint: folder does not exist: {ckpt.parent}")
+
+
+def _resumed_names(checkpointing: Any) -> list[str] | None:
+    """The class names a resumed run was given, if any."""
+    resume = checkpointing.resume
+    return list(resume.class_names) or None if resume is not None else None
+
+
+def _checkpoint_path(args: argparse.Namespace) -> Path:
+    """``--checkpoint``, else the model's name with ``.ckpt``."""
+    return args.checkpoint if args.checkpoint is not None else Path(args.out).with_suffix(".ckpt")
+
+
+def _checkpointing(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The run's settings and its :class:`Checkpointing` (resuming when ``--resume``)."""
+    from napari_unet.core.training.checkpoint import Checkpointing, load_checkpoint
+
+    resume = load_checkpoint(args.resume) if args.resume is not None else None
+    settings = _settings(args) if resume is None else _resumed_settings(args, resume)
+    minutes = args.checkpoint_minutes or None
+    return settings, Checkpointing(_checkpoint_path(args), minutes=minutes, resume=resume)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -216,16 +303,16 @@ def run(args: argparse.Namespace) -> int:
         0 on success.
     """
     _check_files(args)
-    settings = _settings(args)
+    settings, checkpointing = _checkpointing(args)
     from napari_unet.core.training.distributed import process_group
 
     with process_group(settings.device) as group:
         if not group.main:
             logging.getLogger("napari_unet").setLevel(logging.WARNING)
-        return _train(args, settings, group.main)
+        return _train(args, settings, checkpointing, group.main)
 
 
-def _train(args: argparse.Namespace, settings: Any, main: bool) -> int:
+def _train(args: argparse.Namespace, settings: Any, checkpointing: Any, main: bool) -> int:
     """Read the files, train (stopping at Ctrl-C or SIGTERM), write the model on rank 0."""
     from napari_unet.bioimageio import load_model_or_package
     from napari_unet.core.model_files import save_model
@@ -233,6 +320,8 @@ def _train(args: argparse.Namespace, settings: Any, main: bool) -> int:
     from napari_unet.core.training import describe_run, train
 
     model = load_model_or_package(args.init) if args.init is not None else None
+    if checkpointing.resume is not None:
+        model = checkpointing.resume.base_model()
     images = _read_all(args.images)
     labels = _read_all(args.labels)
     regions = None
@@ -267,7 +356,8 @@ def _train(args: argparse.Namespace, settings: Any, main: bool) -> int:
             settings=settings,
             model=model,
             stop=stop,
-            class_names=args.class_names,
+            class_names=args.class_names or _resumed_names(checkpointing),
+            checkpoint=checkpointing,
         )
         result = run_to_end(work, None if progress is None else progress.update)
     finally:

@@ -10,6 +10,8 @@
 - :mod:`.metrics`: IoU and average precision with one-to-one instance matching.
 - :mod:`.distributed`: data-parallel training under ``torchrun`` (DistributedDataParallel);
   :func:`.train` runs data-parallel when a process group is initialised.
+- :mod:`.checkpoint`: checkpoints of a run (weights, optimiser, step, random streams) and
+  resuming from one.
 """
 
 from .augment import AugmentSettings, augment_batch

@@ -17,7 +17,8 @@ group through :func:`current`, and then
   process takes with batch N * b on the same patches (batch normalisation aside: its batch
   statistics are per rank);
 - agrees on when to stop (a stop request on any rank, the iteration or time budget on rank 0's
-  clock: :meth:`Distributed.agree`), so that no rank waits for a step the others never take;
+  clock: :meth:`Distributed.agree`), so that no rank waits for a step the others never take
+  and all write checkpoints at the same steps;
 - validates, reports progress and writes files on rank 0 only (:attr:`Distributed.main`).
 
 A single process is ``Distributed()``: rank 0 of 1, every method a no-op.
@@ -164,13 +165,17 @@ class Distributed:
         dist.all_reduce(t)
         return float(t.item()) / self.world_size
 
-    def agree(self, finished: bool, elapsed: float, device: torch.device) -> tuple[bool, float]:
-        """Whether any rank is finished, and rank 0's clock, on every rank.
+    def agree(
+        self, stop: bool, finished: bool, elapsed: float, device: torch.device
+    ) -> tuple[bool, bool, float]:
+        """Whether any rank was asked to stop or is finished, and rank 0's clock, on every rank.
 
         Parameters
         ----------
+        stop : bool
+            This rank was asked to stop (Ctrl-C, SIGTERM, Stop).
         finished : bool
-            This rank would stop before the next step (stop request, budget spent).
+            This rank's budget is spent (iterations, minutes).
         elapsed : float
             Seconds of training on this rank's clock.
         device : torch.device
@@ -178,18 +183,19 @@ class Distributed:
 
         Returns
         -------
-        finished : bool
-            Whether all ranks stop now.
+        stop, finished : bool
+            The same on every rank: all ranks end before the same step.
         elapsed : float
-            Rank 0's clock (learning-rate schedule and time budget the same everywhere).
+            Rank 0's clock (learning-rate schedule, time budget and checkpoint times are the
+            same everywhere).
         """
         if not self.active:
-            return finished, elapsed
+            return stop, finished, elapsed
         dtype = torch.float64 if device.type == "cpu" else torch.float32
-        t = torch.tensor([float(finished), elapsed if self.main else 0.0], dtype=dtype)
-        t = t.to(device)
-        dist.all_reduce(t)
-        return bool(t[0].item() > 0), float(t[1].item())
+        values = [float(stop), float(finished), elapsed if self.main else 0.0]
+        t = torch.tensor(values, dtype=dtype).to(device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t[0].item() > 0), bool(t[1].item() > 0), float(t[2].item())
 
     def gather(self, value: Any) -> list[Any] | None:
         """Every rank's ``value`` (picklable), in rank order, on rank 0; ``None`` elsewhere."""

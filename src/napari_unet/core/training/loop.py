@@ -42,6 +42,7 @@ from ..normalize import normalization_spec
 from ..progress import run_to_end
 from ..targets import IGNORE
 from .augment import augment_batch, center_crop, context_margin
+from .checkpoint import Checkpointing, CheckpointKeeper
 from .data import (
     AnnotatedImage,
     PatchSampler,
@@ -626,6 +627,7 @@ def train(
     model: TrainedModel | None = None,
     stop: threading.Event | None = None,
     class_names: Sequence[str] | None = None,
+    checkpoint: Checkpointing | None = None,
 ) -> Generator[TrainEvent, None, TrainedModel]:
     """Train a U-Net on annotated images, yielding progress; return the best model.
 
@@ -657,6 +659,10 @@ def train(
     class_names : sequence of str, optional
         Classes mode: the names of classes 1, 2, ... (stored with the model); missing ones
         are ``'class k'`` (a fine-tuned model's names when not given).
+    checkpoint : Checkpointing, optional
+        Write checkpoints (every few minutes and when stopped) and/or resume from one
+        (:mod:`~napari_unet.core.training.checkpoint`); with ``resume``, ``settings`` and
+        ``model`` must be the checkpoint's (``Checkpoint.settings``, ``base_model()``).
 
     Yields
     ------
@@ -693,9 +699,13 @@ def train(
     plan = _resolve_plan(settings, model)
     data = _prepare_run_data(images, labels, regions, plan, model)
     run = _TrainingRun(plan, data, model, start, class_names)
+    keeper = CheckpointKeeper(checkpoint, model)
+    keeper.restore(run)
     while not run.finished(stop):
         yield run.step()
-    return run.result(model, stopped=stop is not None and stop.is_set())
+        keeper.after_step(run)
+    keeper.at_end(run, run.stopped)
+    return run.result(model, stopped=run.stopped)
 
 
 class _TrainingRun:
@@ -740,6 +750,7 @@ class _TrainingRun:
         self.min_sizes = min_size_candidates(data.min_size, DEFAULT_MIN_SIZE)
         self.iteration = 0
         self.clock = 0.0  # seconds of training, rank 0's clock in a data-parallel run
+        self.stopped = False  # a stop request (on any rank)
         self.loss = float("nan")
         self.window: deque[tuple[float, int]] = deque(maxlen=20)
         logger.info(
@@ -757,14 +768,13 @@ class _TrainingRun:
         """Whether the run ends before its next step (stop request, iterations, minutes)."""
         elapsed = time.perf_counter() - self.start
         settings = self.settings
-        done = (
-            (stop is not None and stop.is_set())
-            or (settings.iterations is not None and self.iteration >= settings.iterations)
-            or (settings.minutes is not None and elapsed >= 60.0 * settings.minutes)
+        asked = stop is not None and stop.is_set()
+        done = (settings.iterations is not None and self.iteration >= settings.iterations) or (
+            settings.minutes is not None and elapsed >= 60.0 * settings.minutes
         )
         clock = time.perf_counter() - self.train_start
-        done, self.clock = self.plan.dist.agree(done, clock, self.plan.device)
-        return done
+        self.stopped, done, self.clock = self.plan.dist.agree(asked, done, clock, self.plan.device)
+        return self.stopped or done
 
     def step(self) -> TrainEvent:
         """Draw and augment a batch, take one optimisation step, validate when due."""
@@ -925,6 +935,7 @@ def run_training(
     stop: threading.Event | None = None,
     callback: Callable[[TrainEvent], Any] | None = None,
     class_names: Sequence[str] | None = None,
+    checkpoint: Checkpointing | None = None,
 ) -> TrainedModel:
     """Run :func:`train` to the end and return its model.
 
@@ -934,6 +945,8 @@ def run_training(
         As for :func:`train`.
     callback : callable, optional
         Called with every :class:`TrainEvent`.
+    checkpoint : Checkpointing, optional
+        As for :func:`train`.
 
     Returns
     -------
@@ -960,6 +973,7 @@ def run_training(
         model=model,
         stop=stop,
         class_names=class_names,
+        checkpoint=checkpoint,
     )
     return run_to_end(run, callback)
 
