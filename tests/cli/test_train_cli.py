@@ -206,5 +206,11 @@ def test_progress_line():
     text = stream.getvalue()
     assert text.startswith("\r")
     assert "50/200" in text
-    assert "loss 0.1234" in text and "val IoU 0.876" in text and "12.5 patches/s" in text
+    assert "loss 0.1234" in text and "val AP 0.876" in text and "12.5 patches/s" in text
+    assert "IoU" not in text  # the default metric is instance AP
     assert text.endswith("\n")
+    stream = _Terminal()
+    line = train_cli.ProgressLine(stream, metric="IoU")  # --validation-metric iou
+    line.update(event)
+    line.close()
+    assert "val IoU 0.876" in stream.getvalue()

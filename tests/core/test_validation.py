@@ -87,3 +87,34 @@ def test_min_size_candidates():
     assert min_size_candidates(12, 16) == (12, 6)
     assert min_size_candidates(None, 16) == (16,)
     assert min_size_candidates(1, 16) == (1,)
+
+
+def test_an_annotation_too_small_to_hold_out_warns() -> None:
+    import warnings
+
+    import pytest
+
+    from napari_unet.core.progress import run_to_end
+    from napari_unet.core.training import TrainSettings, train
+
+    image = np.zeros((48, 48), np.float32)
+    labels = np.zeros((48, 48), np.int32)
+    image[10:20, 10:20] = labels[10:20, 10:20] = 1  # one cell: nothing to hold out
+    settings = TrainSettings(
+        iterations=1, patch_size=32, batch_size=2, device="cpu", seed=0, validation_fraction=0.2
+    )
+    with pytest.warns(validation.NoValidationWarning, match="too small to hold out 20%") as seen:
+        model = run_to_end(train(image, labels, settings=settings))
+    assert [w.message.block for w in seen if isinstance(w.message, Warning)] == [32]
+    assert model.training["summary"]["validation_blocks"] == 0
+    with warnings.catch_warnings():  # no validation asked for: no warning
+        warnings.simplefilter("error", validation.NoValidationWarning)
+        run_to_end(
+            train(
+                image,
+                labels,
+                settings=TrainSettings(
+                    iterations=1, patch_size=32, batch_size=2, device="cpu", validation_fraction=0.0
+                ),
+            )
+        )

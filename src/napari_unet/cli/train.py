@@ -202,19 +202,22 @@ class ProgressLine:
     ----------
     stream : file-like
         Where to write (stderr).
+    metric : str
+        Short name of the run's validation metric
+        (:func:`~napari_unet.core.training.loop.metric_label`), e.g. ``'AP'`` (``val AP``).
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, metric: str = "AP") -> None:
         self.stream = stream
+        self.metric = metric
         self.tty = bool(getattr(stream, "isatty", lambda: False)())
         self.bar: tqdm | None = None
 
-    @staticmethod
-    def postfix(event: Any) -> str:
+    def postfix(self, event: Any) -> str:
         """The text after the bar for a :class:`~napari_unet.core.training.TrainEvent`."""
         parts = [f"loss {event.loss:.4f}"]
         if event.best_validation is not None:
-            parts.append(f"val IoU {event.best_validation:.3f}")
+            parts.append(f"val {self.metric} {event.best_validation:.3f}")
         parts.append(f"{event.samples_per_second:.1f} patches/s")
         return ", ".join(parts)
 
@@ -318,6 +321,7 @@ def _train(args: argparse.Namespace, settings: Any, checkpointing: Any, main: bo
     from napari_unet.core.model_files import save_model
     from napari_unet.core.progress import run_to_end
     from napari_unet.core.training import describe_run, train
+    from napari_unet.core.training.loop import metric_label
 
     model = load_model_or_package(args.init) if args.init is not None else None
     if checkpointing.resume is not None:
@@ -347,7 +351,7 @@ def _train(args: argparse.Namespace, settings: Any, checkpointing: Any, main: bo
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, on_interrupt)
-    progress = None if args.quiet or not main else ProgressLine(sys.stderr)
+    progress = None if args.quiet or not main else ProgressLine(sys.stderr, metric_label(settings))
     try:
         work = train(
             images,

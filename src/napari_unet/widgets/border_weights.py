@@ -37,7 +37,7 @@ from napari_unet.widgets.layers import (
     region_mask,
     voxel_size,
 )
-from napari_unet.widgets.workers import Failure, Job, notify_error
+from napari_unet.widgets.workers import Job, notify_error
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -488,6 +488,7 @@ class BorderWeightsWidget(ViewerWidget):
             params,
             on_yield=self._on_map,
             on_return=self._on_full_return,
+            on_error=self._on_full_error,
             on_finish=self._on_full_finish,
         )
         self._job.start()
@@ -499,13 +500,13 @@ class BorderWeightsWidget(ViewerWidget):
         if self._pbar is not None:  # last: the bar may process events right here
             self._pbar.update(1)
 
+    def _on_full_error(self, exc: BaseException) -> None:
+        self._maps = {}
+        notify_error("Could not compute the weight map", exc)
+        if self.alive:
+            self.status.value = "The weight map could not be computed."
+
     def _on_full_return(self, result: Any) -> None:
-        if isinstance(result, Failure):
-            self._maps = {}
-            notify_error("Could not compute the weight map", result.error)
-            if self.alive:
-                self.status.value = "The weight map could not be computed."
-            return
         if result and self.alive:
             self._finish_update()
 

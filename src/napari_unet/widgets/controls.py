@@ -76,8 +76,17 @@ def layer_picker(
     return ComboBox(name=name, label=label or name, choices=choices, nullable=nullable)
 
 
-def device_picker(name: str = "device") -> tuple[ComboBox, Label]:
+def device_picker(name: str = "device", runtime: bool = False) -> tuple[ComboBox, Label]:
     """A device drop-down and a "Running on: ..." line that follows it.
+
+    Parameters
+    ----------
+    name : str
+        The drop-down's name; the line is ``'<name>_readout'``.
+    runtime : bool
+        Say what runs inference there too (``'CPU (OpenVINO), 2 threads'``, see
+        :func:`~napari_unet.core.inference.runtimes.describe_runtime`); training always runs in
+        torch (``'CPU, 2 threads'``).
 
     Returns
     -------
@@ -93,18 +102,23 @@ def device_picker(name: str = "device") -> tuple[ComboBox, Label]:
     readout.tooltip = "Where the computation runs (the device's name and kind)."
 
     def update(_value: Any = None) -> None:
-        readout.value = f"Running on: {describe(picker.value)}"
+        readout.value = f"Running on: {describe(picker.value, runtime)}"
 
     picker.changed.connect(update)
     update()
     return picker, readout
 
 
-def describe(device: str) -> str:
-    """Describe a device name in words; problems come back as words too."""
+def describe(device: str, runtime: bool = False) -> str:
+    """Describe a device name in words (with the inference runtime when ``runtime``); problems
+    come back as words too."""
     from napari_unet.core.device import describe_device, select_device
 
     try:
+        if runtime:
+            from napari_unet.core.inference.runtimes import describe_runtime
+
+            return describe_runtime(select_device(device))
         return describe_device(select_device(device))
     except ValueError as exc:
         return f"unavailable ({exc})"

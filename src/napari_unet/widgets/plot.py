@@ -31,6 +31,8 @@ class LossPlot(QWidget):
         super().__init__(parent)
         self.loss: list[tuple[int, float]] = []
         self.validation: list[tuple[int, float]] = []
+        #: what the validation series is called in the legend, e.g. ``'validation AP'``
+        self.validation_label = "validation"
         self.setMinimumHeight(140)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.setToolTip(
@@ -46,6 +48,15 @@ class LossPlot(QWidget):
         """Forget every point."""
         self.loss.clear()
         self.validation.clear()
+        self.update()
+
+    def set_validation_label(self, label: str) -> None:
+        """Name the validation series (legend and tooltip), e.g. ``'validation AP'``."""
+        self.validation_label = label
+        self.setToolTip(
+            f"Training loss (orange, left axis) and {label} (blue, right axis, 0-1) against "
+            "the iteration."
+        )
         self.update()
 
     def add_loss(self, iteration: int, loss: float, redraw: bool = True) -> None:
@@ -136,7 +147,11 @@ class LossPlot(QWidget):
             QRectF(area.left() + 4, area.bottom() + 2, area.width(), h),
             Qt.AlignmentFlag.AlignLeft,
             f"loss {self.loss[-1][1]:.4f}"
-            + (f"   validation {self.validation[-1][1]:.3f}" if self.validation else ""),
+            + (
+                f"   {self.validation_label} {self.validation[-1][1]:.3f}"
+                if self.validation
+                else ""
+            ),
         )
 
     @staticmethod

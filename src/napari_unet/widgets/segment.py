@@ -2,9 +2,11 @@
 
 The core's :func:`~napari_unet.core.inference.segment` generator runs in a napari thread worker
 (:class:`~napari_unet.widgets.workers.Job`); its progress events come back to the main thread
-one by one: tiles done go to napari's activity dock, and each labelled slice is written into the
-Labels layer ``'<image> segmentation'`` (and, if asked, the probability layer), so results
-appear while the rest of a stack is still being computed. Labels are unique across a stack.
+one by one: each labelled slice is written into the Labels layer ``'<image> segmentation'`` (and,
+if asked, the probability layer) at once, so results appear while the rest of a stack is still
+being computed; tiles done are recorded and shown by the widget's own progress bar and status
+line, redrawn twice a second (as in the Train widget: napari's activity dock redraws the window
+continuously, which costs the CPU time inference needs). Labels are unique across a stack.
 A multiscale layer (napari's OME-Zarr reader makes them) is segmented at level 0, lazily.
 
 "Segment folder…" runs the same model over every image of a folder
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,11 +29,11 @@ from magicgui.widgets import (
     ComboBox,
     FileEdit,
     FloatSpinBox,
+    ProgressBar,
     PushButton,
     SpinBox,
 )
 from napari.layers import Image, Labels
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 
@@ -46,7 +49,7 @@ from napari_unet.widgets.controls import (
 from napari_unet.widgets.docs import numpydoc_params, set_tooltips
 from napari_unet.widgets.layers import LayerLayout, auto_channel_axis, image_layout, slice_index
 from napari_unet.widgets.session import session_for
-from napari_unet.widgets.workers import Failure, Job, notify_error
+from napari_unet.widgets.workers import Job, notify_error, refresh_timer, request_stop
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -137,7 +140,8 @@ class SegmentWidget(ViewerWidget):
 
         self._session = session_for(viewer)
         self._job: Job | None = None
-        self._pbar: Any = None
+        self._shown = True
+        self._refresh_timer = refresh_timer(self._refresh)
         self._run: dict[str, Any] = {}
         self._file_cache: tuple[str, float, Any] | None = None
         self.tile_progress: tuple[int, int] = (0, 0)
@@ -156,7 +160,7 @@ class SegmentWidget(ViewerWidget):
         self.min_size = SpinBox(name="min_size", label="minimum size", min=0, max=10_000_000)
         self.min_size.value = DEFAULT_MIN_SIZE
         self.tta = CheckBox(name="tta", text="test-time augmentation", value=False)
-        self.device, self.device_readout = device_picker()
+        self.device, self.device_readout = device_picker(runtime=True)
         self.scope = ComboBox(
             name="scope", label="segment", choices=SCOPE_CHOICES, value="whole stack"
         )
@@ -166,6 +170,7 @@ class SegmentWidget(ViewerWidget):
         self.run_button = PushButton(name="run_button", text="Run")
         self.stop_button = PushButton(name="stop_button", text="Stop")
         self.status = message("status", "")
+        self.progress_bar = ProgressBar(name="progress_bar", value=0, min=0, max=1, visible=False)
         folder_section = self._folder_controls()
         self.extend(
             [
@@ -190,6 +195,7 @@ class SegmentWidget(ViewerWidget):
                 button_row(self.run_button, self.stop_button),
                 folder_section,
                 self.status,
+                self.progress_bar,
             ]
         )
         self.run_button.tooltip = "Segment the image with the chosen model."
@@ -240,32 +246,27 @@ class SegmentWidget(ViewerWidget):
         """
         from napari_unet.core.inference import segment
 
-        if self.busy:
-            show_info("A segmentation is already running; press Stop to end it first.")
-            return False
-        try:
-            plan = self._plan()
-        except ValueError as exc:
-            show_error(str(exc))
+        plan = self._ready(self._plan)
+        if plan is None:
             return False
         self._run = self._run_state(plan["layout"], plan["z"])
         self.tile_progress = (0, 0)
-        self._pbar = progress(total=0, desc=f"Segmenting {self._run['name']}")
-        self._job = Job(
-            segment,
-            plan["model"],
-            plan["image"],
-            on_yield=self._on_report,
-            on_return=self._on_return,
-            on_finish=self._on_finish,
-            **plan["params"],
-        )
         note = plan["layout"].multiscale_note
         if note:
             show_info(note)
-        self.status.value = f"Segmenting {self._where(plan['layout'], plan['z'])}… {note}".strip()
-        self._set_busy(True)
-        self._job.start()
+        self._start(
+            Job(
+                segment,
+                plan["model"],
+                plan["image"],
+                on_yield=self._on_report,
+                on_return=self._on_return,
+                on_error=self._on_error,
+                on_finish=self._on_finish,
+                **plan["params"],
+            ),
+            f"Segmenting {self._where(plan['layout'], plan['z'])}… {note}".strip(),
+        )
         return True
 
     def run_folder(self) -> bool:
@@ -278,31 +279,53 @@ class SegmentWidget(ViewerWidget):
         """
         from napari_unet.cli.batch import segment_files
 
+        ready = self._ready(lambda: (self._model(), *self._folder_targets()))
+        if ready is None:
+            return False
+        model, targets, out_dir = ready
+        self._run = {"folder": True, "n": len(targets), "out": out_dir, "results": []}
+        self._start(
+            Job(
+                segment_files,
+                model,
+                targets,
+                self._batch_settings(),
+                skip_existing=bool(self.skip_existing.value),
+                on_yield=self._on_folder_report,
+                on_return=self._on_folder_return,
+                on_error=self._on_folder_error,
+                on_finish=self._on_finish,
+            ),
+            f"Segmenting {len(targets)} image(s) of {self.folder.value}…",
+            total=len(targets),
+        )
+        return True
+
+    def _ready(self, prepare: Callable[[], Any]) -> Any:
+        """``prepare()``'s result when no run is going on and the inputs work; else None after
+        a notification saying why not."""
         if self.busy:
             show_info("A segmentation is already running; press Stop to end it first.")
-            return False
+            return None
         try:
-            model = self._model()
-            targets, out_dir = self._folder_targets()
+            return prepare()
         except ValueError as exc:
             show_error(str(exc))
-            return False
-        self._run = {"folder": True, "n": len(targets), "out": out_dir, "results": []}
-        self._pbar = progress(total=len(targets), desc=f"Segmenting folder {self.folder.value}")
-        self._job = Job(
-            segment_files,
-            model,
-            targets,
-            self._batch_settings(),
-            skip_existing=bool(self.skip_existing.value),
-            on_yield=self._on_folder_report,
-            on_return=self._on_folder_return,
-            on_finish=self._on_finish,
-        )
-        self.status.value = f"Segmenting {len(targets)} image(s) of {self.folder.value}…"
+            return None
+
+    def _start(self, job: Job, status: str, total: int = 0) -> None:
+        """Start ``job`` with the status line, the progress bar (``total`` steps; 0: set by
+        the first tile event) and the throttled redraws."""
+        self.progress_bar.max = max(total, 1)
+        self.progress_bar.value = 0
+        self.progress_bar.visible = True
+        self._run["progress"] = (0, total)
+        self._shown = True
+        self._job = job
+        self.status.value = status
         self._set_busy(True)
-        self._job.start()
-        return True
+        job.start()
+        self._refresh_timer.start()
 
     def _folder_targets(self) -> tuple[list[Target], Path]:
         """The folder's images and their outputs; ValueError for folders that do not work."""
@@ -364,13 +387,12 @@ class SegmentWidget(ViewerWidget):
 
     def stop(self, *_args: Any) -> None:
         """Ask the run to end after the current tile (the Stop button)."""
-        if not self.busy or self._job is None:
-            show_info("Nothing to stop: no segmentation is running.")
-            return
-        if not self._job.stop():
-            show_info("The segmentation is already stopping.")
-            return
-        self.status.value = "Stopping…"
+        if request_stop(
+            self._job,
+            "Nothing to stop: no segmentation is running.",
+            "The segmentation is already stopping.",
+        ):
+            self.status.value = "Stopping…"
 
     # -- planning ------------------------------------------------------------------------------
     def _model(self) -> Any:
@@ -492,17 +514,28 @@ class SegmentWidget(ViewerWidget):
             self._on_slice(event.item)
 
     def _on_tiles(self, done: int, total: int) -> None:
+        """Record the tile progress; :meth:`_refresh` shows it (a redraw per tile is costly)."""
         self.tile_progress = (done, total)
-        run, pbar = self._run, self._pbar
-        if pbar is None or not run:
+        run = self._run
+        if not run:
             return
-        if self.alive:
-            part = f"{run['done']}/{run['n']} slices, " if run["n"] > 1 else ""
-            self.status.value = f"Segmenting {run['name']}: {part}tile {done}/{total}"
-        # Last: napari's progress bar may process events, and so run _on_finish, right here.
-        if total > 0 and pbar.total != total:
-            pbar.total = total
-        pbar.update(max(done - pbar.n, 0))
+        part = f"{run['done']}/{run['n']} slices, " if run["n"] > 1 else ""
+        run["text"] = f"Segmenting {run['name']}: {part}tile {done}/{total}"
+        run["progress"] = (done, total)
+        self._shown = False
+
+    def _refresh(self) -> None:
+        """Show the latest progress: status line and progress bar."""
+        run = self._run
+        if self._shown or not run or not self.alive:
+            return
+        self._shown = True
+        if "text" in run:
+            self.status.value = run["text"]
+        done, total = run["progress"]
+        if total > 0:
+            self.progress_bar.max = total
+            self.progress_bar.value = min(done, total)
 
     def _on_slice(self, done: SliceLabels) -> None:
         run = self._run
@@ -522,37 +555,44 @@ class SegmentWidget(ViewerWidget):
             prob_layer.data[key] = done.probabilities
             prob_layer.refresh()
 
-    def _on_return(self, result: Any) -> None:
+    def _on_error(self, exc: BaseException) -> None:
         from napari_unet.core.inference import Cancelled
 
         run = self._run
-        stopped = isinstance(result, Failure) and isinstance(result.error, Cancelled)
-        if isinstance(result, Failure) and not stopped:
-            notify_error("Segmentation failed", result.error)
-            if self.alive:
-                self.status.value = "Segmentation failed; see the notification."
-            return
-        out = run["labels"]
-        if stopped:
+        if isinstance(exc, Cancelled):
             msg = (
                 f"Segmentation stopped after {run['done']} of {run['n']} slice(s); finished "
-                f"slices are in '{out.name}'."
+                f"slices are in '{run['labels'].name}'."
             )
             show_info(msg)
         else:
-            n_cells = int(np.count_nonzero(np.bincount(np.ravel(out.data))[1:]))
-            where = "" if run["n"] == 1 else f" ({run['n']} slices)"
-            msg = f"Segmented {run['name']}{where}: {n_cells} cells in '{out.name}'."
-            show_info(msg)
-            run["result"] = out
+            notify_error("Segmentation failed", exc)
+            msg = "Segmentation failed; see the notification."
+        self._show_final(msg)
+
+    def _on_return(self, result: Any) -> None:
+        run = self._run
+        out = run["labels"]
+        n_cells = int(np.count_nonzero(np.bincount(np.ravel(out.data))[1:]))
+        where = "" if run["n"] == 1 else f" ({run['n']} slices)"
+        msg = f"Segmented {run['name']}{where}: {n_cells} cells in '{out.name}'."
+        show_info(msg)
+        run["result"] = out
+        self._show_final(msg)
+
+    def _show_final(self, msg: str) -> None:
+        """The run's last word in the status line (the progress shown up to its end first)."""
+        self._refresh()
+        self._shown = True
         if self.alive:
             self.status.value = msg
 
     def _on_finish(self) -> None:
+        self._refresh_timer.stop()
+        self._shown = True
         job, self._job = self._job, None
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
+        if self.alive:
+            self.progress_bar.visible = False
         run, self._run = self._run, {}
         if job is not None and job.aborted:
             show_warning("The segmentation was stopped because its napari window closed.")
@@ -562,41 +602,43 @@ class SegmentWidget(ViewerWidget):
         done.emit(run.get("result"))
 
     def _on_folder_report(self, event: Any) -> None:
-        run, pbar = self._run, self._pbar
+        """Record a folder run's progress (files done; tiles of the current file)."""
+        run = self._run
         if event.stage == "file":
             run["name"] = event.item.source.name
             run["at"] = event.done + 1
-        elif event.stage == "tiles" and self.alive:
-            self.status.value = (
+        elif event.stage == "tiles":
+            run["text"] = (
                 f"Segmenting {run.get('name', '')} ({run.get('at', 0)}/{run['n']}): "
                 f"tile {event.done}/{event.total}"
             )
         elif event.stage == "files":
             run["results"].append(event.item)
-            if pbar is not None:  # last: napari's progress bar may process events here
-                pbar.update(1)
+            run["progress"] = (len(run["results"]), run["n"])
+        self._shown = False
 
-    def _on_folder_return(self, result: Any) -> None:
+    def _on_folder_error(self, exc: BaseException) -> None:
         from napari_unet.core.inference import Cancelled
 
         run = self._run
-        if isinstance(result, Failure):
-            if isinstance(result.error, Cancelled):
-                msg = (
-                    f"Folder segmentation stopped after {len(run['results'])} of {run['n']} "
-                    f"image(s); finished ones are in {run['out']}."
-                )
-                show_info(msg)
-            else:
-                notify_error("Folder segmentation failed", result.error)
-                msg = "Folder segmentation failed; see the notification."
+        if isinstance(exc, Cancelled):
+            msg = (
+                f"Folder segmentation stopped after {len(run['results'])} of {run['n']} "
+                f"image(s); finished ones are in {run['out']}."
+            )
+            show_info(msg)
         else:
-            run["result"] = result
-            msg = self._folder_summary(result, run["out"])
-            failed = [r for r in result if r.status == "failed"]
-            (show_warning if failed else show_info)(msg)
-        if self.alive:
-            self.status.value = msg
+            notify_error("Folder segmentation failed", exc)
+            msg = "Folder segmentation failed; see the notification."
+        self._show_final(msg)
+
+    def _on_folder_return(self, result: Any) -> None:
+        run = self._run
+        run["result"] = result
+        msg = self._folder_summary(result, run["out"])
+        failed = [r for r in result if r.status == "failed"]
+        (show_warning if failed else show_info)(msg)
+        self._show_final(msg)
 
     @staticmethod
     def _folder_summary(results: list[FileResult], out_dir: Path) -> str:

@@ -23,7 +23,6 @@ from magicgui.widgets import ComboBox, ProgressBar
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
-from qtpy.QtCore import QTimer
 
 from napari_unet.widgets.controls import (
     SettingsForm,
@@ -42,7 +41,7 @@ from napari_unet.widgets.docs import set_tooltips
 from napari_unet.widgets.layers import image_layout, labels_array, region_mask
 from napari_unet.widgets.plot import LossPlot
 from napari_unet.widgets.session import session_for
-from napari_unet.widgets.workers import Failure, Job, notify_error, request_stop
+from napari_unet.widgets.workers import Job, notify_error, refresh_timer, request_stop
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -54,8 +53,6 @@ logger = logging.getLogger(__name__)
 CHANNEL_CHOICES = [("none", None), ("axis 0", 0), ("axis 1", 1)]
 #: steps of the progress bar of a run limited by time only
 PROGRESS_STEPS = 1000
-#: milliseconds between redraws of the status, plot and progress bar while training
-REFRESH_MS = 500
 TRAIN_TIP = "Train a new network on the annotation with the settings above."
 AGAIN_TIP = (
     "Fine-tune the session's model on the current annotations (after correcting a "
@@ -64,6 +61,10 @@ AGAIN_TIP = (
 STOP_TIP = "End training after the current step; the model so far is kept."
 SAVE_TIP = "Save the session's model to a .pt file."
 LOAD_TIP = "Load a napari-unet model file into this session."
+EXPORT_TIP = (
+    "Write the session's model as a bioimage.io model package (.zip) for Fiji (deepImageJ), "
+    "ilastik, QuPath and bioimageio.core; test tensors are cut from the chosen image."
+)
 
 
 def _train_job(
@@ -80,6 +81,15 @@ def _train_job(
 
     image = np.asarray(image)  # a dask or zarr image is read here, off the GUI thread
     return (yield from train(image, labels, region, settings=settings, model=model, stop=stop))
+
+
+def _export_job(model: Any, path: str, test_image: Any, layout: dict[str, Any], *, stop: Any):  # type: ignore[no-untyped-def]
+    """Worker thread: write the bioimage.io package (a generator without progress events)."""
+    from napari_unet.bioimageio import export_package
+
+    written = export_package(model, path, test_image=test_image, **layout)
+    yield from ()
+    return written
 
 
 class TrainWidget(ViewerWidget):
@@ -115,6 +125,8 @@ class TrainWidget(ViewerWidget):
 
     #: emitted on the main thread when training ends: the model, or None if it failed
     training_done = Signal(object)
+    #: emitted on the main thread when an export ends: the package's path, or None
+    export_done = Signal(object)
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer)
@@ -124,15 +136,16 @@ class TrainWidget(ViewerWidget):
         self.extra_settings: dict[str, Any] = {}
         self._session = session_for(viewer)
         self._job: Job | None = None
-        self._refresh_timer = QTimer()
-        self._refresh_timer.setInterval(REFRESH_MS)
-        self._refresh_timer.timeout.connect(self._refresh)
+        self._refresh_timer = refresh_timer(self._refresh)
         self._fine_tune = self._stopped_by_user = False
         self._last_event: Any = None
         self._shown = True
         self._result: Any = None
         self._preset = TrainSettings().preset  # the preset the controls show
         self._run_settings: Any = None
+        self._annotation_name = ""
+        self._export: Job | None = None
+        self._export_result: Any = None
 
         self.image = layer_picker(viewer, "image", (Image,))
         self.channels = ComboBox(name="channels", choices=CHANNEL_CHOICES, value=None)
@@ -156,6 +169,9 @@ class TrainWidget(ViewerWidget):
         self.model_info = message("model_info", "")
         self.save_button = push_button("save_button", "Save model…", SAVE_TIP, self._on_save)
         self.load_button = push_button("load_button", "Load model…", LOAD_TIP, self._on_load)
+        self.export_button = push_button(
+            "export_button", "Export for bioimage.io…", EXPORT_TIP, self._on_export
+        )
         self.extend(
             [
                 form(
@@ -173,6 +189,7 @@ class TrainWidget(ViewerWidget):
                 qt_box("plot", self.plot),
                 self.model_info,
                 button_row(self.save_button, self.load_button, name="model_buttons"),
+                self.export_button,
             ]
         )
         set_tooltips(self, type(self))
@@ -227,12 +244,19 @@ class TrainWidget(ViewerWidget):
         self._fine_tune, self._run_settings = fine_tune, settings
         self._stopped_by_user = False
         self._last_event = None
+        self._annotation_name = self.annotation_layer.value.name
         self.plot.clear()
+        self.plot.set_validation_label(f"validation {self._metric_label()}")
         total = settings.iterations or (PROGRESS_STEPS if settings.minutes else 0)
         self.progress_bar.max = max(total, 1)
         self.progress_bar.value = 0
         self.progress_bar.visible = bool(total)
-        callbacks = {"on_return": self._on_return, "on_finish": self._on_finish}
+        callbacks = {
+            "on_return": self._on_return,
+            "on_error": self._on_error,
+            "on_warning": self._on_warning,
+            "on_finish": self._on_finish,
+        }
         self._job = Job(_train_job, *inputs, on_yield=self._on_event, **callbacks)
         self.status.value = "Starting…"
         self._set_busy(True)
@@ -298,6 +322,59 @@ class TrainWidget(ViewerWidget):
         self._session.set_model(model, "file", f"loaded from {Path(path).name}", str(path))
         show_info(f"Model loaded from {path}")
         return True
+
+    def export_model(self, path: str | Path) -> bool:
+        """Write the session's model as a bioimage.io package (a ``.zip``), in a worker.
+
+        Test tensors are cut from the chosen image when it has the model's channels (else from
+        the synthetic sample). A notification says when the package is written, or why not.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The package to write; ``.zip`` is added when it has no suffix.
+
+        Returns
+        -------
+        bool
+            True if the export started; :attr:`export_done` is emitted when it ends.
+        """
+        model = self._session.model
+        if model is None:
+            show_warning("There is no model to export yet: train one or load a model file.")
+            return False
+        if self._export is not None and self._export.running:
+            show_info("An export is already running; wait for it to finish.")
+            return False
+        path = str(path) if Path(path).suffix else f"{path}.zip"
+        test_image, layout = self._export_test_image(model)
+        self._export = Job(
+            _export_job,
+            model,
+            path,
+            test_image,
+            layout,
+            on_return=self._on_exported,
+            on_error=lambda exc: self._on_export_failed(path, exc),
+            on_finish=self._on_export_finish,
+        )
+        self.status.value = f"Exporting the model to {path}…"
+        self._set_busy(self.busy)
+        self._export.start()
+        return True
+
+    def _export_test_image(self, model: Any) -> tuple[Any, dict[str, Any]]:
+        """The chosen image and its layout, when it suits the model; else the sample's."""
+        layer = self.image.value
+        if layer is None:
+            return None, {}
+        try:
+            layout = image_layout(layer, self.channels.value)
+        except ValueError:
+            return None, {}
+        if layout.n_channels != model.config.in_channels:
+            return None, {}
+        return layout.data, {"channel_axis": layout.channel_axis, "rgb": layout.rgb}
 
     # -- inputs --------------------------------------------------------------------------------
     def _inputs(self, fine_tune: bool) -> tuple[Any, np.ndarray, Any, Any, Any]:
@@ -375,7 +452,7 @@ class TrainWidget(ViewerWidget):
             f"{event.samples_per_second:.1f} samples/s · {event.elapsed:.0f} s"
         )
         if event.best_validation is not None:
-            text += f" · best validation {event.best_validation:.3f}"
+            text += f" · best validation {self._metric_label()} {event.best_validation:.3f}"
         if self._job is not None and self._job.stopping:
             text = "Stopping after this step… " + text
         self.status.value = text
@@ -386,14 +463,29 @@ class TrainWidget(ViewerWidget):
             done = event.iteration if event.iterations else PROGRESS_STEPS * (event.progress or 0)
             self.progress_bar.value = min(int(done), self.progress_bar.max)
 
+    def _on_error(self, exc: BaseException) -> None:
+        self._refresh()  # the last step before the failure
+        self._result = None
+        notify_error("Training failed", exc)
+        if self.alive:
+            self.status.value = "Training failed; see the notification."
+
+    def _on_warning(self, warning: Warning) -> bool:
+        """Say what core warned about in the annotation (split labels, no validation part)."""
+        from napari_unet.core.targets import SplitLabelsWarning
+        from napari_unet.core.training.validation import NoValidationWarning
+
+        if isinstance(warning, SplitLabelsWarning):
+            show_warning(f"Annotation '{self._annotation_name}': {warning}")
+            return True
+        if isinstance(warning, NoValidationWarning):
+            text = str(warning)
+            show_warning(f"Annotation '{self._annotation_name}': {text[0].upper()}{text[1:]}")
+            return True
+        return False
+
     def _on_return(self, result: Any) -> None:
         self._refresh()  # the last step, before the summary replaces it
-        if isinstance(result, Failure):
-            self._result = None
-            notify_error("Training failed", result.error)
-            if self.alive:
-                self.status.value = "Training failed; see the notification."
-            return
         if result is None:
             self._result = None
             return
@@ -409,7 +501,8 @@ class TrainWidget(ViewerWidget):
         loss = f", loss {ev.loss:.4f}" if ev is not None else ""
         summary = model.training.get("summary", {}) if isinstance(model.training, dict) else {}
         score = summary.get("validation")
-        validation = f", validation IoU {score:.3f}" if isinstance(score, float) else ""
+        metric = self._metric_label()
+        validation = f", validation {metric} {score:.3f}" if isinstance(score, float) else ""
         source = "fine-tuned" if self._fine_tune else "trained"
         what = "" if self._fine_tune else f" ({self._run_settings.preset} preset)"
         seed = f", seed {summary['seed']}" if "seed" in summary else ""
@@ -443,6 +536,30 @@ class TrainWidget(ViewerWidget):
             self._set_busy(False)
         self.training_done.emit(result)
 
+    def _on_exported(self, path: Any) -> None:
+        self._export_result = path
+        show_info(f"bioimage.io package written to {path}")
+        if self.alive:
+            self.status.value = f"Exported the model to {path}."
+
+    def _on_export_failed(self, path: str, exc: BaseException) -> None:
+        notify_error(f"Could not export the model to '{path}'", exc)
+        if self.alive:
+            self.status.value = "Export failed; see the notification."
+
+    def _on_export_finish(self) -> None:
+        self._export = None
+        result, self._export_result = self._export_result, None
+        if self.alive:
+            self._set_busy(self.busy)
+        self.export_done.emit(result)
+
+    def _metric_label(self) -> str:
+        """The short name of the validation metric of this run (or of the controls)."""
+        from napari_unet.core.training.loop import metric_label
+
+        return metric_label(self._run_settings or self.settings())
+
     # -- controls ------------------------------------------------------------------------------
     def _on_preset(self, preset: str) -> None:
         """Show the new preset's training settings where they differ from the old one's."""
@@ -470,6 +587,25 @@ class TrainWidget(ViewerWidget):
         path = self._ask_path(save=True)
         if path:
             self.save_model(path)
+
+    def _on_export(self, *_args: Any) -> None:
+        if self._session.model is None:
+            show_warning("There is no model to export yet: train one or load a model file.")
+            return
+        path = self._ask_export_path()
+        if path:
+            self.export_model(path)
+
+    def _ask_export_path(self) -> str | None:
+        """Ask where to write the package (a Qt file dialog); None if cancelled."""
+        from qtpy.QtWidgets import QFileDialog
+
+        current = self._session.current
+        start = Path(current.path).with_suffix(".zip") if current and current.path else "unet.zip"
+        path, _ = QFileDialog.getSaveFileName(
+            self.native, "Export for bioimage.io", str(start), "bioimage.io package (*.zip)"
+        )
+        return path or None
 
     def _on_load(self, *_args: Any) -> None:
         path = self._ask_path(save=False)
@@ -499,6 +635,8 @@ class TrainWidget(ViewerWidget):
         self.again_button.enabled = not busy and has_model
         self.stop_button.enabled = busy
         self.load_button.enabled = not busy
+        exporting = self._export is not None and self._export.running
+        self.export_button.enabled = has_model and not exporting
 
     def _on_session_model(self) -> None:
         if not self.alive:

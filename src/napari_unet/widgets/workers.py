@@ -1,35 +1,60 @@
 """Long work off the GUI thread: a stoppable napari thread worker, and errors as notifications.
 
 A :class:`Job` runs a generator function in a napari ``thread_worker``. Its values, its return
-value and any exception reach the widget on the main thread through the worker's Qt signals, so
-widgets change layers on the main thread only. Exceptions never escape: the generator is wrapped
-so that a failure comes back as a :class:`Failure` return value, which the widget turns into a
-napari notification in plain words.
+value, its warnings and any exception reach the widget on the main thread through the worker's
+Qt signals (``yielded``, ``returned``, ``warned``, ``errored``), so widgets change layers on the
+main thread only. An exception ends the job through ``errored``: the widget's ``on_error`` puts
+it in plain words as a napari notification (:func:`notify_error`), instead of napari's default
+error relay, which shows a traceback notification. A warning raised in the job (for example
+:class:`~napari_unet.core.targets.SplitLabelsWarning`) goes to the widget's ``on_warning``
+first; the project's own warnings it leaves are shown as napari warnings, libraries' warnings
+are logged.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import traceback
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from napari.qt.threading import GeneratorWorker, create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
+from superqt.utils import GeneratorWorker
 
-__all__ = ["Failure", "Job", "describe_error", "notify_error", "request_stop"]
+__all__ = ["REFRESH_MS", "Job", "describe_error", "notify_error", "refresh_timer", "request_stop"]
 
 logger = logging.getLogger(__name__)
 
+#: where the project's modules are: warnings raised there are shown to the user
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+#: milliseconds between redraws of a widget's status, plot and progress bar while a job runs:
+#: every redraw of a napari window is composited with OpenGL, which without a GPU (software
+#: rendering, e.g. under Xvfb or remote desktops) costs CPU time the job then lacks
+REFRESH_MS = 500
 
-@dataclass(frozen=True)
-class Failure:
-    """What a job returns instead of raising: the exception and its formatted traceback."""
 
-    error: BaseException
-    traceback: str
+def refresh_timer(callback: Callable[[], Any], interval_ms: int = REFRESH_MS) -> QTimer:
+    """A Qt timer that calls ``callback`` every ``interval_ms`` once started (throttled redraws).
+
+    Parameters
+    ----------
+    callback : callable
+        Redraws what changed since the last call.
+    interval_ms : int
+        Milliseconds between calls.
+
+    Returns
+    -------
+    QTimer
+        Not started: ``start()`` it with the job, ``stop()`` it when the job ends.
+    """
+    timer = QTimer()
+    timer.setInterval(interval_ms)
+    timer.timeout.connect(callback)
+    return timer
 
 
 def describe_error(exc: BaseException) -> str:
@@ -72,18 +97,36 @@ def notify_error(what: str, exc: BaseException) -> None:
     show_error(f"{what}: {describe_error(exc)}")
 
 
-def _guarded(func: Callable[..., Generator[Any, Any, Any]], *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
-    """Run the generator ``func``, passing its values on; return a :class:`Failure` on error."""
+class _JobRuntimeError(Exception):
+    """Carries a RuntimeError raised by a job through the worker to ``errored``."""
+
+    def __init__(self, error: RuntimeError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _carrying_runtime_errors(
+    func: Callable[..., Generator[Any, Any, Any]], *args: Any, **kwargs: Any
+):  # type: ignore[no-untyped-def]
+    """Run the generator ``func``; a RuntimeError it raises leaves as a :class:`_JobRuntimeError`.
+
+    superqt's worker takes a RuntimeError out of the generator for a sign that its Qt object was
+    deleted, and ends without ``errored`` or ``finished``; the job's own RuntimeErrors (a
+    diverging loss, a device error) must reach ``errored`` like any other error.
+    """
     try:
         return (yield from func(*args, **kwargs))
-    except Exception as exc:
-        logger.debug("job %s failed", getattr(func, "__name__", func), exc_info=True)
-        return Failure(exc, traceback.format_exc())
+    except RuntimeError as exc:
+        raise _JobRuntimeError(exc) from exc
 
 
 class _StoppingWorker(GeneratorWorker):
-    """A napari GeneratorWorker whose ``quit()`` (napari's cancel, e.g. on closing the window)
-    also sets the job's stop event, so that core code checking the event ends promptly."""
+    """A generator worker whose ``quit()`` (napari's cancel, e.g. on closing the window) also
+    sets the job's stop event, so that core code checking the event ends promptly.
+
+    superqt's worker rather than napari's subclass, which relays every error and warning to a
+    notification of its own: :class:`Job` routes them to the widget instead.
+    """
 
     stop_event: threading.Event | None = None
 
@@ -107,7 +150,15 @@ class Job:
     on_yield : callable, optional
         Called on the main thread with each value ``func`` yields.
     on_return : callable, optional
-        Called on the main thread with ``func``'s return value, or a :class:`Failure`.
+        Called on the main thread with ``func``'s return value (not after an error or an abort).
+    on_error : callable, optional
+        Called on the main thread with the exception that ended ``func`` (e.g.
+        :class:`~napari_unet.core.inference.Cancelled` after a stop). Default: a napari error
+        notification in plain words (:func:`notify_error`).
+    on_warning : callable, optional
+        Called on the main thread with each warning ``func`` raised (a ``Warning`` instance);
+        returns True when it dealt with it. The project's own warnings it leaves are shown as
+        napari warnings; libraries' warnings (resource, deprecation, ...) are only logged.
     on_finish : callable, optional
         Called on the main thread once the worker is done, however it ended (also after napari
         aborted it on closing).
@@ -119,19 +170,25 @@ class Job:
         *args: Any,
         on_yield: Callable[[Any], Any] | None = None,
         on_return: Callable[[Any], Any] | None = None,
+        on_error: Callable[[BaseException], Any] | None = None,
+        on_warning: Callable[[Warning], bool] | None = None,
         on_finish: Callable[[], Any] | None = None,
         **kwargs: Any,
     ) -> None:
         self.stop_event = threading.Event()
         self.aborted = False
         self.done = False
+        self.error: BaseException | None = None
+        self._name = getattr(func, "__name__", "job")
+        self._on_error_cb, self._on_warning_cb = on_error, on_warning
         worker = create_worker(
-            _guarded,
+            _carrying_runtime_errors,
             func,
             *args,
             stop=self.stop_event,
             _start_thread=False,
             _worker_class=_StoppingWorker,
+            _connect={"errored": self._on_errored, "warned": self._on_warned},
             **kwargs,
         )
         worker.stop_event = self.stop_event
@@ -171,6 +228,29 @@ class Job:
             return False
         self.stop_event.set()
         return True
+
+    def _on_errored(self, exc: BaseException) -> None:
+        if isinstance(exc, _JobRuntimeError):
+            exc = exc.error
+        self.error = exc
+        logger.debug("job %s failed", self._name, exc_info=exc)
+        if self._on_error_cb is not None:
+            self._on_error_cb(exc)
+        else:
+            notify_error(f"{self._name} failed", exc)
+
+    def _on_warned(self, args: tuple[Any, ...]) -> None:
+        message = args[0] if args else ""
+        if not isinstance(message, Warning):
+            message = UserWarning(str(message))
+        if self._on_warning_cb is not None and self._on_warning_cb(message):
+            return
+        where = str(args[2]) if len(args) > 2 else ""
+        if _PACKAGE_DIR in where:  # the project's own warnings are for the user
+            logger.warning("%s: %s", self._name, message)
+            show_warning(str(message))
+        else:  # libraries' (resource, deprecation, ...) warnings go to the log only
+            logger.debug("%s: %s (%s)", self._name, message, where)
 
     def _on_aborted(self) -> None:
         self.aborted = True

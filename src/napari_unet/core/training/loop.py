@@ -65,9 +65,13 @@ from .validation import (
     score_network,
     validation_block,
     validation_tiles,
+    warn_without_validation,
 )
 
 __all__ = [
+    "METRIC_LABELS",
+    "metric_label",
+    "run_metric",
     "TrainEvent",
     "describe_run",
     "run_training",
@@ -87,6 +91,41 @@ METRICS = {
     "iou": "foreground IoU on held-out annotations",
     "class_iou": "mean per-class IoU on held-out scribbles",
 }
+#: Short names of the validation metrics, for progress lines and plot legends.
+METRIC_LABELS = {"ap": "AP", "iou": "IoU", "class_iou": "class IoU"}
+
+
+def run_metric(settings: TrainSettings) -> str:
+    """The metric a run's validation is scored by (a key of :data:`METRICS`).
+
+    Parameters
+    ----------
+    settings : TrainSettings
+        The run's settings.
+
+    Returns
+    -------
+    str
+        ``'class_iou'`` in classes mode, else ``settings.validation_metric``.
+    """
+    return "class_iou" if settings.mode == "classes" else settings.validation_metric
+
+
+def metric_label(settings: TrainSettings) -> str:
+    """The short name of a run's validation metric, e.g. ``'AP'``, for progress and legends.
+
+    Parameters
+    ----------
+    settings : TrainSettings
+        The run's settings.
+
+    Returns
+    -------
+    str
+        A value of :data:`METRIC_LABELS`.
+    """
+    metric = run_metric(settings)
+    return METRIC_LABELS.get(metric, metric)
 
 
 @dataclass(frozen=True)
@@ -450,6 +489,8 @@ def _prepare_run_data(
     train_samples, blocks = hold_out(
         samples, settings.validation_fraction, block, rng, targets=spec
     )
+    if plan.dist.main:
+        warn_without_validation(settings.validation_fraction, blocks, block)
     # every rank holds the same blocks out; rank 0 alone validates
     tiles = (
         validation_tiles(samples, blocks, block, config, not classes_mode)
@@ -742,7 +783,7 @@ class _TrainingRun:
         self.opt = _Optimisation(data.config, plan, model)
         self.validate_every = _validation_interval(self.settings)
         self.classes = self.settings.mode == "classes"
-        metric = "class_iou" if self.classes else self.settings.validation_metric
+        metric = run_metric(self.settings)
         # a handful of held-out cells cannot tell checkpoints apart (AP ties at 1.0 pick an
         # early, undertrained one): keep the last model then; the IoU ablation always chooses
         select = data.tiles is not None and (metric != "ap" or enough_cells(data.tiles))

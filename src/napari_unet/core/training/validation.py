@@ -15,6 +15,7 @@ stored with the model.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ __all__ = [
     "MIN_TUNING_CELLS",
     "THRESHOLDS",
     "VIEW_MARGIN",
+    "NoValidationWarning",
     "ValidationScore",
     "ValidationTiles",
     "enough_cells",
@@ -41,6 +43,7 @@ __all__ = [
     "score_network",
     "validation_block",
     "validation_tiles",
+    "warn_without_validation",
 ]
 
 #: Probability thresholds tried on the held-out part, in order of preference on a tie.
@@ -51,6 +54,46 @@ VIEW_MARGIN = 32
 #: Fewer held-out cells than this are too few to choose on: the preferred threshold and minimum
 #: size are kept, and training keeps its last model rather than an earlier checkpoint.
 MIN_TUNING_CELLS = 10
+
+
+class NoValidationWarning(UserWarning):
+    """Validation was asked for, but the annotation is too small to hold a part of it out.
+
+    Training goes on without a validation score: its last state is kept, with the default
+    threshold and the minimum size learnt from the annotation.
+
+    Parameters
+    ----------
+    fraction : float
+        The share of the annotation that was to be held out.
+    block : int
+        Edge of the held-out blocks in pixels.
+    """
+
+    def __init__(self, fraction: float, block: int) -> None:
+        self.fraction, self.block = float(fraction), int(block)
+        super().__init__(
+            f"the annotation is too small to hold out {self.fraction:.0%} of it for validation "
+            f"(blocks of {self.block} x {self.block} pixels, at least half annotated, with cells "
+            "left on both sides); training goes on without a validation score: annotate more "
+            "cells or a larger region to get one"
+        )
+
+
+def warn_without_validation(fraction: float, blocks: Sequence[object], block: int) -> None:
+    """Warn (:class:`NoValidationWarning`) when validation was asked for but none is held out.
+
+    Parameters
+    ----------
+    fraction : float
+        ``TrainSettings.validation_fraction``.
+    blocks : sequence
+        The blocks :func:`hold_out` chose.
+    block : int
+        Edge of the blocks in pixels.
+    """
+    if fraction > 0 and not blocks:
+        warnings.warn(NoValidationWarning(fraction, block), stacklevel=3)
 
 
 def validation_block(out_size: int, grid: int) -> int:
