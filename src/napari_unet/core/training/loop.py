@@ -70,10 +70,10 @@ from .validation import (
 
 __all__ = [
     "METRIC_LABELS",
-    "metric_label",
-    "run_metric",
     "TrainEvent",
     "describe_run",
+    "metric_label",
+    "run_metric",
     "run_training",
     "train",
     "weighted_cross_entropy",
