@@ -63,7 +63,7 @@ def test_empty_prediction() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"prob": np.zeros((2, 3, 4))}, "2D"),
+        ({"prob": np.zeros((2, 2, 3, 4))}, "2D or 3D"),
         ({"prob": np.array([[np.nan]])}, "NaN"),
         ({"threshold": 1.0}, "threshold"),
         ({"gap": -1}, "gap"),

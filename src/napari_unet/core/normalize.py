@@ -129,16 +129,18 @@ def check_finite(image: np.ndarray, name: str = "image") -> None:
 def percentile_range(
     image: np.ndarray, low: float = DEFAULT_LOW, high: float = DEFAULT_HIGH
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel percentiles of one multichannel 2D image ``(C, Y, X)``.
+    """Per-channel percentiles of one multichannel 2D image ``(C, Y, X)`` (or volume
+    ``(C, Z, Y, X)``).
 
     Returns
     -------
     lo, hi : numpy.ndarray
-        Arrays of shape ``(C, 1, 1)``, float32.
+        Arrays of shape ``(C, 1, 1)`` (``(C, 1, 1, 1)`` for a volume), float32.
     """
     flat = np.asarray(image).reshape(image.shape[0], -1)
     lo, hi = np.percentile(flat, [low, high], axis=1).astype(np.float32)
-    return lo[:, None, None], hi[:, None, None]
+    ones = (1,) * (np.ndim(image) - 1)
+    return lo.reshape(-1, *ones), hi.reshape(-1, *ones)
 
 
 def intensity_range(
@@ -186,8 +188,8 @@ def intensity_range(
     degenerate = hi <= lo
     if degenerate.any():
         flat = np.asarray(image).reshape(image.shape[0], -1)
-        lo = np.where(degenerate, flat.min(axis=1)[:, None, None], lo).astype(np.float32)
-        hi = np.where(degenerate, flat.max(axis=1)[:, None, None], hi).astype(np.float32)
+        lo = np.where(degenerate, flat.min(axis=1).reshape(lo.shape), lo).astype(np.float32)
+        hi = np.where(degenerate, flat.max(axis=1).reshape(hi.shape), hi).astype(np.float32)
     constant = hi <= lo
     if constant.all():
         value = float(np.asarray(image).flat[0]) if np.size(image) else float("nan")
@@ -202,7 +204,8 @@ def intensity_range(
 def normalize_image(
     image: np.ndarray, spec: dict[str, Any] | None = None, name: str = "image"
 ) -> np.ndarray:
-    """Normalise one multichannel 2D image ``(C, Y, X)`` to float32 by its own percentiles.
+    """Normalise one multichannel 2D image ``(C, Y, X)`` (or volume ``(C, Z, Y, X)``) to
+    float32 by its own percentiles.
 
     Parameters
     ----------
@@ -236,8 +239,10 @@ def normalize_image(
     if spec.get("method") != "percentile":
         raise ValueError(f"unknown normalisation method {spec.get('method')!r}")
     image = np.asarray(image)
-    if image.ndim != 3:
-        raise ValueError(f"expected one (C, Y, X) image, got shape {image.shape}")
+    if image.ndim not in (3, 4):
+        raise ValueError(
+            f"expected one (C, Y, X) image or (C, Z, Y, X) volume, got shape {image.shape}"
+        )
     if image.dtype == bool or not np.issubdtype(image.dtype, np.number):
         if image.dtype != bool:
             raise ValueError(f"expected a numeric image, got dtype {image.dtype}")

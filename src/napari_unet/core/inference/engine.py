@@ -33,9 +33,10 @@ __all__ = ["Cancelled", "TileEngine", "Writer"]
 
 logger = logging.getLogger(__name__)
 
-#: ``write(z, (y0, y1), (x0, x1), probabilities)``: where a cropped tile output goes
-#: (``(h, w)``, or ``(K, h, w)`` class probabilities for a model of the classes mode).
-Writer = Callable[[int, tuple[int, int], tuple[int, int], np.ndarray], None]
+#: ``write(z, ((y0, y1), (x0, x1)), probabilities)`` (for a volume ``((z0, z1), (y0, y1),
+#: (x0, x1))``): where a cropped tile output goes (``(h, w)`` or ``(d, h, w)``, or with a
+#: leading class axis ``K`` for a model of the classes mode).
+Writer = Callable[[int, tuple[tuple[int, int], ...], np.ndarray], None]
 
 
 class Cancelled(Exception):
@@ -46,7 +47,7 @@ class Cancelled(Exception):
     """
 
 
-_Item = tuple[int, int, int]  # (z, iy, ix)
+_Item = tuple[int, ...]  # (z, iy, ix) or, for a volume, (0, iz, iy, ix)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class _Tally:
 
     def __init__(self, items: list[_Item], finished: list[int]) -> None:
         self.total, self.done = len(items), 0
-        self.left = Counter(z for z, _, _ in items)
+        self.left = Counter(item[0] for item in items)
         self.n_slices = len(self.left)
         self.finished = finished
 
@@ -124,36 +125,33 @@ class _Reader(threading.Thread):
         self._put(None)
 
     def _read_batch(self, chunk: list[_Item]) -> np.ndarray | torch.Tensor:
-        ty, tx = self.layout.tile_shape
-        shape = (len(chunk), self.src.c, ty, tx)
+        shape = (len(chunk), self.src.c, *self.layout.tile_shape)
         if self.pin:
             buf = torch.empty(shape, dtype=torch.float32, pin_memory=True)
             arr = buf.numpy()
         else:
             buf = arr = np.empty(shape, np.float32)
-        for i, (z, iy, ix) in enumerate(chunk):
+        for i, (z, *index) in enumerate(chunk):
             offset, scale = self.norm(z)
-            block = self._read_tile(z, iy, ix)
+            block = self._read_tile(z, index)
             arr[i] = (block.astype(np.float32, copy=False) - offset) / scale
         return buf
 
-    def _read_tile(self, z: int, iy: int, ix: int) -> np.ndarray:
+    def _read_tile(self, z: int, index: list[int]) -> np.ndarray:
         lay, src = self.layout, self.src
-        y0 = iy * lay.y.stride - lay.halo
-        x0 = ix * lay.x.stride - lay.halo
-        ty, tx = lay.tile_shape
-        ry = reflect_indices(y0, ty, src.h)
-        rx = reflect_indices(x0, tx, src.w)
-        ya, yb = int(ry.min()), int(ry.max()) + 1
-        xa, xb = int(rx.min()), int(rx.max()) + 1
-        block = src.read(z, slice(ya, yb), slice(xa, xb))
+        starts = [i * a.stride - h for i, a, h in zip(index, lay.axes, lay.halo, strict=True)]
+        mirrored = [
+            reflect_indices(start, tile, size)
+            for start, tile, size in zip(starts, lay.tile_shape, src.spatial, strict=True)
+        ]
+        box = [slice(int(r.min()), int(r.max()) + 1) for r in mirrored]
+        block = src.read(z, *box)
         check_finite(block, f"image slice {z}" if src.is_stack else "image")
-        inside_y = y0 >= 0 and y0 + ty <= src.h
-        inside_x = x0 >= 0 and x0 + tx <= src.w
-        if not inside_y:
-            block = block[:, ry - ya]
-        if not inside_x:
-            block = block[:, :, rx - xa]
+        for axis, (start, tile, size) in enumerate(
+            zip(starts, lay.tile_shape, src.spatial, strict=True)
+        ):
+            if start < 0 or start + tile > size:  # mirrored beyond the image edge
+                block = np.take(block, mirrored[axis] - box[axis].start, axis=1 + axis)
         return block
 
 
@@ -182,7 +180,9 @@ class TileEngine:
         self.config = model.config
         self._norm: dict[int, tuple[np.ndarray, np.ndarray]] = dict(norm or {})
         self._norm_lock = threading.Lock()
-        self.rows, self.cols = rows, cols
+        self.bounds: tuple[tuple[int, int] | None, ...] = (
+            (rows, cols) if self.config.spatial_dims == 2 else (None, rows, cols)
+        )
         self.stop = stop
 
     def normalization(self, z: int) -> tuple[np.ndarray, np.ndarray]:
@@ -223,23 +223,25 @@ class TileEngine:
         if plan.batch_size > 1:
             new = replace(plan, batch_size=plan.batch_size // 2)
         else:
-            smallest = minimum_tile(self.config)
-            halved = tuple(max(smallest, self.config.admissible_size(t // 2)) for t in plan.tile)
-            halved = tuple(min(h, t) for h, t in zip(halved, plan.tile, strict=True))
+            config = self.config
+            halved = tuple(
+                min(t, max(minimum_tile(config, a), config.admissible_size(t // 2, a)))
+                for a, t in enumerate(plan.tile)
+            )
             if halved == plan.tile:
                 raise MemoryError(
                     f"out of memory on {plan.device} even with the smallest tile "
-                    f"({plan.tile[0]}x{plan.tile[1]}) and batch 1"
+                    f"({_size(plan.tile)}) and batch 1"
                 ) from exc
-            layout = tile_layout(self.config, (self.src.h, self.src.w), halved)
+            layout = tile_layout(config, self.src.spatial, halved)
             new = replace(plan, tile=layout.tile_shape, batch_size=1, layout=layout)
         logger.warning(
-            "out of memory on %s with %d tile(s) of %dx%d: going on with %d of %dx%d",
+            "out of memory on %s with %d tile(s) of %s: going on with %d of %s",
             plan.device,
             plan.batch_size,
-            *plan.tile,
+            _size(plan.tile),
             new.batch_size,
-            *new.tile,
+            _size(new.tile),
         )
         self.plan = new
 
@@ -251,11 +253,11 @@ class TileEngine:
         runs at each ``yield``). A batch that finished before an error or a stop is kept.
         """
         plan = self.plan
-        items = [(z, iy, ix) for z in slices for iy, ix in plan.layout.tiles(self.rows, self.cols)]
+        items = [(z, *index) for z in slices for index in plan.layout.tiles(*self.bounds)]
         logger.info(
-            "predicting %d tile(s) of %dx%d in batches of %d on %s (%s)",
+            "predicting %d tile(s) of %s in batches of %d on %s (%s)",
             len(items),
-            *plan.tile,
+            _size(plan.tile),
             plan.batch_size,
             plan.device,
             self.runner.runtime,
@@ -318,18 +320,25 @@ class TileEngine:
         if batch.event is not None:
             batch.event.synchronize()
         events = []
-        for (z, iy, ix), prob in zip(batch.chunk, batch.host.numpy(), strict=True):
-            self._write_tile(z, iy, ix, prob, write)
+        for (z, *index), prob in zip(batch.chunk, batch.host.numpy(), strict=True):
+            self._write_tile(z, index, prob, write)
             events.extend(tally.tile_done(z))
         return events
 
-    def _write_tile(self, z: int, iy: int, ix: int, prob: np.ndarray, write: Writer) -> None:
+    def _write_tile(self, z: int, index: list[int], prob: np.ndarray, write: Writer) -> None:
         lay = self.plan.layout
-        (ya, yb), (xa, xb) = lay.y.extent(iy), lay.x.extent(ix)
-        if self.rows is not None:
-            ya, yb = max(ya, self.rows[0]), min(yb, self.rows[1])
-        if self.cols is not None:
-            xa, xb = max(xa, self.cols[0]), min(xb, self.cols[1])
-        oy = ya - iy * lay.y.stride + lay.crop
-        ox = xa - ix * lay.x.stride + lay.crop
-        write(z, (ya, yb), (xa, xb), prob[..., oy : oy + yb - ya, ox : ox + xb - xa])
+        extents, crop = [], []
+        for a, (i, axis) in enumerate(zip(index, lay.axes, strict=True)):
+            start, stop = axis.extent(i)
+            limit = self.bounds[a] if a < len(self.bounds) else None
+            if limit is not None:
+                start, stop = max(start, limit[0]), min(stop, limit[1])
+            offset = start - i * axis.stride + lay.crop[a]
+            extents.append((start, stop))
+            crop.append(slice(offset, offset + stop - start))
+        write(z, tuple(extents), prob[(..., *crop)])
+
+
+def _size(tile: tuple[int, ...]) -> str:
+    """``'256x256'``: a tile shape for messages."""
+    return "x".join(str(t) for t in tile)

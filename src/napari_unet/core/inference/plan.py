@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,20 +37,20 @@ class Plan:
     Attributes
     ----------
     tile : tuple of int
-        Input tile shape ``(ty, tx)``, halo included.
+        Input tile shape ``(ty, tx)`` (``(tz, ty, tx)`` for a 3D network), halo included.
     batch_size : int
         Tiles per forward pass.
     layout : TileLayout
-        Tile positions over one 2D slice.
+        Tile positions over one 2D slice (or over the volume, for a 3D network).
     n_slices : int
-        Number of 2D slices.
+        Number of 2D slices (1 for a volume and a 3D network).
     device : torch.device
         Where the network runs.
     stack : bool
         Whether the image is a stack (the result is then ``(Z, Y, X)``, else ``(Y, X)``).
     """
 
-    tile: tuple[int, int]
+    tile: tuple[int, ...]
     batch_size: int
     layout: TileLayout
     n_slices: int
@@ -63,9 +64,10 @@ class Plan:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """Shape of the result: ``(Z, Y, X)`` for a stack, ``(Y, X)`` for a 2D image."""
-        yx = (self.layout.y.size, self.layout.x.size)
-        return (self.n_slices, *yx) if self.stack else yx
+        """Shape of the result: ``(Z, Y, X)`` for a stack or a volume, ``(Y, X)`` for a 2D
+        image."""
+        spatial = self.layout.shape
+        return (self.n_slices, *spatial) if self.stack else spatial
 
 
 def _memory_budget(device: torch.device) -> float:
@@ -79,7 +81,7 @@ def make_plan(
     config: UNetConfig,
     src: SliceSource,
     device: torch.device,
-    tile: int | tuple[int, int] | None,
+    tile: int | tuple[int, ...] | None,
     batch_size: int | None,
     autocast: torch.dtype | None,
 ) -> Plan:
@@ -114,23 +116,25 @@ def make_plan(
     bad_batch = isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer)
     if batch_size is not None and (bad_batch or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    shape = (src.h, src.w)
+    shape = src.spatial
+    ndim = len(shape)
     cuda = device.type == "cuda"
     budget = _memory_budget(device)
     if tile is None:
         tile_shape, _ = auto_tile(config, shape, budget, dtype_bytes=2 if autocast else 4)
     else:
-        sizes = (tile, tile) if np.isscalar(tile) else tuple(tile)
-        if len(sizes) != 2 or any(
+        sizes = (tile,) * ndim if np.isscalar(tile) else tuple(tile)
+        if len(sizes) != ndim or any(
             isinstance(t, bool) or not isinstance(t, int | np.integer) or t < 1 for t in sizes
         ):
-            raise ValueError(f"tile must be a positive integer or a pair of them, got {tile!r}")
-        tile_shape = (int(sizes[0]), int(sizes[1]))
+            what = "a pair of them" if ndim == 2 else f"{ndim} of them (z, y, x)"
+            raise ValueError(f"tile must be a positive integer or {what}, got {tile!r}")
+        tile_shape = tuple(int(t) for t in sizes)
     layout = tile_layout(config, shape, tile_shape)
     if batch_size is None:
-        ty, tx = layout.tile_shape
+        voxels = math.prod(layout.tile_shape)
         per_px = activation_bytes_per_pixel(config, 2 if autocast else 4)
         limit = budget / per_px if cuda else min(budget / per_px, CPU_MAX_BATCH_PIXELS)
         most = CUDA_MAX_BATCH if cuda else CPU_MAX_BATCH
-        batch_size = int(max(1, min(limit // (ty * tx), most, layout.count * src.n)))
+        batch_size = int(max(1, min(limit // voxels, most, layout.count * src.n)))
     return Plan(layout.tile_shape, int(batch_size), layout, src.n, device, src.is_stack)

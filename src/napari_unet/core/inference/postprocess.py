@@ -4,7 +4,8 @@ Threshold, instances, instances grown back across the gap that training cut betw
 touching cells (:func:`napari_unet.core.targets.grow_instances`, the one definition of that
 growth), small objects dropped, consecutive int32 labels. One 2D slice at a time, with a start
 label so that the slices of a stack get labels unique across the stack (:class:`StackLabeller`
-keeps that count for a stack).
+keeps that count for a stack); or one 3D volume at a time for a 3D model (3D components, the
+gap grown back in 3D with the voxel size as ``sampling``).
 
 For a model of the classes mode: :func:`class_ids` (the most probable class of each pixel) and
 :func:`class_objects` (the connected components of chosen classes, as objects).
@@ -92,8 +93,9 @@ def probabilities_to_labels(
     start_label: int = 1,
     connectivity: int = 1,
     seed_threshold: float | None = None,
+    sampling: tuple[float, ...] | None = None,
 ) -> np.ndarray:
-    """Instance labels of one 2D foreground-probability map.
+    """Instance labels of one 2D (or 3D) foreground-probability map.
 
     Steps: foreground where ``prob > threshold``; seeds are the connected components of
     ``prob > seed_threshold``, grown over the foreground by a watershed on the probability
@@ -105,7 +107,7 @@ def probabilities_to_labels(
     Parameters
     ----------
     prob : numpy.ndarray
-        2D foreground probability in ``[0, 1]``.
+        2D or 3D foreground probability in ``[0, 1]``.
     threshold : float
         Probability above which a pixel is foreground, in ``[0, 1)``.
     gap : int
@@ -118,10 +120,14 @@ def probabilities_to_labels(
         is ``max(labels.max() + 1, start_label)``.
     connectivity : {1, 2}
         Pixels connected through edges only (1, the default: touching cells that the network
-        separated by a diagonal line stay separate) or through corners too (2).
+        separated by a diagonal line stay separate) or through corners too (2; in 3D, 2 also
+        joins through edges, not corners).
     seed_threshold : float, optional
         Probability above which a pixel belongs to a seed, in ``[threshold, 1)``. ``None``:
         halfway between ``threshold`` and 1. Equal to ``threshold``: plain connected components.
+    sampling : tuple of float, optional
+        Voxel size of a 3D map (the gap is grown back in physical units, as training cut it);
+        None: isotropic.
 
     Returns
     -------
@@ -151,7 +157,8 @@ def probabilities_to_labels(
     if n == 0:
         return labels
     if gap:
-        labels = grow_instances(labels, int(gap))
+        grow = {} if sampling is None else {"sampling": tuple(sampling)}
+        labels = grow_instances(labels, int(gap), **grow)
     return _renumber(labels, n, int(min_size), int(start_label))
 
 
@@ -181,7 +188,7 @@ def seeded_instances(
     Parameters
     ----------
     prob : numpy.ndarray
-        2D foreground probability.
+        2D or 3D foreground probability.
     threshold : float
         Foreground threshold.
     seed_threshold : float
@@ -204,7 +211,7 @@ def seeded_instances(
     >>> seeded_instances(prob, 0.5, 0.5)[0]
     array([[1, 1, 1, 1, 1]], dtype=int32)
     """
-    structure = ndi.generate_binary_structure(2, connectivity)
+    structure = ndi.generate_binary_structure(prob.ndim, connectivity)
     foreground = prob > threshold
     if seed_threshold <= threshold:
         labels, n = ndi.label(foreground, structure=structure)
@@ -229,8 +236,8 @@ def _check_arguments(
     connectivity: int,
 ) -> None:
     """Raise ValueError on a probability map or an argument of the wrong kind or range."""
-    if prob.ndim != 2:
-        raise ValueError(f"prob must be a 2D probability map, got shape {prob.shape}")
+    if prob.ndim not in (2, 3):
+        raise ValueError(f"prob must be a 2D or 3D probability map, got shape {prob.shape}")
     if not np.issubdtype(prob.dtype, np.floating) and not np.issubdtype(prob.dtype, np.integer):
         raise ValueError(f"prob must hold real numbers, got dtype {prob.dtype}")
     if np.issubdtype(prob.dtype, np.floating) and np.isnan(prob).any():
@@ -249,7 +256,7 @@ def _check_arguments(
 
 
 class StackLabeller:
-    """Labels the 2D probability maps of a stack one by one, unique across the stack.
+    """Labels the 2D probability maps of a stack (or 3D volumes) one by one, unique across them.
 
     Each slice is labelled by :func:`probabilities_to_labels` starting one above the largest
     label so far, so the labels of a stack are unique and consecutive in slice order. The
@@ -257,7 +264,7 @@ class StackLabeller:
 
     Parameters
     ----------
-    threshold, gap, min_size
+    threshold, gap, min_size, sampling
         As for :func:`probabilities_to_labels`.
 
     Attributes
@@ -275,9 +282,15 @@ class StackLabeller:
     """
 
     def __init__(
-        self, *, threshold: float = 0.5, gap: int = 1, min_size: int = DEFAULT_MIN_SIZE
+        self,
+        *,
+        threshold: float = 0.5,
+        gap: int = 1,
+        min_size: int = DEFAULT_MIN_SIZE,
+        sampling: tuple[float, ...] | None = None,
     ) -> None:
         self.threshold, self.gap, self.min_size = threshold, gap, min_size
+        self.sampling = sampling
         probabilities_to_labels(
             np.zeros((1, 1), np.float32), threshold=threshold, gap=gap, min_size=min_size
         )
@@ -289,7 +302,7 @@ class StackLabeller:
         Parameters
         ----------
         prob : numpy.ndarray
-            2D foreground probability of the slice.
+            2D foreground probability of the slice (3D of a volume).
 
         Returns
         -------
@@ -302,6 +315,7 @@ class StackLabeller:
             gap=self.gap,
             min_size=self.min_size,
             start_label=self.next_label,
+            sampling=self.sampling,
         )
         if labels.size and labels.max() >= self.next_label:
             self.next_label = int(labels.max()) + 1

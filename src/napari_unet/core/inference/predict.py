@@ -114,9 +114,10 @@ def slice_normalization(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalisation of one 2D slice: ``normalised = (pixels - offset) / scale``.
 
-    Uses the model's normalisation (per-channel percentiles of the slice). Slices of more than
-    :data:`PERCENTILE_MAX_PIXELS` pixels are subsampled with a regular stride, read in bands,
-    so that a lazy slice is never loaded whole. Up to that size the result is exactly that of
+    Uses the model's normalisation (per-channel percentiles of the slice; of the whole volume for
+    a 3D model). Slices of more than :data:`PERCENTILE_MAX_PIXELS` pixels are subsampled with a
+    regular stride along every axis, read in bands, so that a lazy slice is never loaded whole.
+    Up to that size the result is exactly that of
     :func:`napari_unet.core.normalize.normalize_image`.
 
     Parameters
@@ -135,14 +136,14 @@ def slice_normalization(
     Returns
     -------
     offset, scale : numpy.ndarray
-        float32 arrays of shape ``(C, 1, 1)``.
+        float32 arrays of shape ``(C, 1, 1)`` (``(C, 1, 1, 1)`` for a 3D model).
 
     Raises
     ------
     ValueError
         On an unknown normalisation method, NaN or infinite values, or a bad layout.
     """
-    src = SliceSource(image, channel_axis, rgb)
+    src = _source(model, image, channel_axis, rgb)
     if not 0 <= z < src.n:
         raise ValueError(f"z must be in [0, {src.n}), got {z}")
     return _slice_normalization(src, int(z), model.normalization)
@@ -156,18 +157,21 @@ def _slice_normalization(
             f"unknown normalisation method {spec.get('method')!r}; expected 'percentile'"
         )
     where = f"image slice {z}" if src.is_stack else "image"
-    n_px = src.h * src.w
+    ndim, n_px = len(src.spatial), math.prod(src.spatial)
+    whole = (slice(None),) * (ndim - 1)
     if n_px <= PERCENTILE_MAX_PIXELS:
-        data = src.read(z, slice(None), slice(None))
+        data = src.read(z, slice(None), *whole)
         check_finite(data, where)
     else:
-        step = math.ceil(math.sqrt(n_px / PERCENTILE_MAX_PIXELS))
-        band = max(step, PERCENTILE_MAX_PIXELS // src.w // step * step)  # rows per read
+        ratio = n_px / PERCENTILE_MAX_PIXELS
+        step = math.ceil(math.sqrt(ratio) if ndim == 2 else ratio ** (1.0 / ndim))
+        plane = n_px // src.spatial[0]  # pixels per row (2D) or per z plane (3D)
+        band = max(step, PERCENTILE_MAX_PIXELS // plane // step * step)  # rows per read
         parts = []
-        for r0 in range(0, src.h, band):
-            block = src.read(z, slice(r0, min(r0 + band, src.h)), slice(None))
+        for r0 in range(0, src.spatial[0], band):
+            block = src.read(z, slice(r0, min(r0 + band, src.spatial[0])), *whole)
             check_finite(block, where)
-            parts.append(block[:, ::step, ::step])
+            parts.append(block[(slice(None), *(slice(None, None, step),) * ndim)])
         data = np.concatenate(parts, axis=1)
     data = data.astype(np.float32, copy=False)
     lo, hi = percentile_range(data, spec["low"], spec["high"])
@@ -180,6 +184,15 @@ def _normalizer(
 ) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
     """What the tile engine calls for a slice's ``(offset, scale)``."""
     return lambda z: _slice_normalization(src, z, model.normalization)
+
+
+def _source(model: TrainedModel, image: Any, channel_axis: int | None, rgb: bool) -> SliceSource:
+    """The image as the model reads it (2D slices, or one volume for a 3D model), checked."""
+    if not isinstance(model, TrainedModel):
+        raise ValueError(f"model must be a TrainedModel, got {type(model).__name__}")
+    src = SliceSource(image, channel_axis, rgb, model.config.spatial_dims)
+    _check_model(model, src)
+    return src
 
 
 def _check_model(model: TrainedModel, src: SliceSource) -> UNetConfig:
@@ -211,7 +224,7 @@ def predict_whole(
     precision: str = "auto",
     runtime: str = "auto",
 ) -> np.ndarray:
-    """Foreground probability of one 2D image by one forward pass over the whole image.
+    """Foreground probability of one 2D image (or volume) by one pass over the whole image.
 
     The reference that tiled inference reproduces: the image is normalised
     (:func:`~napari_unet.core.normalize.normalize_image`), mirror-padded by the network's halo
@@ -225,7 +238,7 @@ def predict_whole(
         The network and its normalisation.
     image : array-like
         One 2D image: ``(Y, X)``, ``(C, Y, X)`` with ``channel_axis``, or ``(Y, X, 3)`` with
-        ``rgb``.
+        ``rgb``; for a 3D model one volume ``(Z, Y, X)`` (or with a channel axis).
     channel_axis : int, optional
         Axis of the channels, if any.
     rgb : bool
@@ -243,26 +256,30 @@ def predict_whole(
     Returns
     -------
     numpy.ndarray
-        float32 ``(Y, X)``; ``(K, Y, X)`` class probabilities for a model of the classes mode.
+        float32 ``(Y, X)`` (``(Z, Y, X)`` for a 3D model); ``(K, Y, X)`` class probabilities
+        for a model of the classes mode.
     """
-    src = SliceSource(np.asarray(image), channel_axis, rgb)
-    config = _check_model(model, src)
+    src = _source(model, np.asarray(image), channel_axis, rgb)
+    config = model.config
     if src.n != 1:
         raise ValueError(
             f"predict_whole takes one 2D image, got {src.n} slices ({src.description})"
         )
-    x = normalize_image(src.read(0, slice(None), slice(None)), model.normalization)
-    halo = config.halo
-    size = [config.admissible_size(n + 2 * halo) for n in (src.h, src.w)]
-    pad = ((0, 0), (halo, size[0] - src.h - halo), (halo, size[1] - src.w - halo))
+    x = normalize_image(src.read(0, *(slice(None),) * len(src.spatial)), model.normalization)
+    halos = config.halos
+    size = config.admissible_shape(
+        tuple(n + 2 * h for n, h in zip(src.spatial, halos, strict=True))
+    )
+    pad = [(0, 0)] + [(h, s - n - h) for n, h, s in zip(src.spatial, halos, size, strict=True)]
     x = np.pad(x, pad, mode="reflect")
     dev = select_device(device)
     run = make_runner(model, dev, tta, precision, runtime)
     with torch.inference_mode(), cudnn_benchmark(dev):
         prob = run(torch.from_numpy(x)[None].to(dev))[0]
     run.release_memory()
-    crop = halo if config.padding == "same" else 0
-    return prob[..., crop : crop + src.h, crop : crop + src.w].cpu().numpy()
+    crop = halos if config.padding == "same" else (0,) * len(halos)
+    box = tuple(slice(c, c + n) for c, n in zip(crop, src.spatial, strict=True))
+    return prob[(..., *box)].cpu().numpy()
 
 
 def prediction_plan(
@@ -305,10 +322,9 @@ def prediction_plan(
         The plan. Pass ``plan.tile`` and ``plan.batch_size`` on to run the same tiling
         elsewhere (e.g. on the workers of a cluster).
     """
-    src = SliceSource(image, channel_axis, rgb)
-    config = _check_model(model, src)
+    src = _source(model, image, channel_axis, rgb)
     dev = select_device(device)
-    return make_plan(config, src, dev, tile, batch_size, resolve_precision(precision, dev))
+    return make_plan(model.config, src, dev, tile, batch_size, resolve_precision(precision, dev))
 
 
 def _prepare(
@@ -323,11 +339,10 @@ def _prepare(
     precision: str,
     runtime: str,
 ) -> tuple[SliceSource, Plan, NetworkRunner]:
-    src = SliceSource(image, channel_axis, rgb)
-    config = _check_model(model, src)
+    src = _source(model, image, channel_axis, rgb)
     dev = select_device(device)
     autocast = resolve_precision(precision, dev)
-    plan = make_plan(config, src, dev, tile, batch_size, autocast)
+    plan = make_plan(model.config, src, dev, tile, batch_size, autocast)
     return src, plan, make_runner(model, dev, tta, precision, runtime)
 
 
@@ -506,6 +521,8 @@ def predict_region(
     src, plan, runner = _prepare(
         model, image, channel_axis, rgb, tile, batch_size, device, tta, precision, runtime
     )
+    if model.config.spatial_dims != 2:
+        raise ValueError("predict_region takes 2D models; run predict_probabilities for volumes")
     if not 0 <= z < src.n:
         raise ValueError(f"z must be in [0, {src.n}), got {z}")
     for name, (a, b), n in (("rows", rows, src.h), ("cols", cols, src.w)):
@@ -513,8 +530,9 @@ def predict_region(
             raise ValueError(f"{name} must satisfy 0 <= start < stop <= {n}, got {(a, b)}")
     result = np.empty(probability_shape(model, (rows[1] - rows[0], cols[1] - cols[0])), np.float32)
 
-    def write(_z: int, ys: tuple[int, int], xs: tuple[int, int], data: np.ndarray) -> None:
-        result[..., ys[0] - rows[0] : ys[1] - rows[0], xs[0] - cols[0] : xs[1] - cols[0]] = data
+    def write(_z: int, bounds: tuple[tuple[int, int], ...], data: np.ndarray) -> None:
+        (ya, yb), (xa, xb) = bounds
+        result[..., ya - rows[0] : yb - rows[0], xa - cols[0] : xb - cols[0]] = data
 
     norm = {int(z): normalization} if normalization is not None else None
     engine = TileEngine(
@@ -607,7 +625,10 @@ def segment(
         labeller: Callable[[np.ndarray], np.ndarray] = class_ids
     else:
         threshold, min_size = postprocessing_defaults(model.training, threshold, min_size)
-        labeller = StackLabeller(threshold=threshold, gap=model.gap, min_size=min_size)
+        sampling = model.config.voxel_size if model.config.spatial_dims == 3 else None
+        labeller = StackLabeller(
+            threshold=threshold, gap=model.gap, min_size=min_size, sampling=sampling
+        )
     slices = _SliceLabelling(src, labeller, out, probabilities_out, model)
     engine = TileEngine(model, src, plan, runner, _normalizer(src, model), stop=stop)
     with closing(engine.run(range(src.n), slices.write)) as events:
@@ -630,12 +651,12 @@ def _output(out: Any, shape: tuple[int, ...], dtype: type, what: str) -> Any:
 
 
 def _writer(out: Any, stack: bool, classes: bool = False) -> Callable[..., None]:
-    """A tile writer into ``out`` (``(Z, Y, X)`` for a stack, else ``(Y, X)``; with
-    ``classes`` a leading class axis: ``(K, Z, Y, X)`` or ``(K, Y, X)``)."""
+    """A tile writer into ``out`` (``(Z, Y, X)`` for a stack or a volume, else ``(Y, X)``;
+    with ``classes`` a leading class axis: ``(K, Z, Y, X)`` or ``(K, Y, X)``)."""
     lead = (slice(None),) if classes else ()
 
-    def write(z: int, ys: tuple[int, int], xs: tuple[int, int], data: np.ndarray) -> None:
-        index = (slice(*ys), slice(*xs))
+    def write(z: int, bounds: tuple[tuple[int, int], ...], data: np.ndarray) -> None:
+        index = tuple(slice(*b) for b in bounds)
         out[(*lead, z, *index) if stack else (*lead, *index)] = data
 
     return write
@@ -653,7 +674,7 @@ class _SliceLabelling:
         probabilities_out: Any,
         model: TrainedModel,
     ) -> None:
-        self.shape = probability_shape(model, (src.h, src.w))
+        self.shape = probability_shape(model, src.spatial)
         self.n, self.stack = src.n, src.is_stack
         self.labeller, self.out, self.labelled = labeller, out, 0
         self.buffers: dict[int, np.ndarray] = {}
@@ -662,14 +683,14 @@ class _SliceLabelling:
             None if probabilities_out is None else _writer(probabilities_out, self.stack, classes)
         )
 
-    def write(self, z: int, ys: tuple[int, int], xs: tuple[int, int], data: np.ndarray) -> None:
+    def write(self, z: int, bounds: tuple[tuple[int, int], ...], data: np.ndarray) -> None:
         """Write a tile output into slice ``z``'s buffer."""
         buf = self.buffers.get(z)
         if buf is None:
             buf = self.buffers[z] = np.empty(self.shape, np.float32)
-        buf[..., ys[0] : ys[1], xs[0] : xs[1]] = data
+        buf[(..., *(slice(*b) for b in bounds))] = data
         if self.copy is not None:
-            self.copy(z, ys, xs, data)
+            self.copy(z, bounds, data)
 
     def label(self, z: int) -> Step:
         """Label the finished slice ``z``, write it to ``out``; the 'labels' progress event."""

@@ -86,7 +86,9 @@ class NetworkRunner:
     classes: bool = False
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Probabilities ``(N, H, W)`` (``(N, K, H, W)`` with ``classes``) of a batch."""
+        """Probabilities ``(N, H, W)`` (``(N, K, H, W)`` with ``classes``) of a batch
+        ``(N, C, H, W)`` on the device (``(N, D, H, W)`` of ``(N, C, D, H, W)`` for a 3D
+        network; test-time augmentation then uses the 8 in-plane flips and rotations)."""
         if not self.tta:
             return self._one(x)
         total = None
@@ -181,7 +183,8 @@ def make_runner(
     if graph is not None:
         return NetworkRunner(graph, device, None, False, bool(tta), used, classes)
     net = copy.deepcopy(model.net).to(device).eval()
-    channels_last = device.type in ("cuda", "cpu")
+    # channels-last for 2D networks (a 5D input would need channels_last_3d, not measured here)
+    channels_last = device.type in ("cuda", "cpu") and model.config.spatial_dims == 2
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     return NetworkRunner(net, device, autocast, channels_last, bool(tta), classes=classes)

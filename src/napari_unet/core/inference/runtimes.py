@@ -204,9 +204,11 @@ def model_fingerprint(model: TrainedModel) -> str:
 
 
 def _example_input(config: UNetConfig, batch: int = 1, extra: int = 0) -> torch.Tensor:
-    h = config.admissible_size(2 * config.grid + extra)
-    w = config.admissible_size(2 * config.grid)
-    return torch.randn(batch, config.in_channels, h, w, generator=torch.Generator().manual_seed(0))
+    """A small admissible input; ``extra`` lengthens the first spatial axis."""
+    sizes = [config.admissible_size(2 * g, a) for a, g in enumerate(config.grids)]
+    sizes[0] = config.admissible_size(2 * config.grids[0] + extra, 0)
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(batch, config.in_channels, *sizes, generator=generator)
 
 
 def export_onnx(model: TrainedModel) -> bytes:
@@ -227,7 +229,8 @@ def export_onnx(model: TrainedModel) -> bytes:
         ``(N, n_classes, H', W')``.
     """
     net = copy.deepcopy(model.net).cpu().float().eval()
-    axes = {0: "batch", 2: "height", 3: "width"}
+    names = ("depth", "height", "width")[-model.config.spatial_dims :]
+    axes = {0: "batch", **{2 + a: name for a, name in enumerate(names)}}
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         # The TorchScript exporter is deprecated, and the skip crop's branch on shapes is a
@@ -404,7 +407,7 @@ def _load(
             _cache.move_to_end(key)
             return _cache[key]
         config = model.config
-        smallest = (1, config.in_channels, config.admissible_size(1), config.admissible_size(1))
+        smallest = (1, config.in_channels, *config.admissible_shape((1,) * config.spatial_dims))
         network = ExportedNetwork(export_onnx(model), runtime, threads, smallest)
         _check_export(model, network)
         _cache[key] = network

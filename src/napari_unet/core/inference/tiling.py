@@ -20,6 +20,7 @@ overshoot the image edge. All tiles of one image have one shape.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ __all__ = [
     "minimum_tile",
     "reflect_indices",
     "tile_layout",
+    "volume_tile",
 ]
 
 #: Largest number of elements of one activation tensor: beyond 2**31 some convolution kernels
@@ -80,14 +82,16 @@ def reflect_indices(start: int, length: int, size: int) -> np.ndarray:
     return np.where(pos < size, pos, period - pos)
 
 
-def minimum_tile(config: UNetConfig) -> int:
-    """Smallest admissible input tile whose output advances by at least one grid step."""
-    return config.admissible_size(2 * config.halo + config.grid)
+def minimum_tile(config: UNetConfig, axis: int = -1) -> int:
+    """Smallest admissible input tile along ``axis`` whose output advances by one grid step."""
+    return config.admissible_size(2 * config.axis_halo(axis) + config.axis_grid(axis), axis)
 
 
-def _output(config: UNetConfig, tile: int) -> int:
+def _output(config: UNetConfig, tile: int, axis: int) -> int:
     """Output pixels of an admissible input tile that correspond to image pixels."""
-    return config.output_size(tile) if config.padding == "valid" else tile - 2 * config.halo
+    if config.padding == "valid":
+        return config.output_size(tile, axis)
+    return tile - 2 * config.axis_halo(axis)
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,7 @@ class AxisLayout:
         return start, stop
 
 
-def axis_layout(config: UNetConfig, size: int, tile: int) -> AxisLayout:
+def axis_layout(config: UNetConfig, size: int, tile: int, axis: int = -1) -> AxisLayout:
     """Lay out tiles of at most ``tile`` input pixels along an axis of ``size`` image pixels.
 
     Uses the fewest tiles that ``tile`` allows, then the smallest admissible tile that covers
@@ -136,6 +140,9 @@ def axis_layout(config: UNetConfig, size: int, tile: int) -> AxisLayout:
         Image pixels along the axis (at least 1).
     tile : int
         Largest input tile, halo included; rounded up to an admissible size.
+    axis : int
+        Which spatial axis of the network (its halo, grid and admissible sizes); default the
+        last (in-plane).
 
     Returns
     -------
@@ -149,87 +156,105 @@ def axis_layout(config: UNetConfig, size: int, tile: int) -> AxisLayout:
     """
     if size < 1:
         raise ValueError(f"size must be at least 1, got {size}")
-    halo, grid = config.halo, config.grid
-    smallest = minimum_tile(config)
-    tile = config.admissible_size(int(tile))
+    halo, grid = config.axis_halo(axis), config.axis_grid(axis)
+    smallest = minimum_tile(config, axis)
+    tile = config.admissible_size(int(tile), axis)
     if tile < smallest:
         raise ValueError(
             f"tile must be at least {smallest} pixels for this network (halo {halo} px per side "
             f"plus one {grid}-pixel grid step), got {tile}"
         )
-    cover = config.admissible_size(size + 2 * halo)
+    cover = config.admissible_size(size + 2 * halo, axis)
     if cover <= tile:
-        return AxisLayout(size=size, tile=cover, stride=_output(config, cover), count=1)
-    stride = _output(config, tile) // grid * grid
+        return AxisLayout(size=size, tile=cover, stride=_output(config, cover, axis), count=1)
+    stride = _output(config, tile, axis) // grid * grid
     count = math.ceil(size / stride)
     # Smallest admissible tile that covers the axis with `count` tiles.
-    t = config.admissible_size(math.ceil(size / count) + 2 * halo)
-    while _output(config, t) // grid * grid * count < size:
-        t = config.admissible_size(t + 1)
-    return AxisLayout(size=size, tile=t, stride=_output(config, t) // grid * grid, count=count)
+    t = config.admissible_size(math.ceil(size / count) + 2 * halo, axis)
+    while _output(config, t, axis) // grid * grid * count < size:
+        t = config.admissible_size(t + 1, axis)
+    stride = _output(config, t, axis) // grid * grid
+    return AxisLayout(size=size, tile=t, stride=stride, count=count)
+
+
+Bounds = tuple[int, int] | None
 
 
 @dataclass(frozen=True)
 class TileLayout:
-    """Tiles covering one 2D image.
+    """Tiles covering one 2D image or one 3D volume.
 
     Attributes
     ----------
-    y, x : AxisLayout
-        The layout along each axis.
-    halo : int
-        Input pixels read beyond an output tile on each side.
-    crop : int
-        Offset of the first image pixel in the network's output of a tile (``halo`` for same
-        padding, 0 for valid padding).
+    axes : tuple of AxisLayout
+        The layout along each spatial axis (``(y, x)`` or ``(z, y, x)``).
+    halo : tuple of int
+        Input pixels read beyond an output tile on each side, per axis.
+    crop : tuple of int
+        Offset of the first image pixel in the network's output of a tile, per axis (``halo``
+        for same padding, 0 for valid padding).
     """
 
-    y: AxisLayout
-    x: AxisLayout
-    halo: int
-    crop: int
+    axes: tuple[AxisLayout, ...]
+    halo: tuple[int, ...]
+    crop: tuple[int, ...]
 
     @property
-    def tile_shape(self) -> tuple[int, int]:
-        """Input tile shape ``(ty, tx)``."""
-        return self.y.tile, self.x.tile
+    def y(self) -> AxisLayout:
+        """The layout along the rows."""
+        return self.axes[-2]
+
+    @property
+    def x(self) -> AxisLayout:
+        """The layout along the columns."""
+        return self.axes[-1]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The image's spatial shape."""
+        return tuple(a.size for a in self.axes)
+
+    @property
+    def tile_shape(self) -> tuple[int, ...]:
+        """Input tile shape (``(ty, tx)`` or ``(tz, ty, tx)``)."""
+        return tuple(a.tile for a in self.axes)
 
     @property
     def count(self) -> int:
         """Number of tiles."""
-        return self.y.count * self.x.count
+        return math.prod(a.count for a in self.axes)
 
-    def tiles(
-        self, rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None
-    ) -> list[tuple[int, int]]:
-        """Tile indices ``(iy, ix)`` in row-major order, optionally only those that contribute
-        to the image rows ``rows = (start, stop)`` and columns ``cols``."""
-        out = []
-        for iy in range(self.y.count):
-            ys = self.y.extent(iy)
-            if rows is not None and (ys[1] <= rows[0] or ys[0] >= rows[1]):
-                continue
-            for ix in range(self.x.count):
-                xs = self.x.extent(ix)
-                if cols is not None and (xs[1] <= cols[0] or xs[0] >= cols[1]):
-                    continue
-                out.append((iy, ix))
-        return out
+    def tiles(self, *bounds: Bounds) -> list[tuple[int, ...]]:
+        """Tile indices (one per axis) in row-major order, optionally only those that contribute
+        to the image pixels ``bounds`` (one ``(start, stop)`` or None per leading axis; for a 2D
+        image ``rows, cols``)."""
+        per_axis = []
+        for a, axis in enumerate(self.axes):
+            limit = bounds[a] if a < len(bounds) else None
+            per_axis.append(
+                [
+                    i
+                    for i in range(axis.count)
+                    if limit is None
+                    or not (axis.extent(i)[1] <= limit[0] or axis.extent(i)[0] >= limit[1])
+                ]
+            )
+        return list(itertools.product(*per_axis))
 
 
 def tile_layout(
-    config: UNetConfig, shape: tuple[int, int], tile: int | tuple[int, int]
+    config: UNetConfig, shape: tuple[int, ...], tile: int | tuple[int, ...]
 ) -> TileLayout:
-    """Lay out tiles over a 2D image.
+    """Lay out tiles over a 2D image or a 3D volume.
 
     Parameters
     ----------
     config : UNetConfig
-        The network's architecture.
+        The network's architecture (``config.spatial_dims`` axes).
     shape : tuple of int
-        Image shape ``(Y, X)``.
+        Spatial shape ``(Y, X)`` or ``(Z, Y, X)``.
     tile : int or tuple of int
-        Largest input tile edge (or ``(ty, tx)``), halo included; rounded up to admissible
+        Largest input tile edge (or one per axis), halo included; rounded up to admissible
         sizes.
 
     Returns
@@ -244,12 +269,22 @@ def tile_layout(
     >>> layout.tile_shape, layout.count
     ((480, 384), 8)
     """
-    ty, tx = (tile, tile) if np.isscalar(tile) else tuple(tile)
+    ndim = config.spatial_dims
+    if len(shape) != ndim:
+        raise ValueError(
+            f"a {ndim}D network tiles {ndim}D images, got spatial shape {tuple(shape)}"
+        )
+    tiles = (tile,) * ndim if np.isscalar(tile) else tuple(tile)
+    if len(tiles) != ndim:
+        raise ValueError(f"tile must be one size or {ndim} sizes, got {tile!r}")
+    halos = config.halos
     return TileLayout(
-        y=axis_layout(config, int(shape[0]), int(ty)),
-        x=axis_layout(config, int(shape[1]), int(tx)),
-        halo=config.halo,
-        crop=config.halo if config.padding == "same" else 0,
+        axes=tuple(
+            axis_layout(config, int(n), int(t), a)
+            for a, (n, t) in enumerate(zip(shape, tiles, strict=True))
+        ),
+        halo=halos,
+        crop=halos if config.padding == "same" else (0,) * ndim,
     )
 
 
@@ -307,17 +342,54 @@ def _largest_admissible_at_most(config: UNetConfig, n: int) -> int:
     return max(t, minimum_tile(config))
 
 
+def volume_tile(config: UNetConfig, shape: tuple[int, ...], voxels: float) -> tuple[int, ...]:
+    """The largest input tile of at most ``voxels`` voxels for a volume (any number of axes).
+
+    Starts from the tile that covers the whole volume and shortens its longest axis one grid
+    step at a time until it holds at most ``voxels`` voxels or every axis is at its minimum.
+
+    Parameters
+    ----------
+    config : UNetConfig
+        The network's architecture.
+    shape : tuple of int
+        Spatial shape of the volume.
+    voxels : float
+        Largest number of input voxels of one tile.
+
+    Returns
+    -------
+    tuple of int
+        Admissible input tile, one size per axis.
+    """
+    tile = [
+        config.admissible_size(int(n) + 2 * h, a)
+        for a, (n, h) in enumerate(zip(shape, config.halos, strict=True))
+    ]
+    smallest = [minimum_tile(config, a) for a in range(len(tile))]
+    while math.prod(tile) > voxels:
+        order = sorted(range(len(tile)), key=lambda a: -tile[a])
+        for a in order:
+            below = config.largest_admissible_below(tile[a], a)
+            if below is not None and below >= smallest[a]:
+                tile[a] = below
+                break
+        else:
+            break
+    return tuple(tile)
+
+
 def auto_tile(
     config: UNetConfig,
-    shape: tuple[int, int],
+    shape: tuple[int, ...],
     budget_bytes: float,
     *,
     dtype_bytes: int = 4,
     n_slices: int = 1,
     max_batch: int = 8,
     max_batch_pixels: float | None = None,
-) -> tuple[tuple[int, int], int]:
-    """Choose the tile shape and batch size for an image from a memory budget.
+) -> tuple[tuple[int, ...], int]:
+    """Choose the tile shape and batch size for an image or a volume from a memory budget.
 
     Big tiles waste least on halos (the cost of a tile is ``(input / output) ** 2`` times its
     share of one whole-image pass), so the tile is the largest that the budget holds: the whole
@@ -330,7 +402,8 @@ def auto_tile(
     config : UNetConfig
         The network's architecture.
     shape : tuple of int
-        Shape ``(Y, X)`` of one 2D image.
+        Shape ``(Y, X)`` of one 2D image, or ``(Z, Y, X)`` of a volume (for a 3D network the
+        tile is the largest that fits: :func:`volume_tile`).
     budget_bytes : float
         Memory the forward pass of one batch may use.
     dtype_bytes : int
@@ -345,27 +418,33 @@ def auto_tile(
     Returns
     -------
     tile : tuple of int
-        ``(ty, tx)``, to pass to :func:`tile_layout`.
+        ``(ty, tx)`` (or ``(tz, ty, tx)``), to pass to :func:`tile_layout`.
     batch : int
         Tiles per forward pass.
     """
     per_px = activation_bytes_per_pixel(config, dtype_bytes)
     pixels = max(budget_bytes / per_px, 1.0)
     pixels = min(pixels, MAX_TENSOR_ELEMENTS / (2 * config.base_channels))
+    if len(shape) == 2:
+        tile = _image_tile(config, shape, pixels)
+    else:
+        tile = volume_tile(config, shape, pixels)
+    layout = tile_layout(config, shape, tile)
+    total = layout.count * max(int(n_slices), 1)
+    limit = pixels if max_batch_pixels is None else min(pixels, max_batch_pixels)
+    batch = int(max(1, min(limit // math.prod(layout.tile_shape), max_batch, total)))
+    return layout.tile_shape, batch
+
+
+def _image_tile(config: UNetConfig, shape: tuple[int, ...], pixels: float) -> tuple[int, int]:
+    """The 2D tile of :func:`auto_tile`: the whole image, else a band, else a square."""
     smallest = minimum_tile(config)
     cover = [config.admissible_size(int(n) + 2 * config.halo) for n in shape]
     if cover[0] * cover[1] <= pixels:
-        ty, tx = cover
-    elif min(cover) * smallest <= pixels and min(cover) ** 2 <= pixels:
+        return cover[0], cover[1]
+    if min(cover) * smallest <= pixels and min(cover) ** 2 <= pixels:
         short = int(np.argmin(cover))
         other = _largest_admissible_at_most(config, int(pixels // cover[short]))
-        ty, tx = (cover[0], other) if short == 0 else (other, cover[1])
-    else:
-        side = _largest_admissible_at_most(config, math.isqrt(int(pixels)))
-        ty = tx = side
-    layout = tile_layout(config, shape, (ty, tx))
-    ty, tx = layout.tile_shape
-    total = layout.count * max(int(n_slices), 1)
-    limit = pixels if max_batch_pixels is None else min(pixels, max_batch_pixels)
-    batch = int(max(1, min(limit // (ty * tx), max_batch, total)))
-    return (ty, tx), batch
+        return (cover[0], other) if short == 0 else (other, cover[1])
+    side = _largest_admissible_at_most(config, math.isqrt(int(pixels)))
+    return side, side
