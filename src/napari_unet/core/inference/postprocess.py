@@ -157,8 +157,7 @@ def probabilities_to_labels(
     if n == 0:
         return labels
     if gap:
-        grow = {} if sampling is None else {"sampling": tuple(sampling)}
-        labels = grow_instances(labels, int(gap), **grow)
+        labels = grow_instances(labels, int(gap), sampling=sampling)
     return _renumber(labels, n, int(min_size), int(start_label))
 
 
