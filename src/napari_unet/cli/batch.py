@@ -382,9 +382,10 @@ class FileJob:
     labels: Any = None
     probabilities: Any = None
 
-    def chunks(self) -> tuple[int, int]:
-        """``(Y, X)`` edge of an output zarr chunk: about :data:`CHUNK`, whole tile strides."""
-        return _chunk(self.plan.layout.y), _chunk(self.plan.layout.x)
+    def chunks(self) -> tuple[int, ...]:
+        """``(Y, X)`` edge of an output zarr chunk (``(Z, Y, X)`` for a 3D model): about
+        :data:`CHUNK`, whole tile strides."""
+        return tuple(_chunk(axis) for axis in self.plan.layout.axes)
 
     @property
     def classes(self) -> bool:

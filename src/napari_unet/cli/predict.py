@@ -85,6 +85,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     _add_labelling(parser)
     add_channel_layout(parser)
     parser.add_argument(
+        "--scale",
+        type=float,
+        nargs="+",
+        metavar="S",
+        help="voxel size of the images (Z Y X for a 3D model, as a napari layer's scale): "
+        "checked against the voxel size the model was trained at; images of another voxel "
+        "size are refused (resample them first). A 3D model segments a (Z, Y, X) INPUT as one "
+        "volume, a 2D model slice by slice",
+    )
+    parser.add_argument(
         "--scheduler",
         metavar="ADDRESS",
         help=(
@@ -213,6 +223,18 @@ def _check_mode(model: Any, args: argparse.Namespace) -> None:
             f"({', '.join(model.class_names)}), which writes the most probable class of each "
             "pixel"
         )
+
+
+def _check_scale(model: Any, args: argparse.Namespace) -> None:
+    """UsageError for a ``--scale`` that does not suit the model (length, values, voxel size)."""
+    from napari_unet.core.model import check_image_voxel_size
+
+    if model.config.spatial_dims == 3 and args.scheduler:
+        raise UsageError("--scheduler runs 2D models; a 3D model predicts in this process")
+    try:
+        check_image_voxel_size(model.config, args.scale, "--scale")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _is_folder(path: Path) -> bool:
@@ -388,11 +410,12 @@ def _run_one(model: Any, target: Any, settings: Any, runner: Any) -> int:
     job = plan_file(model, target, settings)
     plan = job.plan
     logger.info(
-        "%s: %s, %d tile(s) of %dx%d per slice, batch %d, on %s",
+        "%s: %s, %d tile(s) of %s per %s, batch %d, on %s",
         target.source,
         " x ".join(map(str, plan.shape)),
         plan.layout.count,
-        *plan.tile,
+        "x".join(map(str, plan.tile)),
+        "volume" if len(plan.tile) == 3 else "slice",
         plan.batch_size,
         plan.device,
     )
@@ -575,6 +598,7 @@ def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     model = load_model_or_package(args.model)
     _check_mode(model, args)
+    _check_scale(model, args)
     runner = _cluster_runner(args.scheduler) if args.scheduler else run_local
     if single is not None:
         if args.skip_existing and single.exists():

@@ -20,12 +20,14 @@ __all__ = [
     "MODES",
     "PRESETS",
     "PRESETS_3D",
+    "VOXEL_SIZE_TOLERANCE",
     "DoubleConv",
     "Down",
     "TrainedModel",
     "UNet",
     "UNetConfig",
     "Up",
+    "check_image_voxel_size",
     "check_mode",
     "check_voxel_size",
     "default_class_names",
@@ -123,6 +125,54 @@ def check_voxel_size(voxel_size: object, spatial_dims: int, what: str = "voxel_s
     if not all(math.isfinite(v) and v > 0 for v in values):
         raise ValueError(f"{what} must hold positive finite numbers {axes}, got {values}")
     return values
+
+
+#: Relative difference between an image's voxel size and a model's that still counts as equal.
+VOXEL_SIZE_TOLERANCE = 0.02
+
+
+def check_image_voxel_size(
+    config: UNetConfig, voxel_size: object, what: str = "the image's voxel size"
+) -> None:
+    """Refuse an image whose voxel size differs from the one a 3D model was trained at.
+
+    A 3D network's pooling and receptive field are planned for its voxel size, and the sizes
+    of the nuclei it learnt are in those voxels: an image of another voxel size is refused
+    (resample it to the model's voxel size first) rather than silently segmented badly.
+
+    Parameters
+    ----------
+    config : UNetConfig
+        The model's architecture.
+    voxel_size : sequence of float or None
+        The image's voxel size (``(z, y, x)`` for a 3D model); None: unknown, accepted.
+    what : str
+        What to call the value in messages (``'--scale'`` on the command line).
+
+    Raises
+    ------
+    ValueError
+        On a voxel size of the wrong length or with non-positive values, or one that differs
+        from the model's by more than :data:`VOXEL_SIZE_TOLERANCE` (relative) on some axis.
+
+    Examples
+    --------
+    >>> config = UNetConfig(spatial_dims=3, voxel_size=(2.0, 0.5, 0.5))
+    >>> check_image_voxel_size(config, (2, 0.5, 0.5))
+    """
+    if voxel_size is None:
+        return
+    size = check_voxel_size(voxel_size, config.spatial_dims, what)
+    trained = config.spacing
+    if config.voxel_size is None and config.spatial_dims == 2:
+        return  # a 2D model without a pixel size: any pixel size is taken as it is
+    if any(abs(a - b) > VOXEL_SIZE_TOLERANCE * b for a, b in zip(size, trained, strict=True)):
+        axes = "(z, y, x)" if config.spatial_dims == 3 else "(y, x)"
+        raise ValueError(
+            f"{what} {size} differs from the voxel size {trained} {axes} the model was trained "
+            "at; resample the image to the model's voxel size first (napari-unet does not "
+            "rescale)"
+        )
 
 
 #: What a model is trained for: instances of cells, or classes painted as scribbles.
