@@ -490,3 +490,24 @@ def test_segment_defaults_and_outputs(tmp_path) -> None:
     assert prob_out[12, 12] > 0.99 and prob_out[0, 0] < 0.01
     with pytest.raises(ValueError, match="threshold"):
         run_to_end(segment(_pixel_model(), image, threshold=1.5, device="cpu"))
+
+
+def test_slice_normalization_falls_back_to_min_max_as_training_does() -> None:
+    """A sparse uint16 slice (percentiles 1 and 99.8 both 0) enters the network at <= 1, as in
+    training (normalize.intensity_range); a constant slice is a clear error."""
+    from napari_unet.core.inference import slice_normalization
+    from napari_unet.core.normalize import normalize_image
+
+    model = TrainedModel(UNet(UNetConfig(depth=2, base_channels=4)))
+    sparse = np.zeros((2, 100, 100), np.uint16)
+    sparse[0, 0, :10] = 4000
+    sparse[1] = np.arange(10_000).reshape(100, 100)
+    offset, scale = slice_normalization(model, sparse, 0)
+    assert (float(offset[0, 0, 0]), float(scale[0, 0, 0])) == (0.0, 4000.0)
+    for z in range(2):
+        offset, scale = slice_normalization(model, sparse, z)
+        expected = normalize_image(sparse[z][None].astype(np.float32), model.normalization)
+        np.testing.assert_allclose((sparse[z] - offset) / scale, expected, atol=1e-6)
+    flat = np.full((2, 30, 30), 7, np.uint16)
+    with pytest.raises(ValueError, match=r"image slice 1 is constant \(every pixel is 7\)"):
+        slice_normalization(model, flat, 1)

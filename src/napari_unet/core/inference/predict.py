@@ -52,7 +52,7 @@ import torch
 
 from ..device import select_device
 from ..model import TrainedModel, UNetConfig
-from ..normalize import check_finite, normalize_image, percentile_range
+from ..normalize import check_finite, intensity_range, normalize_image
 from ..progress import Step, run_to_end
 from .engine import TileEngine
 from .plan import Plan, make_plan
@@ -114,11 +114,12 @@ def slice_normalization(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalisation of one 2D slice: ``normalised = (pixels - offset) / scale``.
 
-    Uses the model's normalisation (per-channel percentiles of the slice; of the whole volume for
-    a 3D model). Slices of more than :data:`PERCENTILE_MAX_PIXELS` pixels are subsampled with a
-    regular stride along every axis, read in bands, so that a lazy slice is never loaded whole.
-    Up to that size the result is exactly that of
-    :func:`napari_unet.core.normalize.normalize_image`.
+    Uses the model's normalisation: per-channel percentiles of the slice (of the whole volume
+    for a 3D model), minimum and maximum where they coincide
+    (:func:`~napari_unet.core.normalize.intensity_range`, as in training). Slices of more than
+    :data:`PERCENTILE_MAX_PIXELS` pixels are subsampled with a regular stride along every axis,
+    read in bands, so that a lazy slice is never loaded whole. Up to that size the result is
+    exactly that of :func:`napari_unet.core.normalize.normalize_image`.
 
     Parameters
     ----------
@@ -141,7 +142,8 @@ def slice_normalization(
     Raises
     ------
     ValueError
-        On an unknown normalisation method, NaN or infinite values, or a bad layout.
+        On an unknown normalisation method, NaN or infinite values, a slice whose every channel
+        is constant, or a bad layout.
     """
     src = _source(model, image, channel_axis, rgb)
     if not 0 <= z < src.n:
@@ -173,10 +175,7 @@ def _slice_normalization(
             check_finite(block, where)
             parts.append(block[(slice(None), *(slice(None, None, step),) * ndim)])
         data = np.concatenate(parts, axis=1)
-    data = data.astype(np.float32, copy=False)
-    lo, hi = percentile_range(data, spec["low"], spec["high"])
-    scale = np.where(hi > lo, hi - lo, 1.0).astype(np.float32)
-    return lo, scale
+    return intensity_range(data.astype(np.float32, copy=False), spec["low"], spec["high"], where)
 
 
 def _normalizer(
@@ -286,12 +285,12 @@ def prediction_plan(
     model: TrainedModel,
     image: Any,
     *,
-    channel_axis: int | None = None,
-    rgb: bool = False,
     tile: int | tuple[int, int] | None = None,
     batch_size: int | None = None,
     device: str | torch.device = "auto",
     precision: str = "auto",
+    channel_axis: int | None = None,
+    rgb: bool = False,
 ) -> Plan:
     """The tile shape, batch size and layout :func:`predict_probabilities` would use.
 
@@ -299,10 +298,6 @@ def prediction_plan(
     ----------
     model, image
         As for :func:`predict_probabilities`.
-    channel_axis : int, optional
-        Axis of the channels, if the image has one.
-    rgb : bool
-        The last axis holds RGB(A) channels (a napari ``rgb`` layer).
     tile : int or tuple of int, optional
         Edge of the **input** tile in pixels, halo included (or ``(ty, tx)``), rounded up to
         the nearest admissible size; the layout then uses the fewest tiles of at most that size
@@ -315,6 +310,10 @@ def prediction_plan(
         ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or ``'mps'``.
     precision : {'auto', 'float32', 'bfloat16'}
         ``'auto'``: bfloat16 autocast on CUDA, float32 elsewhere.
+    channel_axis : int, optional
+        Axis of the channels, if the image has one.
+    rgb : bool
+        The last axis holds RGB(A) channels (a napari ``rgb`` layer).
 
     Returns
     -------
@@ -322,27 +321,28 @@ def prediction_plan(
         The plan. Pass ``plan.tile`` and ``plan.batch_size`` on to run the same tiling
         elsewhere (e.g. on the workers of a cluster).
     """
-    src = _source(model, image, channel_axis, rgb)
-    dev = select_device(device)
-    return make_plan(model.config, src, dev, tile, batch_size, resolve_precision(precision, dev))
+    return _source_plan(model, image, (channel_axis, rgb, tile, batch_size, device), precision)[2]
 
 
-def _prepare(
-    model: TrainedModel,
-    image: Any,
-    channel_axis: int | None,
-    rgb: bool,
-    tile: int | tuple[int, int] | None,
-    batch_size: int | None,
-    device: str | torch.device,
-    tta: bool,
-    precision: str,
-    runtime: str,
-) -> tuple[SliceSource, Plan, NetworkRunner]:
+def _source_plan(
+    model: TrainedModel, image: Any, layout: tuple[Any, ...], precision: str
+) -> tuple[SliceSource, torch.device, Plan]:
+    """The checked source, the device and the plan; ``layout`` is ``(channel_axis, rgb, tile,
+    batch_size, device)`` as the public functions take them."""
+    channel_axis, rgb, tile, batch_size, device = layout
     src = _source(model, image, channel_axis, rgb)
     dev = select_device(device)
     autocast = resolve_precision(precision, dev)
-    plan = make_plan(model.config, src, dev, tile, batch_size, autocast)
+    return src, dev, make_plan(model.config, src, dev, tile, batch_size, autocast)
+
+
+def _prepare(
+    model: TrainedModel, image: Any, *args: Any
+) -> tuple[SliceSource, Plan, NetworkRunner]:
+    """:func:`_source_plan` and the network runner; ``args`` are ``(channel_axis, rgb, tile,
+    batch_size, device, tta, precision, runtime)`` as the public functions take them."""
+    *layout, tta, precision, runtime = args
+    src, dev, plan = _source_plan(model, image, tuple(layout), precision)
     return src, plan, make_runner(model, dev, tta, precision, runtime)
 
 
