@@ -12,6 +12,8 @@
   :func:`.train` runs data-parallel when a process group is initialised.
 - :mod:`.checkpoint`: checkpoints of a run (weights, optimiser, step, random streams) and
   resuming from one.
+- :mod:`.sampling` and :mod:`.store`: compact sampling of annotated positions, patches read
+  as drawn, prepared data kept on disk when large.
 """
 
 from .augment import AugmentSettings, augment_batch

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +39,15 @@ from ..targets import (
     split_components,
     training_targets,
 )
+from .sampling import AnnotatedRuns, cut_window
+from .store import SampleStore, default_store, prepared_bytes
 
 __all__ = [
+    "LAZY_BYTES",
     "MIN_SIDE",
+    "RESIDENT_BYTES",
     "AnnotatedImage",
+    "LazyLabels",
     "PatchSampler",
     "TargetSpec",
     "annotated_cell_areas",
@@ -58,6 +63,11 @@ logger = logging.getLogger(__name__)
 
 #: Images with a side shorter than this many pixels are refused (mirrored up otherwise).
 MIN_SIDE = 8
+#: Padded training data up to this size are kept on the training device; larger data are read
+#: patch by patch from where they are (:class:`PatchSampler`).
+RESIDENT_BYTES = 1 << 30
+#: Label stacks not in memory and larger than this are read one slice at a time.
+LAZY_BYTES = 64 << 20
 
 
 @dataclass
@@ -132,7 +142,10 @@ def _spatial_labels(
     """Labels of input ``i`` as ``(N, Y, X)``, checked against the image's layout."""
     name = f"labels[{i}]"
     check = check_class_labels if mode == "classes" else check_labels
-    arr = check(labels, name=name, ndim=None)
+    if _lazy(labels):
+        arr: Any = LazyLabels(labels, check, name)
+    else:
+        arr = check(labels, name=name, ndim=None)
     given = arr.shape
     if arr.ndim == 2 and n == 1:
         arr = arr[None]
@@ -144,6 +157,41 @@ def _spatial_labels(
             f"images[{i}] has {n} 2D image(s) of {yx} once laid out as (N, C, Y, X)"
         )
     return arr
+
+
+def _lazy(array: Any) -> bool:
+    """A stack not in memory (zarr, dask), worth reading slice by slice."""
+    return (
+        not isinstance(array, np.ndarray)
+        and hasattr(array, "dtype")
+        and len(getattr(array, "shape", ())) == 3
+        and int(np.prod(array.shape)) * np.dtype(array.dtype).itemsize > LAZY_BYTES
+    )
+
+
+class LazyLabels:
+    """A label stack read (and checked) one slice at a time.
+
+    Parameters
+    ----------
+    array : array-like
+        ``(Z, Y, X)`` labels (zarr, dask, ...).
+    check : callable
+        Checks one slice and returns it as numpy (e.g. :func:`~.targets.check_labels`).
+    name : str
+        The argument's name, for error messages.
+    """
+
+    def __init__(self, array: Any, check: Any, name: str) -> None:
+        if not np.issubdtype(np.dtype(array.dtype), np.integer):
+            check(np.zeros((1, 1), array.dtype), name=name, ndim=None)  # the dtype error
+        self.array, self.check, self.name = array, check, name
+        self.shape = tuple(int(n) for n in array.shape)
+        self.ndim = 3
+        self.dtype = np.dtype(array.dtype)
+
+    def __getitem__(self, z: int) -> np.ndarray:
+        return self.check(np.asarray(self.array[z]), name=f"{self.name} slice {z}", ndim=2)
 
 
 def prepare_samples(
@@ -162,6 +210,7 @@ def prepare_samples(
     border_weights: bool = True,
     mode: str = "cells",
     n_classes: int | None = None,
+    store: SampleStore | None = None,
 ) -> list[AnnotatedImage]:
     """Check and prepare training data.
 
@@ -192,6 +241,10 @@ def prepare_samples(
     n_classes : int, optional
         Classes mode: the number of classes (a fine-tuned model's); default: the largest
         value painted (:func:`class_count`).
+    store : SampleStore, optional
+        Where the prepared samples are kept; default: in memory, or memory-mapped files in
+        the temporary folder when they would take more than
+        :data:`~napari_unet.core.training.store.STORE_BYTES`.
 
     Returns
     -------
@@ -213,15 +266,17 @@ def prepare_samples(
     if mode == "classes":
         n_classes = class_count(_painted(inputs), n_classes)
     make = TargetSpec(gap, w0, sigma, class_balance, border_weights, mode, n_classes or 2)
+    if store is None:
+        shapes = [item.nchw.shape[1:] for item in inputs for _ in item.used]
+        store = default_store(prepared_bytes(shapes, any(it.region is not None for it in inputs)))
     samples, split_values, split_cells = [], 0, 0
     for i, z, data, lab, reg in _read_slices(inputs):
         image = normalize_image(data, spec, f"images[{i}]" + (f" slice {z}" if stack[i] else ""))
         lab, values, cells = split_components(lab) if mode == "cells" else (lab, 0, 0)
         split_values, split_cells = split_values + values, split_cells + cells
         targets = make.targets(lab, reg)
-        samples.append(
-            AnnotatedImage(image, targets.classes, targets.weights, (i, z), lab, reg, cells)
-        )
+        sample = AnnotatedImage(image, targets.classes, targets.weights, (i, z), lab, reg, cells)
+        samples.append(store.keep(sample))
     logger.info(
         "prepared %d annotated 2D image(s), %d annotated pixels",
         len(samples),
@@ -428,17 +483,18 @@ def _layout(img: Any, i: int, channel_axis: int | None, rgb: bool) -> Any:
 
 def _read_slices(
     inputs: list[_Input],
-) -> list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray | None]]:
-    """Read the annotated 2D images (checked for NaN/inf) with their labels and regions."""
-    reads = []
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Read the annotated 2D images (checked for NaN/inf) with their labels and regions.
+
+    One at a time: images larger than memory are prepared slice by slice.
+    """
     for item in inputs:
         for z in item.used:
             data = np.asarray(item.nchw[z])
             stack = item.nchw.shape[0] > 1
             check_finite(data, name=f"images[{item.index}]" + (f" slice {z}" if stack else ""))
             region = None if item.region is None else item.region[z]
-            reads.append((item.index, z, data, item.labels[z], region))
-    return reads
+            yield item.index, z, data, np.asarray(item.labels[z]), region
 
 
 def pad2d(array: np.ndarray, pad: Any, mode: str, **kwargs: Any) -> np.ndarray:
@@ -473,8 +529,12 @@ def pad2d(array: np.ndarray, pad: Any, mode: str, **kwargs: Any) -> np.ndarray:
 class PatchSampler:
     """Draw batches of patches centred on annotated pixels.
 
-    Each sample is padded once (image mirrored, targets ignored, weights 0), moved to the
-    training device, and cut there: a batch costs a few tensor slices and one stack.
+    The annotated positions are kept as row runs (:class:`~.sampling.AnnotatedRuns`), not one
+    index per pixel. Small data are padded once (image mirrored, targets ignored, weights 0) and
+    moved to the training device, where a batch costs a few tensor slices; data larger than
+    :data:`RESIDENT_BYTES` (or ``stream=True``) stay where they are (memory or disk) and each
+    patch is read as it is drawn (:func:`~.sampling.cut_window`), only the batch moving to the
+    device. Both give the same patches.
 
     Parameters
     ----------
@@ -483,9 +543,12 @@ class PatchSampler:
     size : int
         Edge of the patches returned (the network input plus the augmentation's margin).
     device : torch.device or str
-        Where the data lives and patches are cut.
+        Where patches are returned (and small data kept).
     rng : numpy.random.Generator
         Source of randomness for the patch positions.
+    stream : bool, optional
+        Read patches from the samples as drawn; ``None``: when the padded data would take
+        more than :data:`RESIDENT_BYTES`.
 
     Examples
     --------
@@ -502,46 +565,53 @@ class PatchSampler:
         size: int,
         device: torch.device | str,
         rng: np.random.Generator,
+        stream: bool | None = None,
     ) -> None:
         if not samples:
             raise ValueError("samples must hold at least one annotated image")
         self.size = int(size)
         self.device = torch.device(device)
         self.rng = rng
-        half = self.size // 2
-        self._pad = half + 1
-        self._images, self._classes, self._weights, self._where = [], [], [], []
-        counts = []
-        for s in samples:
-            p = self._pad
-            pad2 = ((p, p), (p, p))
-            self._images.append(
-                torch.from_numpy(pad2d(s.image, ((0, 0), *pad2), "reflect")).to(self.device)
-            )
-            self._classes.append(
-                torch.from_numpy(
-                    np.pad(s.classes, pad2, mode="constant", constant_values=IGNORE)
-                ).to(self.device)
-            )
-            self._weights.append(
-                torch.from_numpy(np.pad(s.weights, pad2, mode="constant")).to(self.device)
-            )
-            where = np.flatnonzero(s.weights > 0)
-            self._where.append((where, s.weights.shape[1]))
-            counts.append(where.size)
+        self._pad = self.size // 2 + 1
+        self.samples = list(samples)
+        self._runs = [AnnotatedRuns(s.weights > 0) for s in self.samples]
+        counts = [runs.count for runs in self._runs]
         total = float(sum(counts))
         if total == 0:
             raise ValueError("samples hold no annotated pixel to centre patches on")
         self._p = np.asarray(counts, dtype=np.float64) / total
+        if stream is None:
+            p2 = 2 * self._pad
+            padded = sum(
+                (s.image.shape[0] * 4 + 5) * (s.weights.shape[0] + p2) * (s.weights.shape[1] + p2)
+                for s in self.samples
+            )
+            stream = padded > RESIDENT_BYTES
+        self.stream = bool(stream)
+        self._images, self._classes, self._weights = [], [], []
+        if not self.stream:
+            for s in self.samples:
+                self._resident(s)
+
+    def _resident(self, s: AnnotatedImage) -> None:
+        """Pad a sample once and keep it on the device."""
+        p = self._pad
+        pad2 = ((p, p), (p, p))
+        image = pad2d(np.asarray(s.image), ((0, 0), *pad2), "reflect")
+        self._images.append(torch.from_numpy(image).to(self.device))
+        classes = np.pad(np.asarray(s.classes), pad2, mode="constant", constant_values=IGNORE)
+        self._classes.append(torch.from_numpy(classes).to(self.device))
+        weights = np.pad(np.asarray(s.weights), pad2, mode="constant")
+        self._weights.append(torch.from_numpy(weights).to(self.device))
 
     def centres(self, n: int) -> list[tuple[int, int, int]]:
         """``n`` random ``(sample, y, x)`` annotated pixels, samples weighted by their size."""
         ks = self.rng.choice(len(self._p), size=n, p=self._p)
         out = []
         for k in ks:
-            where, width = self._where[k]
-            flat = int(where[self.rng.integers(where.size)])
-            out.append((int(k), flat // width, flat % width))
+            runs = self._runs[k]
+            y, x = runs.position(int(self.rng.integers(runs.count)))
+            out.append((int(k), y, x))
         return out
 
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -556,6 +626,8 @@ class PatchSampler:
         weights : torch.Tensor
             float32 ``(n, size, size)``.
         """
+        if self.stream:
+            return self._read(self.centres(n))
         xs, ys, ws = [], [], []
         half = self.size // 2
         for k, cy, cx in self.centres(n):
@@ -567,6 +639,21 @@ class PatchSampler:
             ys.append(self._classes[k][sl])
             ws.append(self._weights[k][sl])
         return torch.stack(xs), torch.stack(ys), torch.stack(ws)
+
+    def _read(
+        self, centres: list[tuple[int, int, int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Read the patches around ``centres`` from the samples; the batch to the device."""
+        half, size = self.size // 2, self.size
+        xs, ys, ws = [], [], []
+        for k, cy, cx in centres:
+            s, y0, x0 = self.samples[k], cy - half, cx - half
+            xs.append(cut_window(s.image, y0, x0, size, pad=self._pad))
+            ys.append(cut_window(s.classes, y0, x0, size, fill=IGNORE))
+            ws.append(cut_window(s.weights, y0, x0, size, fill=0))
+        batch = (np.stack(xs), np.stack(ys), np.stack(ws))
+        x, y, w = (torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in batch)
+        return x, y, w
 
 
 def patch_geometry(config: UNetConfig, patch_size: int, context: int = 0) -> tuple[int, int]:
