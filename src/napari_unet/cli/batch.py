@@ -606,12 +606,8 @@ def segment_file(
 
     Parameters
     ----------
-    model : TrainedModel
-        The model.
-    target : Target
-        The image and its outputs.
-    settings : PredictSettings
-        How to segment.
+    model, target, settings
+        The model, the image with its outputs, and how to segment, as for :func:`plan_file`.
     stop : threading.Event, optional
         Set it to stop after the current tile.
     run : callable

@@ -30,7 +30,6 @@ from magicgui.widgets import (
     FileEdit,
     FloatSpinBox,
     ProgressBar,
-    PushButton,
     SpinBox,
 )
 from napari.layers import Image, Labels
@@ -45,6 +44,7 @@ from napari_unet.widgets.controls import (
     form,
     layer_picker,
     message,
+    push_button,
 )
 from napari_unet.widgets.docs import numpydoc_params, set_tooltips
 from napari_unet.widgets.layers import LayerLayout, auto_channel_axis, image_layout, slice_index
@@ -64,6 +64,12 @@ logger = logging.getLogger(__name__)
 CHANNEL_CHOICES = [("auto", "auto"), ("none", None), ("axis 0", 0), ("axis 1", 1)]
 MODEL_CHOICES = [("this session's model", "session"), ("model file", "file")]
 SCOPE_CHOICES = ["current slice", "whole stack"]
+RUN_TIP = "Segment the image with the chosen model."
+STOP_TIP = "Stop after the current tile; finished slices are kept."
+FOLDER_TIP = (
+    "Segment every image of the image folder with the chosen model and settings; the labels go "
+    "to the output folder as <name>_labels.tif (.zarr for zarr images)."
+)
 #: marks the layers this widget made (layer.metadata key)
 OUTPUT_KEY = "napari_unet_output"
 #: the output layers: layer type, dtype and display options
@@ -167,8 +173,8 @@ class SegmentWidget(ViewerWidget):
         self.probabilities = CheckBox(
             name="probabilities", text="add a probability layer", value=False
         )
-        self.run_button = PushButton(name="run_button", text="Run")
-        self.stop_button = PushButton(name="stop_button", text="Stop")
+        self.run_button = push_button("run_button", "Run", RUN_TIP, self._on_run_clicked)
+        self.stop_button = push_button("stop_button", "Stop", STOP_TIP, self.stop)
         self.status = message("status", "")
         self.progress_bar = ProgressBar(name="progress_bar", value=0, min=0, max=1, visible=False)
         folder_section = self._folder_controls()
@@ -198,15 +204,10 @@ class SegmentWidget(ViewerWidget):
                 self.progress_bar,
             ]
         )
-        self.run_button.tooltip = "Segment the image with the chosen model."
-        self.stop_button.tooltip = "Stop after the current tile; finished slices are kept."
         set_tooltips(self, type(self), segment)
 
         self.model_source.changed.connect(self._on_model_source)
         self.model_file.changed.connect(self._on_model_source)
-        self.run_button.changed.connect(self._on_run_clicked)
-        self.folder_button.changed.connect(self._on_folder_clicked)
-        self.stop_button.changed.connect(self.stop)
         self._session.connect(self._on_model_source)
         self._on_model_source()
         self._set_busy(False)
@@ -218,12 +219,10 @@ class SegmentWidget(ViewerWidget):
         self.skip_existing = CheckBox(
             name="skip_existing", text="skip images segmented before", value=False
         )
-        self.folder_button = PushButton(name="folder_button", text="Segment folder…")
-        self.folder_button.label = ""
-        self.folder_button.tooltip = (
-            "Segment every image of the image folder with the chosen model and settings; the "
-            "labels go to the output folder as <name>_labels.tif (.zarr for zarr images)."
+        self.folder_button = push_button(
+            "folder_button", "Segment folder…", FOLDER_TIP, self._on_folder_clicked
         )
+        self.folder_button.label = ""
         widgets = [self.folder, self.out_folder, self.skip_existing, self.folder_button]
         docs = numpydoc_params(type(self))  # the section's controls sit outside the container
         for widget in widgets[:-1]:
@@ -293,7 +292,7 @@ class SegmentWidget(ViewerWidget):
                 skip_existing=bool(self.skip_existing.value),
                 on_yield=self._on_folder_report,
                 on_return=self._on_folder_return,
-                on_error=self._on_folder_error,
+                on_error=self._on_error,
                 on_finish=self._on_finish,
             ),
             f"Segmenting {len(targets)} image(s) of {self.folder.value}…",
@@ -556,19 +555,26 @@ class SegmentWidget(ViewerWidget):
             prob_layer.refresh()
 
     def _on_error(self, exc: BaseException) -> None:
+        """A run (of an image or a folder) ended by Stop (core's Cancelled) or by an error."""
         from napari_unet.core.inference import Cancelled
 
         run = self._run
-        if isinstance(exc, Cancelled):
-            msg = (
-                f"Segmentation stopped after {run['done']} of {run['n']} slice(s); finished "
-                f"slices are in '{run['labels'].name}'."
+        what = "Folder segmentation" if run.get("folder") else "Segmentation"
+        if not isinstance(exc, Cancelled):
+            notify_error(f"{what} failed", exc)
+            self._show_final(f"{what} failed; see the notification.")
+            return
+        if run.get("folder"):
+            done = (
+                f"{len(run['results'])} of {run['n']} image(s); finished ones are in {run['out']}"
             )
-            show_info(msg)
         else:
-            notify_error("Segmentation failed", exc)
-            msg = "Segmentation failed; see the notification."
-        self._show_final(msg)
+            done = (
+                f"{run['done']} of {run['n']} slice(s); finished slices are in "
+                f"'{run['labels'].name}'"
+            )
+        show_info(f"{what} stopped after {done}.")
+        self._show_final(f"{what} stopped after {done}.")
 
     def _on_return(self, result: Any) -> None:
         run = self._run
@@ -616,21 +622,6 @@ class SegmentWidget(ViewerWidget):
             run["results"].append(event.item)
             run["progress"] = (len(run["results"]), run["n"])
         self._shown = False
-
-    def _on_folder_error(self, exc: BaseException) -> None:
-        from napari_unet.core.inference import Cancelled
-
-        run = self._run
-        if isinstance(exc, Cancelled):
-            msg = (
-                f"Folder segmentation stopped after {len(run['results'])} of {run['n']} "
-                f"image(s); finished ones are in {run['out']}."
-            )
-            show_info(msg)
-        else:
-            notify_error("Folder segmentation failed", exc)
-            msg = "Folder segmentation failed; see the notification."
-        self._show_final(msg)
 
     def _on_folder_return(self, result: Any) -> None:
         run = self._run
