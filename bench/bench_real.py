@@ -24,7 +24,9 @@ of the per-image APs beside it.
 Rows: ``napari-unet (defaults)`` (default :class:`TrainSettings`), ``plain reference`` (the same
 network and budget, unweighted cross-entropy, no gap), ``Otsu + watershed`` (scikit-image, no
 training) and one row per ``--ablation NAME:field=value[,field=value]`` (any TrainSettings fields,
-values as Python literals, bare words as strings). Inference uses the defaults of ``segment``.
+values as Python literals, bare words as strings) and one per ``--fine-tune NAME:MODEL`` (default
+settings, starting from a model file or a bundled model such as ``nuclei``, which never saw the
+test images). Inference uses the defaults of ``segment``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import numpy as np
 import torch
 
 import real_data as rd
+from napari_unet.bioimageio import load_model_or_package
 from napari_unet.core.inference import segment
 from napari_unet.core.progress import run_to_end
 from napari_unet.core.training import TrainSettings, run_training
@@ -64,6 +67,7 @@ class Method:
     key: str
     name: str
     overrides: dict[str, Any] | None  # None: Otsu + watershed
+    init: str | None = None  # fine-tune this model file or bundled model (``--fine-tune``)
 
 
 @dataclass
@@ -105,6 +109,14 @@ def parse_ablation(text: str) -> Method:
     return Method(f"ablation:{name.strip()}", name.strip(), overrides)
 
 
+def parse_fine_tune(text: str) -> Method:
+    """``NAME:MODEL`` -> a Method fine-tuning MODEL (a model file or a bundled name)."""
+    name, sep, init = text.partition(":")
+    if not sep or not name.strip() or not init.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME:MODEL, got {text!r}")
+    return Method(f"fine-tune:{name.strip()}", name.strip(), {}, init.strip())
+
+
 def methods_from(args: argparse.Namespace) -> list[Method]:
     """The rows asked for on the command line, in table order."""
     builtin = {
@@ -112,7 +124,7 @@ def methods_from(args: argparse.Namespace) -> list[Method]:
         "plain": Method("plain", "plain reference", dict(PLAIN)),
         "otsu": Method("otsu", OTSU, None),
     }
-    return [builtin[k] for k in args.rows] + list(args.ablation)
+    return [builtin[k] for k in args.rows] + list(args.ablation) + list(args.fine_tune)
 
 
 def _segment(model, image: np.ndarray, **kw: Any) -> np.ndarray:
@@ -132,15 +144,18 @@ def _settings(args: argparse.Namespace, budget: float, overrides: dict[str, Any]
     return TrainSettings(**{**base, **overrides})
 
 
-def train_model(images, labels, regions, settings: TrainSettings):
+def train_model(images, labels, regions, settings: TrainSettings, init: str | None = None):
     """Train in a worker thread, as the Train widget does; return the model and the seconds.
+
+    ``init``: fine-tune this model file or bundled model (loaded before the clock starts).
 
     (A worker thread also keeps libgomp from spin-waiting at full count when other processes
     share the cores, which made main-thread runs several times slower on a shared CPU.)
     """
+    start = None if init is None else load_model_or_package(init)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1) as pool:
-        job = pool.submit(run_training, images, labels, regions, settings=settings)
+        job = pool.submit(run_training, images, labels, regions, settings=settings, model=start)
         model = job.result()
     return model, time.perf_counter() - t0
 
@@ -161,7 +176,7 @@ def run_full(args: argparse.Namespace, methods: list[Method]) -> list[Result]:
         else:
             settings = _settings(args, args.full_budget, method.overrides)
             model, seconds = train_model(
-                [s.image for s in train], [s.labels for s in train], None, settings
+                [s.image for s in train], [s.labels for s in train], None, settings, method.init
             )
             result.seconds.append(seconds)
             result.iterations.append(model.training["summary"]["iterations_done"])
@@ -181,7 +196,7 @@ def sparse_one(args, sample: rd.Sample, box: rd.Box, method: Method, budget: flo
         return rd.score_outside(sample.labels, pred, box, THRESHOLDS), 0.0, 0
     painted, region = rd.sparse_annotation(sample.labels, box)
     settings = _settings(args, budget, method.overrides)
-    model, seconds = train_model(sample.image, painted, region, settings)
+    model, seconds = train_model(sample.image, painted, region, settings, method.init)
     pred = _segment(model, sample.image, device=args.device)
     counts = rd.score_outside(sample.labels, pred, box, THRESHOLDS)
     return counts, seconds, int(model.training["summary"]["iterations_done"])
@@ -216,7 +231,8 @@ def run_curve(args, samples, boxes, results: list[Result]) -> dict[str, list[tup
     n = min(args.curve_images, len(samples))
     curves: dict[str, list[tuple]] = {}
     for result in results:
-        if result.method.key not in CURVE_ROWS or n == 0:
+        curve_row = result.method.key in CURVE_ROWS or result.method.init is not None
+        if not curve_row or n == 0:
             continue
         points = []
         for fraction in args.curve:
@@ -362,6 +378,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="NAME:FIELD=VALUE[,...]",
         help="a row trained with these TrainSettings overrides (repeatable)",
+    )
+    parser.add_argument(
+        "--fine-tune",
+        action="append",
+        type=parse_fine_tune,
+        default=[],
+        metavar="NAME:MODEL",
+        help="a row fine-tuning MODEL (a .pt file or a bundled model, e.g. nuclei) (repeatable)",
     )
     parser.add_argument("--minutes", type=float, help="budget of both protocols (default 5 / 3)")
     parser.add_argument("--iterations", type=int, help="budget in iterations instead of minutes")

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from napari_unet.core.bundled_models import is_bundled_model, load_bundled_model
 from napari_unet.core.model import TrainedModel, UNet, UNetConfig
 from napari_unet.core.model_files import FORMAT, FORMAT_VERSION, ModelFileError, load_model
 
@@ -148,12 +149,13 @@ def load_package(path: str | os.PathLike[str], device: str | torch.device = "cpu
 def load_model_or_package(
     path: str | os.PathLike[str], device: str | torch.device = "cpu"
 ) -> TrainedModel:
-    """Read a napari-unet model file (``.pt``) or a bioimage.io package it exported (``.zip``).
+    """Read a napari-unet model file (``.pt``), a package it exported (``.zip``) or a bundled model.
 
     Parameters
     ----------
     path : str or path-like
-        The model file or package.
+        The model file or package, or the name of a bundled model
+        (:data:`~napari_unet.core.bundled_models.BUNDLED_MODELS`, e.g. ``'nuclei'``).
     device : str or torch.device
         Where to put the network. Default ``'cpu'``.
 
@@ -170,6 +172,8 @@ def load_model_or_package(
         If the file is neither (see :func:`load_package` and
         :func:`~napari_unet.core.model_files.load_model`).
     """
+    if is_bundled_model(path):
+        return load_bundled_model(str(path), device)
     if is_package(path):
         return load_package(path, device)
     return load_model(path, device)

@@ -49,7 +49,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "tested with bioimageio.core for every weight format (as `bioimageio test`)."
         ),
     )
-    parser.add_argument("model", type=Path, metavar="MODEL", help="model file (.pt)")
+    parser.add_argument(
+        "model", type=Path, metavar="MODEL", help="model file (.pt) or bundled model name (nuclei)"
+    )
     parser.add_argument(
         "--out", "-o", type=Path, required=True, metavar="NAME.zip", help="package to write"
     )

@@ -70,7 +70,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "model",
         type=Path,
         metavar="MODEL",
-        help="model file (.pt) or bioimage.io package (.zip) exported by napari-unet",
+        help="model file (.pt), bioimage.io package (.zip) exported by napari-unet, or the name "
+        "of a bundled model: nuclei (2D fluorescence nuclei)",
     )
     parser.add_argument(
         "inputs",

@@ -83,7 +83,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=Path,
         metavar="MODEL",
         help="continue training this model file (.pt, or a bioimage.io .zip this project "
-        "exported) instead of starting afresh",
+        "exported) or bundled model ('nuclei': 2D fluorescence nuclei) instead of starting "
+        "afresh",
     )
     parser.add_argument(
         "--class-names",
