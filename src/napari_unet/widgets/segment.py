@@ -107,7 +107,8 @@ class SegmentWidget(ViewerWidget):
     channels : str or int or None
         Axis holding the channels; 'auto' finds the axis whose size matches the model's channels.
     model_source : str
-        The model trained or loaded in this session (see Train), or a model file.
+        The model trained or loaded in this session (see Train), a model file, or a model
+        shipped with the plugin (nuclei: 2D fluorescence nuclei, ready to use without training).
     model_file : pathlib.Path
         A napari-unet model file (``.pt``).
     tile : int
@@ -154,8 +155,11 @@ class SegmentWidget(ViewerWidget):
 
         self.image = layer_picker(viewer, "image", (Image,))
         self.channels = ComboBox(name="channels", choices=CHANNEL_CHOICES, value="auto")
+        from napari_unet.core.bundled_models import BUNDLED_MODELS
+
+        bundled = [(f"bundled model: {n}", f"bundled:{n}") for n in BUNDLED_MODELS]
         self.model_source = ComboBox(
-            name="model_source", label="model", choices=MODEL_CHOICES, value="session"
+            name="model_source", label="model", choices=MODEL_CHOICES + bundled, value="session"
         )
         self.model_file = FileEdit(
             name="model_file", label="model file", mode="r", filter="*.pt *.zip"
@@ -398,7 +402,10 @@ class SegmentWidget(ViewerWidget):
         from napari_unet.bioimageio import load_model_or_package
         from napari_unet.core.model_files import ModelFileError
 
-        if self.model_source.value == "session":
+        source = self.model_source.value
+        if source.startswith("bundled:"):
+            return self._bundled(source.partition(":")[2])
+        if source == "session":
             model = self._session.model
             if model is None:
                 raise ValueError(
@@ -423,6 +430,20 @@ class SegmentWidget(ViewerWidget):
         except OSError as exc:
             raise ValueError(f"Could not read '{path}': {exc}") from exc
         self._file_cache = (path, mtime, model)
+        return model
+
+    def _bundled(self, name: str) -> Any:
+        """A bundled model, loaded once per widget."""
+        from napari_unet.core.bundled_models import load_bundled_model
+
+        key = f"bundled:{name}"
+        if self._file_cache and self._file_cache[0] == key:
+            return self._file_cache[2]
+        try:
+            model = load_bundled_model(name)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"Could not load the bundled model: {exc}") from exc
+        self._file_cache = (key, 0.0, model)
         return model
 
     def _plan(self) -> dict[str, Any]:
@@ -663,6 +684,13 @@ class SegmentWidget(ViewerWidget):
             self.model_info.visible = False
             return
         self.model_info.visible = True
+        source = self.model_source.value
+        if source.startswith("bundled:"):
+            from napari_unet.core.bundled_models import BUNDLED_MODELS
+
+            bundled = BUNDLED_MODELS[source.partition(":")[2]]
+            self.model_info.value = f"Model: bundled '{bundled.name}': {bundled.description}"
+            return
         current = self._session.current
         self.model_info.value = (
             "No model yet: train one with Train, or load one."

@@ -119,6 +119,11 @@ class TrainWidget(ViewerWidget):
     region : napari.layers.Shapes or napari.layers.Labels, optional
         The annotated area (rectangles or polygons, or labels > 0). Nothing outside it is
         learnt from. Without one the whole image counts as annotated.
+    start_from : str or None
+        What Train starts from: a new network, or a model shipped with the plugin (nuclei:
+        trained on 2D fluorescence nuclei) that it fine-tunes on your annotation, which learns
+        much more in the same minutes when your cells look alike. The bundled model keeps its
+        own architecture (the preset is not used).
     status : str
         What training is doing now.
     """
@@ -130,6 +135,7 @@ class TrainWidget(ViewerWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer)
+        from napari_unet.core.bundled_models import BUNDLED_MODELS
         from napari_unet.core.training import TrainSettings
         from napari_unet.core.training.settings import ADVANCED, MAIN
 
@@ -155,6 +161,10 @@ class TrainWidget(ViewerWidget):
         self.region = layer_picker(
             viewer, "region", (Shapes, Labels), label="annotated region", nullable=True
         )
+        starts = [("a new network", None)] + [(f"bundled model: {n}", n) for n in BUNDLED_MODELS]
+        self.start_from = ComboBox(
+            name="start_from", label="start from", choices=starts, value=None
+        )
         self.device, self.device_readout = device_picker()
         self.main_form = SettingsForm(TrainSettings, MAIN, replace={"device": self.device})
         self.advanced_form = SettingsForm(TrainSettings, ADVANCED)
@@ -179,6 +189,7 @@ class TrainWidget(ViewerWidget):
                     self.channels,
                     self.annotation_layer,
                     self.region,
+                    self.start_from,
                     *self.main_form.rows,
                 ),
                 self.device_readout,
@@ -414,20 +425,31 @@ class TrainWidget(ViewerWidget):
                 )
         settings = self.settings()
         settings = dataclasses.replace(settings, channel_axis=layout.channel_axis, rgb=layout.rgb)
-        model = None
+        model = self._start_model(fine_tune)
+        if model is not None and model.config.in_channels != layout.n_channels:
+            raise ValueError(
+                f"The {'session' if fine_tune else 'bundled'} model reads "
+                f"{model.config.in_channels} channel(s) but the image '{layout.name}' is "
+                f"{layout.describe()}; start from a new network instead."
+            )
+        return layout.data, labels, region, settings, model
+
+    def _start_model(self, fine_tune: bool) -> Any:
+        """The model training continues from: the session's, a bundled one, or None."""
         if fine_tune:
-            model = self._session.model
-            if model is None:
+            if self._session.model is None:
                 raise ValueError(
                     "There is no model to train again yet: press Train first, or load a model."
                 )
-            if model.config.in_channels != layout.n_channels:
-                raise ValueError(
-                    f"The session's model reads {model.config.in_channels} channel(s) but the "
-                    f"image '{layout.name}' is {layout.describe()}; press Train for a new model."
-                )
-            model = model.copy()
-        return layout.data, labels, region, settings, model
+            return self._session.model.copy()
+        if self.start_from.value is None:
+            return None
+        from napari_unet.core.bundled_models import load_bundled_model
+
+        try:
+            return load_bundled_model(self.start_from.value)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"Could not load the bundled model: {exc}") from exc
 
     # -- worker callbacks (main thread) --------------------------------------------------------
     def _on_event(self, event: Any) -> None:

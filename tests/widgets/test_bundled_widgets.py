@@ -1,0 +1,73 @@
+"""The bundled model in the widgets: Train starts from it, Segment uses it as it is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.core import bundled_models
+from napari_unet.core.inference import segment
+from napari_unet.core.model_files import save_model
+from napari_unet.core.progress import run_to_end
+from napari_unet.widgets.session import session_for
+
+TINY = {"patch_size": 32, "batch_size": 2, "device": "cpu", "seed": 0, "validation_fraction": 0.0}
+
+
+@pytest.fixture
+def bundle(tmp_path, monkeypatch, tiny_model) -> Any:
+    """A tiny model installed as the bundled 'nuclei' model."""
+    model = tiny_model(1, seed=5)
+    folder = tmp_path / "models"
+    folder.mkdir()
+    save_model(model, folder / "nuclei.pt")
+    monkeypatch.setattr(bundled_models, "FOLDER", folder)
+    return model
+
+
+def test_train_starts_from_the_bundled_model(viewer, dock, cells, bundle, wait_idle) -> None:
+    image, labels = cells
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(labels.copy(), name="annotation")
+    widget = dock("Train")
+    widget.extra_settings = dict(TINY)
+    widget.iterations.value = 3
+    widget.start_from.value = "nuclei"
+    widget.train_button.native.click()
+    wait_idle(widget)
+    model = session_for(viewer).model
+    assert model.config == bundle.config  # its architecture, not the preset's
+    assert model.training["fine_tuned_from"]["bundled"] == "nuclei"
+    assert model.training["summary"]["iterations_done"] == 3
+    before = bundle.net.state_dict()
+    assert any(not torch.equal(before[k], v) for k, v in model.net.state_dict().items())
+
+
+def test_bundled_model_with_the_wrong_channels(viewer, dock, cells, bundle, notes) -> None:
+    image, labels = cells
+    viewer.add_image(np.stack([image, image]), name="two", channel_axis=None)
+    viewer.add_labels(labels.copy(), name="annotation")
+    widget = dock("Train")
+    widget.image.value = viewer.layers["two"]
+    widget.channels.value = 0
+    widget.start_from.value = "nuclei"
+    assert not widget.train()
+    assert any("bundled model reads 1 channel(s)" in m for m in notes.messages("error"))
+
+
+def test_segment_with_the_bundled_model(viewer, dock, cells, bundle, wait_idle) -> None:
+    image, _ = cells
+    viewer.add_image(image, name="cells")
+    widget = dock("Segment")
+    widget.device.value = "cpu"
+    widget.model_source.value = "bundled:nuclei"
+    assert "bundled 'nuclei'" in widget.model_info.value
+    done: list[Any] = []
+    widget.segmentation_done.connect(done.append)
+    widget.run_button.native.click()
+    wait_idle(widget)
+    expected = run_to_end(segment(bundle, image, device="cpu"))
+    np.testing.assert_array_equal(done[0].data, expected)
