@@ -394,3 +394,51 @@ def test_runtime_option_gives_the_same_labels(tmp_path) -> None:
         assert code == 0
         outs[runtime] = tifffile.imread(tmp_path / f"p_{runtime}.tif")
     np.testing.assert_allclose(outs["torch"], outs["onnxruntime"], atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Linking slice objects into 3D objects
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_link_slices_gives_one_label_per_object_across_z(
+    tmp_path, model, model_path, stack, suffix, capsys
+):
+    from napari_unet.core.inference import link_slices
+
+    image = np.stack([stack[0]] * 3)  # the same cells in three slices
+    src, out = tmp_path / "in.npy", tmp_path / f"labels{suffix}"
+    np.save(src, image)
+    argv = ["predict", str(model_path), str(src), "-o", str(out), "--tile", str(TILE)]
+    assert main([*argv, "--device", "cpu", "--link-slices"]) == 0
+    labels = tifffile.imread(out) if suffix == ".tif" else zarr.open_array(str(out), mode="r")[:]
+    unlinked = _segment(model, image)
+    n = len(np.unique(unlinked[0])) - 1
+    assert n >= 2 and unlinked.max() == 3 * n  # unique per slice before linking
+    np.testing.assert_array_equal(labels, link_slices(unlinked))
+    np.testing.assert_array_equal(labels[0], labels[2])  # one label through the stack
+    assert labels.max() == n
+    assert f"int32, {n} objects" in capsys.readouterr().out
+    assert main([*argv, "--device", "cpu", "--link-slices", "0.9"]) == 0  # a threshold given
+
+
+def test_link_slices_bad_values_exit_2(tmp_path, model_path, stack, capsys):
+    src = tmp_path / "in.npy"
+    np.save(src, stack)
+    argv = ["predict", str(model_path), str(src), "-o", str(tmp_path / "l.tif")]
+    assert main([*argv, "--link-slices", "0"]) == 2
+    assert "--link-slices must be in (0, 1], got 0.0" in capsys.readouterr().err
+    assert main([*argv, "--link-slices", "1.5"]) == 2
+    assert not (tmp_path / "l.tif").exists()
+
+
+def test_link_slices_is_refused_for_a_3d_model(tmp_path, stack, capsys):
+    config = UNetConfig(spatial_dims=3, depth=2, base_channels=4, voxel_size=(2.0, 1.0, 1.0))
+    path = save_model(TrainedModel(UNet(config).eval(), gap=1), tmp_path / "m3.pt")
+    src = tmp_path / "in.npy"
+    np.save(src, stack)
+    argv = ["predict", str(path), str(src), "-o", str(tmp_path / "l.tif"), "--link-slices"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "m3.pt is a 3D model, whose objects are 3D already" in err

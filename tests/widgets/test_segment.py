@@ -269,3 +269,21 @@ def test_threshold_and_min_size_come_from_the_model(viewer, seg, threshold_model
     assert seg.min_size.value == 42
     seg.threshold.value = 0.6  # the user's choice wins until the model changes
     assert seg._plan()["params"]["threshold"] == pytest.approx(0.6)
+
+
+def test_link_slices_into_3d_objects(viewer, seg, threshold_model, wait_idle, notes) -> None:
+    from napari_unet.core.inference import link_slices
+    from napari_unet.sample_data import make_touching_nuclei_3d
+
+    image, _ = make_touching_nuclei_3d((8, 64, 64), 8, spacing=(2.0, 1.0, 1.0), seed=1)
+    model = _model(viewer, threshold_model())
+    viewer.add_image(image, name="nuclei", scale=(2.0, 1.0, 1.0))
+    seg.link_slices.value = True
+    layer = _run(seg, wait_idle)
+    per_slice = run_to_end(segment(model, image, device="cpu"))
+    np.testing.assert_array_equal(layer.data, link_slices(per_slice))
+    assert layer.data.max() < per_slice.max()  # objects spanning slices share one label
+    n = int(layer.data.max())
+    assert any(f"{n} 3D objects in 'nuclei segmentation'" in m for m in notes.messages("info"))
+    settings = seg._batch_settings()
+    assert settings.link_slices == 0.5

@@ -84,6 +84,10 @@ class PredictSettings:
         Foreground where the probability exceeds this; None: the model's (else 0.5).
     min_size : int, optional
         Objects smaller than this are dropped; None: the model's (else 16).
+    link_slices : float, optional
+        Link the 2D objects of a stack's slices into 3D objects when they overlap by at least
+        this (intersection over the smaller object, see
+        :func:`napari_unet.core.inference.link_slices`); None: no linking.
     """
 
     channel_axis: int | None = None
@@ -95,6 +99,7 @@ class PredictSettings:
     runtime: str = "auto"
     threshold: float | None = None
     min_size: int | None = None
+    link_slices: float | None = None
 
 
 @dataclass(frozen=True)
@@ -370,6 +375,8 @@ class FileJob:
         Smallest object kept.
     labels, probabilities : array-like, optional
         The outputs, set by :func:`open_outputs`.
+    link : float, optional
+        Link the slice objects of a stack into 3D objects (the smallest overlap); None: no.
     """
 
     model: Any
@@ -381,6 +388,7 @@ class FileJob:
     min_size: int
     labels: Any = None
     probabilities: Any = None
+    link: float | None = None
 
     def chunks(self) -> tuple[int, ...]:
         """``(Y, X)`` edge of an output zarr chunk (``(Z, Y, X)`` for a 3D model): about
@@ -469,7 +477,9 @@ def plan_file(model: Any, target: Target, settings: PredictSettings) -> FileJob:
         "tta": settings.tta,
         "runtime": settings.runtime,
     }
-    return FileJob(model, target, image, plan, options, threshold, min_size)
+    return FileJob(
+        model, target, image, plan, options, threshold, min_size, link=settings.link_slices
+    )
 
 
 @contextmanager
@@ -587,7 +597,31 @@ def run_local(job: FileJob, stop: threading.Event | None = None) -> Generator[An
             n_objects = max(n_objects, int(event.item.labels.max(initial=0)))
             found.update(np.unique(event.item.labels).tolist() if job.classes else ())
         yield event
-    return len(found) if job.classes else n_objects
+    if job.classes:
+        return len(found)
+    linked = link_objects(job)
+    return n_objects if linked is None else linked
+
+
+def link_objects(job: FileJob) -> int | None:
+    """Link the slice objects of a job's labelled stack into 3D objects, in place.
+
+    Parameters
+    ----------
+    job : FileJob
+        A job whose labels are written (``job.link`` set for linking).
+
+    Returns
+    -------
+    int or None
+        The number of 3D objects; None when nothing was linked (no ``link``, a 2D image, or a
+        model of the classes mode).
+    """
+    if job.link is None or job.classes or not job.plan.stack:
+        return None
+    from napari_unet.core.inference import SliceLinker
+
+    return SliceLinker(job.link).link_stack(job.labels, job.labels)
 
 
 #: how a job runs: (job, stop) -> generator of events that returns the number of objects

@@ -169,7 +169,7 @@ def _add_tiling(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_labelling(parser: argparse.ArgumentParser) -> None:
-    """``--threshold`` and ``--min-size``: from probabilities to labels."""
+    """``--threshold``, ``--min-size`` and ``--link-slices``: from probabilities to labels."""
     parser.add_argument(
         "--threshold",
         type=float,
@@ -181,6 +181,18 @@ def _add_labelling(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="PIXELS",
         help="drop objects smaller than this (default: the model's, else 16 pixels)",
+    )
+    from napari_unet.core.inference import DEFAULT_LINK_OVERLAP
+
+    parser.add_argument(
+        "--link-slices",
+        type=float,
+        nargs="?",
+        const=DEFAULT_LINK_OVERLAP,
+        metavar="MIN_OVERLAP",
+        help="a 2D model on a (Z, Y, X) stack: link the objects of consecutive slices into 3D "
+        "objects where they overlap by at least MIN_OVERLAP of the smaller one (default "
+        f"{DEFAULT_LINK_OVERLAP}; cellpose calls it stitching)",
     )
 
 
@@ -209,15 +221,24 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--threshold must be in [0, 1), got {args.threshold}")
     if args.min_size is not None and args.min_size < 0:
         raise UsageError(f"--min-size must be 0 or more, got {args.min_size}")
+    if args.link_slices is not None and not 0.0 < args.link_slices <= 1.0:
+        raise UsageError(f"--link-slices must be in (0, 1], got {args.link_slices}")
     if args.out is None and args.labels_into is None:
         raise UsageError("say where the labels go: --out, or --labels-into for OME-Zarr inputs")
 
 
 def _check_mode(model: Any, args: argparse.Namespace) -> None:
-    """UsageError for the options of instances given with a model of the classes mode."""
+    """UsageError for the options of instances given with a model of the classes mode, and
+    for --link-slices with a 3D model."""
+    if args.link_slices is not None and getattr(model.config, "spatial_dims", 2) == 3:
+        raise UsageError(
+            f"--link-slices links the slice objects of a 2D model; {args.model} is a 3D model, "
+            "whose objects are 3D already"
+        )
     if model.mode != "classes":
         return
-    given = [f"--{n.replace('_', '-')}" for n in ("threshold", "min_size") if getattr(args, n)]
+    names = ("threshold", "min_size", "link_slices")
+    given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is not None]
     if given:
         raise UsageError(
             f"{' and '.join(given)} apply to a 'cells' model; {args.model} is a 'classes' model "
@@ -320,6 +341,7 @@ def _settings(args: argparse.Namespace) -> Any:
         runtime=args.runtime,
         threshold=args.threshold,
         min_size=args.min_size,
+        link_slices=args.link_slices,
     )
 
 
@@ -527,6 +549,7 @@ def _run_distributed(address: str, job: Any) -> int:
     """
     from dask.distributed import Client, as_completed
 
+    from napari_unet.cli.batch import link_objects
     from napari_unet.cli.files import is_zarr_path
     from napari_unet.core.inference import StackLabeller, class_ids, probability_shape
 
@@ -558,7 +581,8 @@ def _run_distributed(address: str, job: Any) -> int:
         client.close()
     if job.classes:
         return len(np.unique(job.labels[...]))
-    return labeller.n_objects
+    linked = link_objects(job)
+    return labeller.n_objects if linked is None else linked
 
 
 def _cluster_runner(address: str) -> Any:

@@ -124,6 +124,10 @@ class SegmentWidget(ViewerWidget):
         Test-time augmentation: average over the 8 flips and rotations (8x slower, smoother).
     scope : str
         Segment only the slice shown now, or every slice of a stack.
+    link_slices : bool
+        A 2D model on a stack: link the objects of consecutive slices into 3D objects (one
+        label for a nucleus that spans several slices) where they overlap by at least half of
+        the smaller one; cellpose calls it stitching.
     probabilities : bool
         Also show the foreground probability as an Image layer.
     folder : pathlib.Path
@@ -174,6 +178,9 @@ class SegmentWidget(ViewerWidget):
         self.scope = ComboBox(
             name="scope", label="segment", choices=SCOPE_CHOICES, value="whole stack"
         )
+        self.link_slices = CheckBox(
+            name="link_slices", text="Link slices into 3D objects", value=False
+        )
         self.probabilities = CheckBox(
             name="probabilities", text="add a probability layer", value=False
         )
@@ -197,6 +204,7 @@ class SegmentWidget(ViewerWidget):
                     self.min_size,
                     self.tta,
                     self.scope,
+                    self.link_slices,
                     self.probabilities,
                     self.device,
                     name="options",
@@ -253,6 +261,7 @@ class SegmentWidget(ViewerWidget):
         if plan is None:
             return False
         self._run = self._run_state(plan["layout"], plan["z"])
+        self._run["link"] = self._links(plan)
         self.tile_progress = (0, 0)
         note = plan["layout"].multiscale_note
         if note:
@@ -347,6 +356,7 @@ class SegmentWidget(ViewerWidget):
         """The widget's settings for every image of a folder (channels: as chosen, else from
         each file or the model's training)."""
         from napari_unet.cli.batch import PredictSettings
+        from napari_unet.core.inference import DEFAULT_LINK_OVERLAP
 
         axis = self.channels.value
         return PredictSettings(
@@ -356,6 +366,19 @@ class SegmentWidget(ViewerWidget):
             tta=bool(self.tta.value),
             threshold=float(self.threshold.value),
             min_size=int(self.min_size.value),
+            link_slices=DEFAULT_LINK_OVERLAP if self.link_slices.value else None,
+        )
+
+    def _links(self, plan: dict[str, Any]) -> bool:
+        """Whether this run links slice objects into 3D objects: asked for, a whole stack, a
+        2D model of cells."""
+        model = plan["model"]
+        return (
+            bool(self.link_slices.value)
+            and plan["layout"].is_stack
+            and plan["z"] is None
+            and getattr(model, "mode", "cells") == "cells"
+            and getattr(model.config, "spatial_dims", 2) == 2
         )
 
     def _run_state(self, layout: LayerLayout, z0: int | None) -> dict[str, Any]:
@@ -585,6 +608,7 @@ class SegmentWidget(ViewerWidget):
             notify_error(f"{what} failed", exc)
             self._show_final(f"{what} failed; see the notification.")
             return
+        self._link(run)
         if run.get("folder"):
             done = (
                 f"{len(run['results'])} of {run['n']} image(s); finished ones are in {run['out']}"
@@ -600,12 +624,23 @@ class SegmentWidget(ViewerWidget):
     def _on_return(self, result: Any) -> None:
         run = self._run
         out = run["labels"]
+        self._link(run)
         n_cells = int(np.count_nonzero(np.bincount(np.ravel(out.data))[1:]))
         where = "" if run["n"] == 1 else f" ({run['n']} slices)"
-        msg = f"Segmented {run['name']}{where}: {n_cells} cells in '{out.name}'."
+        what = "3D objects" if run.get("link") else "cells"
+        msg = f"Segmented {run['name']}{where}: {n_cells} {what} in '{out.name}'."
         show_info(msg)
         run["result"] = out
         self._show_final(msg)
+
+    def _link(self, run: dict[str, Any]) -> None:
+        """Link the finished slices' objects into 3D objects, in place, if this run links."""
+        from napari_unet.core.inference import link_slices
+
+        out = run.get("labels")
+        if run.get("link") and out is not None and out in self.viewer.layers:
+            link_slices(out.data, out=out.data)
+            out.refresh()
 
     def _show_final(self, msg: str) -> None:
         """The run's last word in the status line (the progress shown up to its end first)."""

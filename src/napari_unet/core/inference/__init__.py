@@ -12,9 +12,17 @@
 - :mod:`.engine`: the tile loop with its reader thread and out-of-memory fallback.
 - :mod:`.postprocess`: probabilities -> instance labels, unique across a stack; class ids and
   objects per class for a model of the classes mode.
+- :mod:`.linking`: a 2D model's slice objects of a stack linked into 3D objects by overlap.
 """
 
 from .engine import Cancelled
+from .linking import (
+    DEFAULT_LINK_OVERLAP,
+    LINK_MEASURES,
+    SliceLinker,
+    check_link_threshold,
+    link_slices,
+)
 from .plan import Plan
 from .postprocess import (
     DEFAULT_MIN_SIZE,
@@ -39,19 +47,24 @@ from .runner import class_probabilities, foreground_probability
 from .runtimes import RUNTIMES, available_runtimes, describe_runtime
 
 __all__ = [
+    "DEFAULT_LINK_OVERLAP",
     "DEFAULT_MIN_SIZE",
     "DEFAULT_THRESHOLD",
+    "LINK_MEASURES",
     "RUNTIMES",
     "Cancelled",
     "Plan",
     "SliceLabels",
+    "SliceLinker",
     "StackLabeller",
     "available_runtimes",
+    "check_link_threshold",
     "class_ids",
     "class_objects",
     "class_probabilities",
     "describe_runtime",
     "foreground_probability",
+    "link_slices",
     "postprocessing_defaults",
     "predict_probabilities",
     "predict_region",
