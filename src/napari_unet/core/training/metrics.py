@@ -6,6 +6,10 @@ as a true positive (TP) when its IoU reaches the threshold, unmatched prediction
 positives (FP) and unmatched true instances false negatives (FN), and the "average precision" at
 that threshold is ``AP = TP / (TP + FP + FN)``. For thresholds of 0.5 and above the matching is
 unique anyway (two objects cannot both overlap a third by more than half of their union).
+
+Labels may have any number of dimensions: a ``(Z, Y, X)`` volume is scored as 3D objects (a
+nucleus labelled once per slice scores as many false positives, see
+:func:`napari_unet.core.inference.link_slices`).
 """
 
 from __future__ import annotations
