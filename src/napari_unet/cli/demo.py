@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_unet.cli import UsageError
-from napari_unet.cli.options import add_command, add_device
+from napari_unet.cli.options import add_command, add_device, check_output_path
 
 __all__ = ["DESCRIPTION", "HELP", "PLUGIN", "WIDGETS", "Demo", "add_parser", "run"]
 
@@ -72,8 +72,7 @@ def _check_args(args: argparse.Namespace) -> None:
             raise UsageError(
                 f"--screenshot: expected a file name ending in {', '.join(_FORMATS)}, got '{shot}'"
             )
-        if not shot.resolve().parent.is_dir():
-            raise UsageError(f"--screenshot: the folder '{shot.resolve().parent}' does not exist")
+        check_output_path(shot, "--screenshot")
 
 
 class Demo:

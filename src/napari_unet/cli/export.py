@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_unet.cli import UsageError
+from napari_unet.cli.options import check_output_path
 
 __all__ = ["add_parser", "run"]
 
@@ -132,8 +133,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"exporting needs the bioimage.io libraries: {_EXTRA}")
     from napari_unet.bioimageio import export_package, load_model_or_package
 
-    if args.out.suffix.lower() != ".zip":
-        raise UsageError(f"--out must name a .zip file, got {args.out}")
+    check_output_path(args.out, "--out", (".zip",))
     started = time.perf_counter()
     model = load_model_or_package(args.model)
     path = export_package(

@@ -27,6 +27,7 @@ __all__ = [
     "add_output",
     "add_preset",
     "add_volume",
+    "check_output_path",
     "field_docs",
     "given_fields",
     "volume_sampling",
@@ -126,6 +127,50 @@ def add_output(
         Whether the option must be given.
     """
     parser.add_argument("--out", "-o", type=Path, required=required, metavar=metavar, help=help)
+
+
+def check_output_path(
+    path: str | Path, option: str, suffixes: Iterable[str] = (), *, hint: str = ""
+) -> Path:
+    """Check a file the command is to write: its suffix, that it is no folder, that its folder
+    exists (nothing is written here).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The output file.
+    option : str
+        The option that named it, e.g. ``'--out'`` (used in the messages).
+    suffixes : iterable of str
+        The suffixes accepted (lower case, with the dot); empty: any.
+    hint : str
+        Added after the list of suffixes in the message, e.g. ``' (or name a folder ...)'``.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    UsageError
+        If the suffix is not accepted, or ``path`` is a folder.
+    FileNotFoundError
+        If the folder ``path`` is to be written into does not exist.
+    """
+    from napari_unet.cli import UsageError
+
+    path, suffixes = Path(path), tuple(suffixes)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise UsageError(f"{option} must end in {', '.join(suffixes)}{hint}, got {path.name!r}")
+    if path.is_dir() and path.suffix.lower() != ".zarr":
+        raise UsageError(f"{option} must be a file name, got a folder: {path}")
+    if not path.resolve().parent.is_dir():
+        raise FileNotFoundError(
+            f"folder for {option} does not exist: {path.resolve().parent} (the folder does not "
+            "exist yet: create it first)"
+        )
+    return path
 
 
 def add_volume(parser: argparse.ArgumentParser, *, what: str) -> None:

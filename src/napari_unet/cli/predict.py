@@ -34,7 +34,13 @@ import numpy as np
 from tqdm import tqdm
 
 from napari_unet.cli import EXIT_FAILED, UsageError
-from napari_unet.cli.options import add_channel_layout, add_command, add_device, add_output
+from napari_unet.cli.options import (
+    add_channel_layout,
+    add_command,
+    add_device,
+    add_output,
+    check_output_path,
+)
 
 #: The --runtime choices (core.inference.runtimes.RUNTIMES; not imported here: no torch for --help).
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
@@ -202,13 +208,8 @@ def _add_labelling(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_out_path(path: Path, option: str) -> None:
-    if path.suffix.lower() not in _WRITABLE:
-        raise UsageError(
-            f"{option} must end in {', '.join(_WRITABLE)} (or name a folder when several "
-            f"inputs are given), got {path.name!r}"
-        )
-    if not path.parent.exists():
-        raise FileNotFoundError(f"folder for {option} does not exist: {path.parent}")
+    hint = " (or name a folder when several inputs are given)"
+    check_output_path(path, option, _WRITABLE, hint=hint)
 
 
 def _check_args(args: argparse.Namespace) -> None:

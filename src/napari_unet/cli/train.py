@@ -38,6 +38,7 @@ from napari_unet.cli.options import (
     add_device,
     add_output,
     add_preset,
+    check_output_path,
     given_fields,
 )
 
@@ -254,11 +255,7 @@ def _check_files(args: argparse.Namespace) -> None:
             f"--region needs one mask per image: got {len(args.images)} image(s) and "
             f"{len(args.region)} mask(s)"
         )
-    out = Path(args.out)
-    if not out.parent.exists():
-        raise UsageError(f"--out: folder does not exist: {out.parent}")
-    if out.is_dir():
-        raise UsageError(f"--out must be a file name, got a folder: {out}")
+    out = check_output_path(args.out, "--out")
     if args.class_names and args.mode != "classes":
         raise UsageError("--class-names needs --mode classes")
     if args.resume is not None and args.init is not None:
@@ -268,8 +265,7 @@ def _check_files(args: argparse.Namespace) -> None:
     ckpt = _checkpoint_path(args)
     if ckpt.resolve() == out.resolve():
         raise UsageError(f"--checkpoint must differ from --out, got {ckpt} for both")
-    if not ckpt.parent.exists():
-        raise UsageError(f"--checkpoint: folder does not exist: {ckpt.parent}")
+    check_output_path(ckpt, "--checkpoint")
 
 
 def _resumed_names(checkpointing: Any) -> list[str] | None:

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.cli import UsageError
 from napari_unet.cli.options import (
     add_command,
     add_dataclass_options,
     add_output,
     add_volume,
+    check_output_path,
     given_fields,
     volume_sampling,
 )
@@ -125,11 +125,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_unet.cli.files import read_image, write_image
     from napari_unet.core.targets import border_weight_map, border_weight_stack, check_labels
 
-    out = Path(args.out)
-    if out.suffix.lower() not in _WRITABLE:
-        raise UsageError(f"--out must end in {', '.join(_WRITABLE)}, got {out.name!r}")
-    if not out.parent.exists():
-        raise FileNotFoundError(f"folder for --out does not exist: {out.parent}")
+    out = check_output_path(args.out, "--out", _WRITABLE)
     ndim, sampling = volume_sampling(args)
     labels = np.asarray(read_image(args.labels))  # a zarr store is read whole: labels are small
     name = f"label image {args.labels}"

@@ -96,34 +96,14 @@ METRIC_LABELS = {"ap": "AP", "iou": "IoU", "class_iou": "class IoU"}
 
 
 def run_metric(settings: TrainSettings) -> str:
-    """The metric a run's validation is scored by (a key of :data:`METRICS`).
-
-    Parameters
-    ----------
-    settings : TrainSettings
-        The run's settings.
-
-    Returns
-    -------
-    str
-        ``'class_iou'`` in classes mode, else ``settings.validation_metric``.
-    """
+    """The metric a run's validation is scored by (a key of :data:`METRICS`): ``'class_iou'``
+    in classes mode, else ``settings.validation_metric``."""
     return "class_iou" if settings.mode == "classes" else settings.validation_metric
 
 
 def metric_label(settings: TrainSettings) -> str:
-    """The short name of a run's validation metric, e.g. ``'AP'``, for progress and legends.
-
-    Parameters
-    ----------
-    settings : TrainSettings
-        The run's settings.
-
-    Returns
-    -------
-    str
-        A value of :data:`METRIC_LABELS`.
-    """
+    """The short name of a run's validation metric (:data:`METRIC_LABELS`, e.g. ``'AP'``), for
+    progress lines and plot legends."""
     metric = run_metric(settings)
     return METRIC_LABELS.get(metric, metric)
 
