@@ -23,6 +23,7 @@ __all__ = [
     "DIMS_CHOICES",
     "LayerLayout",
     "auto_channel_axis",
+    "class_names_from_layer",
     "default_dims",
     "image_layout",
     "labels_array",
@@ -295,3 +296,42 @@ def default_dims(layer: Any) -> str:
         return DIMS_CHOICES[0]
     z, y, x = voxel_size(layer)
     return DIMS_CHOICES[1] if not np.isclose(z, y) or not np.isclose(z, x) else DIMS_CHOICES[0]
+
+
+#: ``features`` columns that may hold class names, in order of preference
+CLASS_NAME_COLUMNS = ("name", "class")
+
+
+def class_names_from_layer(layer: Any, n_classes: int) -> list[str]:
+    """Names of classes ``1..n_classes`` from a Labels layer's ``features``, else 'class k'.
+
+    napari's Labels ``features`` table has one row per label value (row 0: the background, here
+    "not painted"), or an ``'index'`` column that says which value a row is for. A ``'name'``
+    (or ``'class'``) column holds the names.
+
+    Parameters
+    ----------
+    layer : napari.layers.Labels
+        The scribble layer.
+    n_classes : int
+        Number of classes.
+
+    Returns
+    -------
+    list of str
+        One name per class, class 1 first.
+    """
+    from napari_unet.core.model import default_class_names
+
+    features = getattr(layer, "features", None)
+    column = next((c for c in CLASS_NAME_COLUMNS if features is not None and c in features), None)
+    if column is None:
+        return list(default_class_names(n_classes))
+    names = [str(v) for v in features[column]]
+    if "index" in features:
+        by_value = {int(i): n for i, n in zip(features["index"], names, strict=True)}
+    else:
+        by_value = dict(enumerate(names))
+    return list(
+        default_class_names(n_classes, [by_value.get(k, "") for k in range(1, n_classes + 1)])
+    )

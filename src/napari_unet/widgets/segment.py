@@ -1,5 +1,10 @@
 """The Segment widget: run a U-Net over an image or a stack and write instance labels.
 
+A model of the classes mode writes class ids instead, into ``'<image> classes'`` in the colours
+of the annotation it was trained on, optionally with the class probabilities (one Image layer,
+classes on its first axis) and the objects of one class (connected components,
+:func:`napari_unet.core.inference.class_objects`) in ``'<image> objects'``.
+
 The core's :func:`~napari_unet.core.inference.segment` generator runs in a napari thread worker
 (:class:`~napari_unet.widgets.workers.Job`); its progress events come back to the main thread
 one by one: each labelled slice is written into the Labels layer ``'<image> segmentation'`` (and,
@@ -75,6 +80,9 @@ OUTPUT_KEY = "napari_unet_output"
 #: the output layers: layer type, dtype and display options
 OUTPUT_LAYERS: dict[str, tuple[type, type, dict[str, Any]]] = {
     "segmentation": (Labels, np.int32, {}),
+    "classes": (Labels, np.uint8, {}),
+    "objects": (Labels, np.int32, {}),
+    "class probabilities": (Image, np.float32, {"colormap": "magma", "contrast_limits": (0, 1)}),
     "probability": (
         Image,
         np.float32,
@@ -129,7 +137,13 @@ class SegmentWidget(ViewerWidget):
         label for a nucleus that spans several slices) where they overlap by at least half of
         the smaller one; cellpose calls it stitching.
     probabilities : bool
-        Also show the foreground probability as an Image layer.
+        Also show the foreground probability as an Image layer (for a model of the classes
+        mode: the probability of every class, classes on the layer's first axis).
+    objects : bool
+        Model of the classes mode: also make the objects of one class (its connected
+        components) a Labels layer ``'<image> objects'``.
+    object_class : int
+        The class whose objects are made.
     folder : pathlib.Path
         A folder of images (.tif, .tiff, .png, .npy, zarr, OME-Zarr) to segment with
         "Segment folder…"; the channel setting applies to each (auto: from the file or from the
@@ -184,6 +198,10 @@ class SegmentWidget(ViewerWidget):
         self.probabilities = CheckBox(
             name="probabilities", text="add a probability layer", value=False
         )
+        self.objects = CheckBox(name="objects", text="add an objects layer", value=False)
+        self.object_class = ComboBox(
+            name="object_class", label="objects of", choices=self._class_choices
+        )
         self.run_button = push_button("run_button", "Run", RUN_TIP, self._on_run_clicked)
         self.stop_button = push_button("stop_button", "Stop", STOP_TIP, self.stop)
         self.status = message("status", "")
@@ -206,6 +224,8 @@ class SegmentWidget(ViewerWidget):
                     self.scope,
                     self.link_slices,
                     self.probabilities,
+                    self.objects,
+                    self.object_class,
                     self.device,
                     name="options",
                 ),
@@ -260,7 +280,7 @@ class SegmentWidget(ViewerWidget):
         plan = self._ready(self._plan)
         if plan is None:
             return False
-        self._run = self._run_state(plan["layout"], plan["z"])
+        self._run = self._run_state(plan["layout"], plan["z"], plan["model"])
         self._run["link"] = self._links(plan)
         self.tile_progress = (0, 0)
         note = plan["layout"].multiscale_note
@@ -381,14 +401,23 @@ class SegmentWidget(ViewerWidget):
             and getattr(model.config, "spatial_dims", 2) == 2
         )
 
-    def _run_state(self, layout: LayerLayout, z0: int | None) -> dict[str, Any]:
+    def _run_state(self, layout: LayerLayout, z0: int | None, model: Any) -> dict[str, Any]:
         """The output layers made ready (main thread) and what the run's callbacks need."""
-        out = self._output_layer(layout, "segmentation")
-        prob = self._output_layer(layout, "probability") if self.probabilities.value else None
+        classes = model.mode == "classes"
+        out = self._output_layer(layout, "classes" if classes else "segmentation")
+        prob = None
+        if self.probabilities.value and classes:
+            prob = self._output_layer(layout, "class probabilities", model.config.n_classes)
+        elif self.probabilities.value:
+            prob = self._output_layer(layout, "probability")
+        if classes:
+            self._match_colours(out, model)
         if z0 is None:  # the whole image or stack: this run's result replaces the last one
             offset = 0
             out.data[...] = 0
             out.refresh()
+        elif classes:  # class ids are the same in every slice
+            offset = 0
         else:  # one slice of a stack: labels stay unique across the stack
             offset = int(np.max(out.data)) if np.size(out.data) else 0
         return {
@@ -401,6 +430,8 @@ class SegmentWidget(ViewerWidget):
             "done": 0,
             "name": layout.name,
             "result": None,
+            "classes": classes,
+            "model": model,
         }
 
     @staticmethod
@@ -502,12 +533,12 @@ class SegmentWidget(ViewerWidget):
         return {"layout": layout, "model": model, "image": image, "z": z, "params": params}
 
     # -- output layers (main thread) -----------------------------------------------------------
-    def _spatial_transform(self, layout: LayerLayout) -> dict[str, Any]:
+    def _spatial_transform(self, layout: LayerLayout, lead: int = 0) -> dict[str, Any]:
         layer = self.image.value
         scale, translate = list(layer.scale), list(layer.translate)
         if layout.channel_axis is not None:
             del scale[layout.channel_axis], translate[layout.channel_axis]
-        return {"scale": scale, "translate": translate}
+        return {"scale": [1.0] * lead + scale, "translate": [0.0] * lead + translate}
 
     def _find_output(self, name: str, kind: type, shape: tuple[int, ...]) -> Any:
         if name not in self.viewer.layers:
@@ -524,21 +555,23 @@ class SegmentWidget(ViewerWidget):
             return layer
         return None
 
-    def _output_layer(self, layout: LayerLayout, kind: str) -> Any:
+    def _output_layer(self, layout: LayerLayout, kind: str, n_classes: int = 0) -> Any:
         """The ``'<image> <kind>'`` layer for this run: the last run's if it is unedited and
-        fits, else a new one (``kind``: 'segmentation' or 'probability')."""
+        fits, else a new one (``kind``: a key of :data:`OUTPUT_LAYERS`; ``n_classes``: a
+        leading class axis of that size)."""
         name = f"{layout.name} {kind}"
         layer_type, dtype, display = OUTPUT_LAYERS[kind]
-        layer = self._find_output(name, layer_type, layout.spatial_shape)
+        shape = (n_classes, *layout.spatial_shape) if n_classes else layout.spatial_shape
+        layer = self._find_output(name, layer_type, shape)
         if layer is not None:
             return layer
         add = self.viewer.add_labels if layer_type is Labels else self.viewer.add_image
         layer = add(
-            np.zeros(layout.spatial_shape, dtype),
+            np.zeros(shape, dtype),
             name=name,
             metadata={OUTPUT_KEY: {"kind": kind, "edited": False}},
             **display,
-            **self._spatial_transform(layout),
+            **self._spatial_transform(layout, 1 if n_classes else 0),
         )
         if layer_type is Labels:  # the user's corrections are never overwritten
 
@@ -548,6 +581,12 @@ class SegmentWidget(ViewerWidget):
             layer.events.paint.connect(edited)
             layer.events.data.connect(edited)
         return layer
+
+    def _match_colours(self, layer: Any, model: Any) -> None:
+        """Show class ids in the colours of the annotation the model was trained on, if open."""
+        name = model.training.get("annotation_layer")
+        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Labels):
+            layer.colormap = self.viewer.layers[name].colormap
 
     # -- worker callbacks (main thread) --------------------------------------------------------
     def _on_report(self, event: Any) -> None:
@@ -595,7 +634,7 @@ class SegmentWidget(ViewerWidget):
             out.refresh()
         prob_layer = run["prob"]
         if prob_layer is not None and prob_layer in self.viewer.layers:
-            prob_layer.data[key] = done.probabilities
+            prob_layer.data[(slice(None), *key) if run["classes"] else key] = done.probabilities
             prob_layer.refresh()
 
     def _on_error(self, exc: BaseException) -> None:
@@ -625,10 +664,7 @@ class SegmentWidget(ViewerWidget):
         run = self._run
         out = run["labels"]
         self._link(run)
-        n_cells = int(np.count_nonzero(np.bincount(np.ravel(out.data))[1:]))
-        where = "" if run["n"] == 1 else f" ({run['n']} slices)"
-        what = "3D objects" if run.get("link") else "cells"
-        msg = f"Segmented {run['name']}{where}: {n_cells} {what} in '{out.name}'."
+        msg = self._summary(run, out)
         show_info(msg)
         run["result"] = out
         self._show_final(msg)
@@ -648,6 +684,32 @@ class SegmentWidget(ViewerWidget):
         self._shown = True
         if self.alive:
             self.status.value = msg
+
+    def _summary(self, run: dict[str, Any], out: Any) -> str:
+        """The message of a finished run (and the objects layer of a classes model, if asked)."""
+        where = "" if run["n"] == 1 else f" ({run['n']} slices)"
+        if not run["classes"]:
+            n_cells = int(np.count_nonzero(np.bincount(np.ravel(out.data))[1:]))
+            what = "3D objects" if run.get("link") else "cells"
+            return f"Segmented {run['name']}{where}: {n_cells} {what} in '{out.name}'."
+        model = run["model"]
+        found = [int(k) for k in np.unique(out.data) if k > 0]
+        names = ", ".join(model.class_names[k - 1] for k in found if k <= len(model.class_names))
+        msg = f"Segmented {run['name']}{where} into classes ({names}) in '{out.name}'."
+        if self.objects.value and self.object_class.value is not None:
+            msg += " " + self._add_objects(run, out.data, int(self.object_class.value))
+        return msg
+
+    def _add_objects(self, run: dict[str, Any], ids: np.ndarray, k: int) -> str:
+        """The objects of class ``k`` (connected components) into ``'<image> objects'``."""
+        from napari_unet.core.inference import class_objects
+
+        layer = self._output_layer(run["layout"], "objects")
+        labels, _ = class_objects(np.asarray(ids), [k])
+        layer.data[...] = labels
+        layer.refresh()
+        name = run["model"].class_names[k - 1]
+        return f"{int(labels.max())} objects of '{name}' in '{layer.name}'."
 
     def _on_finish(self) -> None:
         self._refresh_timer.stop()
@@ -741,9 +803,25 @@ class SegmentWidget(ViewerWidget):
             model = self._model()
         except ValueError:
             return  # no model yet, or an unreadable file: Run will say so
+        classes = model.mode == "classes"
+        for control in (self.threshold, self.min_size):
+            control.visible = not classes  # instances only
+        for control in (self.objects, self.object_class):
+            control.visible = classes
+        if classes:
+            self.object_class.reset_choices()
+            return
         threshold, min_size = postprocessing_defaults(model.training)
         self.threshold.value = threshold
         self.min_size.value = min_size
+
+    def _class_choices(self, _widget: Any = None) -> list[tuple[str, int]]:
+        """The classes of the chosen model, for "objects of" (none for a cells model)."""
+        try:
+            model = self._model()
+        except ValueError:
+            return []
+        return [(name, k) for k, name in enumerate(model.class_names, start=1)]
 
     def _set_busy(self, busy: bool) -> None:
         self.run_button.enabled = not busy

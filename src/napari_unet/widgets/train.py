@@ -38,7 +38,12 @@ from napari_unet.widgets.controls import (
     same_value,
 )
 from napari_unet.widgets.docs import set_tooltips
-from napari_unet.widgets.layers import image_layout, labels_array, region_mask
+from napari_unet.widgets.layers import (
+    class_names_from_layer,
+    image_layout,
+    labels_array,
+    region_mask,
+)
 from napari_unet.widgets.plot import LossPlot
 from napari_unet.widgets.session import session_for
 from napari_unet.widgets.workers import Job, notify_error, refresh_timer, request_stop
@@ -73,6 +78,7 @@ def _train_job(
     region: np.ndarray | None,
     settings: Any,
     model: Any,
+    class_names: list[str] | None = None,
     *,
     stop: Any,
 ):  # type: ignore[no-untyped-def]
@@ -80,7 +86,16 @@ def _train_job(
     from napari_unet.core.training import train
 
     image = np.asarray(image)  # a dask or zarr image is read here, off the GUI thread
-    return (yield from train(image, labels, region, settings=settings, model=model, stop=stop))
+    work = train(
+        image,
+        labels,
+        region,
+        settings=settings,
+        model=model,
+        stop=stop,
+        class_names=class_names,
+    )
+    return (yield from work)
 
 
 def _export_job(model: Any, path: str, test_image: Any, layout: dict[str, Any], *, stop: Any):  # type: ignore[no-untyped-def]
@@ -115,7 +130,9 @@ class TrainWidget(ViewerWidget):
     channels : int or None
         Axis of the image that holds channels (none for grey images, stacks and RGB layers).
     annotation_layer : napari.layers.Labels
-        The painted cells: 0 = background, each cell its own label. It is never changed.
+        The painted cells: 0 = background, each cell its own label. It is never changed. In
+        the classes mode: scribbles, 0 = not painted, label k = class k (the names of the
+        classes come from the layer's ``features``, a 'name' or 'class' column).
     region : napari.layers.Shapes or napari.layers.Labels, optional
         The annotated area (rectangles or polygons, or labels > 0). Nothing outside it is
         learnt from. Without one the whole image counts as annotated.
@@ -388,7 +405,7 @@ class TrainWidget(ViewerWidget):
         return layout.data, {"channel_axis": layout.channel_axis, "rgb": layout.rgb}
 
     # -- inputs --------------------------------------------------------------------------------
-    def _inputs(self, fine_tune: bool) -> tuple[Any, np.ndarray, Any, Any, Any]:
+    def _inputs(self, fine_tune: bool) -> tuple[Any, np.ndarray, Any, Any, Any, Any]:
         image_layer = self.image.value
         if image_layer is None:
             raise ValueError("Choose the image to train on: open an image first.")
@@ -423,16 +440,25 @@ class TrainWidget(ViewerWidget):
                     f"No painted cell lies inside the region '{self.region.value.name}'; draw the "
                     "region around the cells you annotated."
                 )
+        from napari_unet.core.model import check_mode
+        from napari_unet.core.targets import MAX_CLASSES
+
         settings = self.settings()
         settings = dataclasses.replace(settings, channel_axis=layout.channel_axis, rgb=layout.rgb)
         model = self._start_model(fine_tune)
+        if model is not None:
+            what = "Train again" if fine_tune else "Starting from the bundled model"
+            check_mode(model, settings.mode, f"{what} with mode '{settings.mode}'")
         if model is not None and model.config.in_channels != layout.n_channels:
             raise ValueError(
                 f"The {'session' if fine_tune else 'bundled'} model reads "
                 f"{model.config.in_channels} channel(s) but the image '{layout.name}' is "
                 f"{layout.describe()}; start from a new network instead."
             )
-        return layout.data, labels, region, settings, model
+        names = None
+        if settings.mode == "classes":
+            names = class_names_from_layer(labels_layer, min(int(labels.max()), MAX_CLASSES))
+        return layout.data, labels, region, settings, model, names
 
     def _start_model(self, fine_tune: bool) -> Any:
         """The model training continues from: the session's, a bundled one, or None."""
@@ -525,6 +551,9 @@ class TrainWidget(ViewerWidget):
         score = summary.get("validation")
         metric = self._metric_label()
         validation = f", validation {metric} {score:.3f}" if isinstance(score, float) else ""
+        if model.mode == "classes" and self.annotation_layer.value is not None:
+            # the Segment widget shows class ids in the colours of this annotation
+            model.training["annotation_layer"] = self.annotation_layer.value.name
         source = "fine-tuned" if self._fine_tune else "trained"
         what = "" if self._fine_tune else f" ({self._run_settings.preset} preset)"
         seed = f", seed {summary['seed']}" if "seed" in summary else ""
