@@ -116,3 +116,13 @@ def test_bad_scribbles_are_one_line_and_exit_2(files, capsys):
     cells = _train_argv(path, "tiny_classes.pt", "--out", str(path / "m.pt"))
     assert main([*cells, "--class-names", "a"]) == 2
     assert "--class-names needs --mode classes" in capsys.readouterr().err
+
+
+def test_export_of_a_classes_model_is_refused(files, capsys):
+    path, _ = files
+    out = path / "m.zip"
+    argv = ["export", str(path / "tiny_classes.pt"), "--out", str(out), "--no-check"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bioimage.io package (foreground probability) needs a 'cells' model" in err
+    assert not out.exists()

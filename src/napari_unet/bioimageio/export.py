@@ -33,7 +33,7 @@ import torch
 
 from napari_unet import __version__
 from napari_unet.core.atomic import atomic_path
-from napari_unet.core.model import TrainedModel, UNetConfig
+from napari_unet.core.model import TrainedModel, UNetConfig, check_mode
 from napari_unet.core.model_files import FORMAT, FORMAT_VERSION
 from napari_unet.core.normalize import as_nchw, check_finite, normalize_image
 
@@ -542,6 +542,7 @@ def _check_destination(model: TrainedModel, path: str | os.PathLike[str]) -> Pat
         raise ValueError(
             f"only 2D models can be exported, got spatial_dims={model.config.spatial_dims}"
         )
+    check_mode(model, "cells", "a bioimage.io package (foreground probability)")
     if model.normalization.get("method") != "percentile":
         raise ValueError(
             f"only percentile normalisation can be exported, got {model.normalization!r}"
