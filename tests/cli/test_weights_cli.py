@@ -169,3 +169,22 @@ def test_weights_ndim_3_needs_a_volume(tmp_path, capsys, labels):
     np.save(src, labels)
     assert main(["weights", str(src), "--out", str(tmp_path / "w.npy"), "--ndim", "3"]) == 2
     assert "--ndim 3 needs a (Z, Y, X) label volume" in capsys.readouterr().err
+
+
+def test_weights_volume_takes_the_voxel_size_of_an_ome_zarr(tmp_path, volume, capsys):
+    pytest.importorskip("ome_zarr")
+    import zarr
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_image as write_ome_image
+
+    src, dst = tmp_path / "labels.ome.zarr", tmp_path / "w.npy"
+    root = zarr.open_group(str(src), mode="w", zarr_format=2)
+    scale = {"z": 2.5, "y": 1.0, "x": 1.0}
+    write_ome_image(volume, root, axes="zyx", fmt=FormatV04(), scale=scale, scale_factors=(2,))
+    assert main(["weights", str(src), "--out", str(dst), "--ndim", "3"]) == 0
+    expected = border_weight_map(volume, sampling=(2.5, 1.0, 1.0))
+    np.testing.assert_array_equal(np.load(dst), expected)
+    assert "one volume of voxel size 2.5 x 1 x 1" in capsys.readouterr().out
+    # --scale overrides what the file states
+    assert main(["weights", str(src), "--out", str(dst), "--scale", "1", "1", "1"]) == 0
+    np.testing.assert_array_equal(np.load(dst), border_weight_map(volume, sampling=(1, 1, 1)))

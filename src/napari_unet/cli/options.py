@@ -199,7 +199,8 @@ def add_volume(parser: argparse.ArgumentParser, *, what: str) -> None:
         nargs="+",
         metavar="S",
         help="voxel size, one spacing per axis (Z Y X for a volume, e.g. 2 0.5 0.5, as a napari "
-        "layer's scale); distances are measured in it (default: 1 per axis)",
+        "layer's scale); distances are measured in it (default: the pixel size an OME-Zarr "
+        "file states, else 1 per axis)",
     )
 
 

@@ -2,7 +2,8 @@
 
 A 2D label image gives a 2D map; a ``(Z, Y, X)`` stack is weighted slice by slice (each slice is
 an independent 2D image, see :func:`napari_unet.core.targets.border_weight_stack`), or as one
-volume with ``--ndim 3`` (distances in 3D, measured in the voxel size ``--scale Z Y X``). The
+volume with ``--ndim 3`` (distances in 3D, measured in the voxel size ``--scale Z Y X``, by
+default the pixel size an OME-Zarr file states). The
 map is that of the labels as given: no gap is cut (training cuts it before weighting).
 """
 
@@ -26,7 +27,7 @@ from napari_unet.cli.options import (
     volume_sampling,
 )
 
-__all__ = ["DESCRIPTION", "HELP", "add_parser", "check_label_shape", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_parser", "check_label_shape", "file_voxel_size", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,31 @@ single-channel integer image (e.g. a TIFF of a napari Labels layer)
         )
 
 
+def file_voxel_size(pixel_size: dict[str, float]) -> tuple[float, float, float] | None:
+    """The ``(z, y, x)`` voxel size an image file states (OME-Zarr), None when it does not.
+
+    Parameters
+    ----------
+    pixel_size : dict of str to float
+        Physical size per space axis, as :class:`napari_unet.cli.files.ImageFile` holds it.
+
+    Returns
+    -------
+    tuple of float or None
+        The spacings of ``z``, ``y`` and ``x`` when all three are stated.
+
+    Examples
+    --------
+    >>> file_voxel_size({"z": 2.0, "y": 0.5, "x": 0.5})
+    (2.0, 0.5, 0.5)
+    >>> file_voxel_size({"y": 0.5, "x": 0.5}) is None
+    True
+    """
+    if not all(axis in pixel_size for axis in "zyx"):
+        return None
+    return float(pixel_size["z"]), float(pixel_size["y"]), float(pixel_size["x"])
+
+
 def run(args: argparse.Namespace) -> int:
     """Compute and write the weight map.
 
@@ -122,12 +148,15 @@ def run(args: argparse.Namespace) -> int:
     ValueError, UsageError, FileNotFoundError
         On unreadable or unsuitable input, or an unwritable output path.
     """
-    from napari_unet.cli.files import read_image, write_image
+    from napari_unet.cli.files import open_image, write_image
     from napari_unet.core.targets import border_weight_map, border_weight_stack, check_labels
 
     out = check_output_path(args.out, "--out", _WRITABLE)
     ndim, sampling = volume_sampling(args)
-    labels = np.asarray(read_image(args.labels))  # a zarr store is read whole: labels are small
+    image = open_image(args.labels)
+    labels = np.asarray(image.data)  # a zarr store is read whole: labels are small
+    if ndim == 3 and sampling is None:
+        sampling = file_voxel_size(image.pixel_size)
     name = f"label image {args.labels}"
     check_label_shape(labels.shape, name)
     labels = check_labels(labels, name=name, ndim=labels.ndim)
@@ -154,8 +183,11 @@ def run(args: argparse.Namespace) -> int:
         time.perf_counter() - started,
     )
     write_image(out, weights)
+    voxel = ""
+    if ndim == 3:
+        voxel = f", one volume of voxel size {' x '.join(f'{v:g}' for v in sampling or (1, 1, 1))}"
     print(
         f"wrote {out}: {' x '.join(map(str, weights.shape))} float32, "
-        f"weights {float(weights.min()):.3g} to {float(weights.max()):.3g}"
+        f"weights {float(weights.min()):.3g} to {float(weights.max()):.3g}{voxel}"
     )
     return 0
