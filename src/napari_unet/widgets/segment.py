@@ -96,6 +96,19 @@ OUTPUT_LAYERS: dict[str, tuple[type, type, dict[str, Any]]] = {
 }
 
 
+def model_choices() -> list[tuple[str, str]]:
+    """The Segment widget's model choices: the session's, a file, each bundled model.
+
+    Returns
+    -------
+    list of (str, str)
+        ``(text shown, value)`` pairs; a bundled model's value is ``'bundled:NAME'``.
+    """
+    from napari_unet.core.bundled_models import BUNDLED_MODELS
+
+    return MODEL_CHOICES + [(f"bundled model: {n}", f"bundled:{n}") for n in BUNDLED_MODELS]
+
+
 class SegmentWidget(ViewerWidget):
     """Segment cells with a U-Net: this session's model or a model file.
 
@@ -173,11 +186,8 @@ class SegmentWidget(ViewerWidget):
 
         self.image = layer_picker(viewer, "image", (Image,))
         self.channels = ComboBox(name="channels", choices=CHANNEL_CHOICES, value="auto")
-        from napari_unet.core.bundled_models import BUNDLED_MODELS
-
-        bundled = [(f"bundled model: {n}", f"bundled:{n}") for n in BUNDLED_MODELS]
         self.model_source = ComboBox(
-            name="model_source", label="model", choices=MODEL_CHOICES + bundled, value="session"
+            name="model_source", label="model", choices=model_choices(), value="session"
         )
         self.model_file = FileEdit(
             name="model_file", label="model file", mode="r", filter="*.pt *.zip"
