@@ -163,14 +163,33 @@ def _draw_cells(
         u = dy * np.cos(angle) + dx * np.sin(angle)
         v = -dy * np.sin(angle) + dx * np.cos(angle)
         d = np.sqrt((u / a) ** 2 + (v / b) ** 2)
-        inside = d < 1.0
-        # Scaled distance to the centre decides which cell owns an overlap.
-        score = np.where(inside, d * r, np.inf).astype(np.float32)
-        win = score < best[y0:y1, x0:x1]
-        best[y0:y1, x0:x1][win] = score[win]
-        labels[y0:y1, x0:x1][win] = k
+        _claim(labels, best, (slice(y0, y1), slice(x0, x1)), d, r, k)
         brightness[k] = rng.uniform(0.5, 1.0)
     return _relabel_connected(labels), brightness
+
+
+def _claim(
+    labels: np.ndarray, best: np.ndarray, box: tuple[slice, ...], d: np.ndarray, r: float, k: int
+) -> None:
+    """Give cell ``k`` the pixels of ``box`` inside it (``d < 1``, ``d`` its scaled distance
+    from the centre) where ``d * r`` beats every cell so far: an overlap goes to the nearest
+    scaled centre."""
+    score = np.where(d < 1.0, d * r, np.inf).astype(np.float32)
+    win = score < best[box]
+    best[box][win] = score[win]
+    labels[box][win] = k
+
+
+def _darker_rim(body: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The cells' outermost pixels at 80% brightness."""
+    rim = ndi.morphological_gradient(labels, size=3) > 0
+    return np.where(rim & (labels > 0), body * 0.8, body)
+
+
+def _to_uint16(image: np.ndarray) -> np.ndarray:
+    """Relative brightness to camera counts (offset 100, 20000 per unit), clipped."""
+    image = np.clip(image, 0, None) * 20000 + 100
+    return np.clip(image, 0, 65535).astype(np.uint16)
 
 
 def _render(
@@ -187,9 +206,7 @@ def _render(
     height, width = shape
     body = brightness[labels] if len(brightness) > 1 else np.zeros(shape, np.float32)
     body = body * (1.0 + 0.08 * ndi.gaussian_filter(rng.standard_normal(shape), 2.0))
-    rim = ndi.morphological_gradient(labels, size=3) > 0
-    body = np.where(rim & (labels > 0), body * 0.8, body)
-    image = 0.05 + body
+    image = 0.05 + _darker_rim(body, labels)
     if blur > 0:
         image = ndi.gaussian_filter(image, blur)
     yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
@@ -198,8 +215,7 @@ def _render(
     ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
     image = image * (1.0 - illumination * ramp)
     image = image + rng.normal(0.0, noise * 0.75, size=shape)
-    image = np.clip(image, 0, None) * 20000 + 100
-    return np.clip(image, 0, 65535).astype(np.uint16)
+    return _to_uint16(image)
 
 
 def _relabel_connected(labels: np.ndarray) -> np.ndarray:
@@ -330,10 +346,7 @@ def _draw_nuclei(
         grid = np.stack(np.mgrid[box], axis=-1).astype(np.float32) * spacing.astype(np.float32)
         local = (grid - c.astype(np.float32)) @ rotation.astype(np.float32)
         d = np.sqrt(np.sum((local / axes.astype(np.float32)) ** 2, axis=-1))
-        score = np.where(d < 1.0, d * r, np.inf).astype(np.float32)
-        win = score < best[box]
-        best[box][win] = score[win]
-        labels[box][win] = k
+        _claim(labels, best, box, d, r, k)
         brightness[k] = rng.uniform(0.5, 1.0)
     return _relabel_connected(labels), brightness
 
@@ -350,14 +363,12 @@ def _render_volume(
     shape = labels.shape
     texture = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 2.0 / spacing)
     body = brightness[labels] * (1.0 + 0.08 * texture)
-    rim = ndi.morphological_gradient(labels, size=3) > 0
-    image = 0.05 + np.where(rim & (labels > 0), body * 0.8, body)
+    image = 0.05 + _darker_rim(body, labels)
     if blur > 0:
         image = ndi.gaussian_filter(image, blur * np.array([2.0, 1.0, 1.0]) / spacing)
     depth = np.linspace(1.0, 0.7, shape[0], dtype=np.float32)[:, None, None]
     image = image * depth + rng.normal(0.0, noise * 0.75, size=shape).astype(np.float32)
-    image = np.clip(image, 0, None) * 20000 + 100
-    return np.clip(image, 0, 65535).astype(np.uint16)
+    return _to_uint16(image)
 
 
 def touching_nuclei_3d_sample() -> list[tuple[Any, dict[str, Any], str]]:
