@@ -521,7 +521,7 @@ class TrainWidget(ViewerWidget):
     def _on_warning(self, warning: Warning) -> bool:
         """Say what core warned about in the annotation (split labels, no validation part)."""
         from napari_unet.core.targets import SplitLabelsWarning
-        from napari_unet.core.training.validation import NoValidationWarning
+        from napari_unet.core.training import NoValidationWarning
 
         if isinstance(warning, SplitLabelsWarning):
             show_warning(f"Annotation '{self._annotation_name}': {warning}")

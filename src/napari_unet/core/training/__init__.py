@@ -21,12 +21,13 @@ from .data import AnnotatedImage, PatchSampler, prepare_samples
 from .loop import TrainEvent, describe_run, run_training, train
 from .metrics import Matching, average_precision, iou, match_instances
 from .settings import TrainSettings
-from .validation import ValidationScore, score_network
+from .validation import NoValidationWarning, ValidationScore, score_network
 
 __all__ = [
     "AnnotatedImage",
     "AugmentSettings",
     "Matching",
+    "NoValidationWarning",
     "PatchSampler",
     "TrainEvent",
     "TrainSettings",
