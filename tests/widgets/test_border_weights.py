@@ -171,3 +171,16 @@ def test_an_isotropic_stack_defaults_to_2d_slices(viewer, dock, cells) -> None:
     assert widget.dims.enabled and widget.dims.value == "2D slices"
     widget.labels_layer.value = viewer.add_labels(labels, name="flat")
     assert not widget.dims.enabled
+
+
+def test_a_volume_with_a_negative_scale_is_refused(viewer, dock, wait_idle, notes) -> None:
+    volume = np.zeros((4, 32, 32), np.int32)
+    volume[1:3, 4:10, 4:10] = 1
+    layer = viewer.add_labels(volume, name="flipped", scale=(-2.0, 1.0, 1.0))
+    widget = dock("Border weights")
+    widget.labels_layer.value = layer
+    assert widget.dims.value == "3D"
+    widget.show_weights()
+    wait_idle(widget)
+    errors = notes.messages("error")
+    assert any("the scale of 'flipped' must hold finite spacings > 0" in m for m in errors)
