@@ -38,8 +38,10 @@ from napari_unet.cli.options import (
     add_device,
     add_output,
     add_preset,
+    add_volume,
     check_output_path,
     given_fields,
+    volume_sampling,
 )
 
 __all__ = ["DESCRIPTION", "HELP", "ProgressLine", "add_parser", "run"]
@@ -54,7 +56,9 @@ DESCRIPTION = (
     "and write one .pt model file. Stacks (Z, Y, X) are sets of 2D images; slices "
     "without labels are ignored unless a region marks them as annotated. With --mode classes "
     "the labels are scribbles of a semantic segmentation (0 = not painted, k = class k): only "
-    "painted pixels are learnt, and the model predicts the class of every pixel."
+    "painted pixels are learnt, and the model predicts the class of every pixel. With --ndim 3 "
+    "(or --scale Z Y X) a (Z, Y, X) image is one volume and a 3D network is trained on it: "
+    "only its labelled slices (or the --region) count, and --scale is stored with the model."
 )
 
 
@@ -118,6 +122,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_preset(parser)
     add_device(parser)
     add_channel_layout(parser)
+    add_volume(parser, what="each labelled slice a 2D training image")
     budget = parser.add_mutually_exclusive_group()
     add_dataclass_options(budget, TrainSettings, only=_BUDGET)
     add_dataclass_options(parser, TrainSettings, skip=_OWN_BLOCKS | _BUDGET, defaults=_BY_PRESET)
@@ -131,7 +136,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 #: TrainSettings fields with an option block shared with other commands
-_OWN_BLOCKS = frozenset({"preset", "device", "channel_axis", "rgb"})
+_OWN_BLOCKS = frozenset({"preset", "device", "channel_axis", "rgb", "spatial_dims", "voxel_size"})
 _BUDGET = frozenset({"iterations", "minutes"})
 #: defaults that depend on the preset, as the help states them
 _BY_PRESET = {
@@ -185,6 +190,11 @@ def _settings(args: argparse.Namespace) -> Any:
 
     overrides = given_fields(args, TrainSettings)
     overrides.update(device=args.device, rgb=args.rgb, channel_axis=args.channel_axis)
+    try:
+        ndim, sampling = volume_sampling(args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    overrides.update(spatial_dims=ndim, voxel_size=sampling if ndim == 3 else None)
     if args.iterations is not None:
         overrides["minutes"] = None
     if args.minutes is not None:

@@ -172,45 +172,73 @@ def _log_uniform(
 
 def sampling_grid(
     n: int,
-    in_size: tuple[int, int],
-    out_size: tuple[int, int],
+    in_size: tuple[int, ...],
+    out_size: tuple[int, ...],
     settings: AugmentSettings,
     *,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
+    sampling: tuple[float, ...] | None = None,
 ) -> torch.Tensor:
     """Random sampling grids for :func:`torch.nn.functional.grid_sample`.
 
     Output pixel ``p`` (relative to the output's centre) reads input position
     ``c + A p + d(p)``, where ``c`` is the input's centre, ``A`` combines a random flip/90°
-    rotation, a small rotation and a zoom, and ``d`` is the elastic displacement field.
+    rotation, a small rotation and a zoom, and ``d`` is the elastic displacement field. For a
+    volume ``(D, H, W)`` the rotations act in-plane, flips include a z flip, and the zoom and
+    the elastic field are isotropic in physical units (``sampling``).
 
     Parameters
     ----------
     n : int
         Number of grids (the batch size).
     in_size, out_size : tuple of int
-        ``(H, W)`` of the input and of the output.
+        ``(H, W)`` (or ``(D, H, W)``) of the input and of the output.
     settings : AugmentSettings
         What to draw.
     generator : torch.Generator, optional
         Source of randomness, on ``device``.
     device : torch.device or str
         Where to build the grids.
+    sampling : tuple of float, optional
+        Voxel size of a volume (the elastic grid and displacements are scaled to it).
 
     Returns
     -------
     torch.Tensor
-        float32 ``(n, h, w, 2)`` in normalised coordinates (``align_corners=False``).
+        float32 ``(n, h, w, 2)`` (``(n, d, h, w, 3)``) in normalised coordinates
+        (``align_corners=False``), the last axis ``(x, y[, z])``.
     """
     device = torch.device(device)
-    h_in, w_in = in_size
-    h, w = out_size
-    ys = torch.arange(h, device=device, dtype=torch.float32) - (h - 1) / 2
-    xs = torch.arange(w, device=device, dtype=torch.float32) - (w - 1) / 2
-    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-    points = torch.stack([xx, yy], dim=-1).reshape(1, h * w, 2).expand(n, -1, -1)  # (x, y)
+    ndim = len(out_size)
+    axes = [torch.arange(s, device=device, dtype=torch.float32) - (s - 1) / 2 for s in out_size]
+    mesh = torch.meshgrid(*axes, indexing="ij")
+    points = torch.stack(mesh[::-1], dim=-1).reshape(1, -1, ndim).expand(n, -1, -1)  # (x, y, z)
+    plane = _plane_matrix(n, settings, generator, device)
+    matrix = torch.eye(ndim, device=device).expand(n, ndim, ndim).clone()
+    matrix[:, :2, :2] = plane
+    if ndim == 3:
+        zoom = plane[:, 0, 0].hypot(plane[:, 0, 1])  # the in-plane zoom (1 / scale), isotropic
+        z_flip = torch.ones(n, device=device)
+        if settings.flips:
+            z_flip = torch.randint(0, 2, (n,), generator=generator, device=device) * 2.0 - 1
+        matrix[:, 2, 2] = zoom * z_flip
+    coords = points @ matrix.transpose(1, 2)  # (n, pixels, ndim), input pixels from the centre
+    coords = coords.reshape(n, *out_size, ndim)
+    if settings.elastic and settings.elastic_std > 0:
+        field = elastic_field(
+            n, tuple(out_size), settings, generator=generator, device=device, sampling=sampling
+        )
+        coords = coords + torch.movedim(field, 1, -1)
+    # input pixel offsets from the centre -> normalised coordinates (align_corners=False)
+    scale = torch.tensor([2.0 / s for s in reversed(in_size)], device=device)
+    return coords * scale
 
+
+def _plane_matrix(
+    n: int, settings: AugmentSettings, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """Random in-plane ``(x, y)`` matrices: flip/90° rotation, then small rotation and zoom."""
     matrix = torch.eye(2, device=device).expand(n, 2, 2).clone()
     if settings.flips:
         k = torch.randint(0, 4, (n,), generator=generator, device=device)
@@ -228,23 +256,17 @@ def sampling_grid(
         cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
         rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
         matrix = rot @ matrix
-    coords = points @ matrix.transpose(1, 2)  # (n, h*w, 2), input pixels relative to the centre
-    coords = coords.reshape(n, h, w, 2)
-    if settings.elastic and settings.elastic_std > 0:
-        field = elastic_field(n, (h, w), settings, generator=generator, device=device)
-        coords = coords + field.permute(0, 2, 3, 1)
-    # input pixel offsets from the centre -> normalised coordinates (align_corners=False)
-    scale = torch.tensor([2.0 / w_in, 2.0 / h_in], device=device)
-    return coords * scale
+    return matrix
 
 
 def elastic_field(
     n: int,
-    size: tuple[int, int],
+    size: tuple[int, ...],
     settings: AugmentSettings,
     *,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
+    sampling: tuple[float, ...] | None = None,
 ) -> torch.Tensor:
     """Random elastic displacement fields: control points a fixed distance apart, bicubic.
 
@@ -253,46 +275,60 @@ def elastic_field(
     n : int
         Number of fields.
     size : tuple of int
-        ``(h, w)`` of each field.
+        ``(h, w)`` (or ``(d, h, w)``) of each field.
     settings : AugmentSettings
         ``elastic_spacing`` and the strength (:attr:`AugmentSettings.elastic_sigma`).
     generator : torch.Generator, optional
         Source of randomness, on ``device``.
     device : torch.device or str
         Where to build the fields.
+    sampling : tuple of float, optional
+        Voxel size: along an axis ``k`` times coarser than the finest, the control points are
+        ``k`` times fewer voxels apart and the displacements ``k`` times smaller in voxels
+        (the same deformation in physical units). Volumes are upsampled trilinearly.
 
     Returns
     -------
     torch.Tensor
-        float32 ``(n, 2, h, w)`` displacements ``(x, y)`` in pixels. The control points lie
-        ``elastic_spacing`` pixels apart on a grid centred on the field, and cover it.
+        float32 ``(n, 2, h, w)`` displacements ``(x, y)`` in pixels (``(n, 3, d, h, w)``,
+        ``(x, y, z)``, for a volume). The control points lie ``elastic_spacing`` pixels apart
+        on a grid centred on the field, and cover it.
 
     Examples
     --------
     >>> s = AugmentSettings(elastic_spacing=32)
     >>> tuple(elastic_field(2, (100, 40), s).shape)
     (2, 2, 100, 40)
+    >>> tuple(elastic_field(1, (8, 40, 40), s, sampling=(4.0, 1.0, 1.0)).shape)
+    (1, 3, 8, 40, 40)
     """
-    spacing = max(round(settings.elastic_spacing), 2)
-    steps = [max(math.ceil((s - 1) / spacing), 1) for s in size]
-    coarse = torch.randn(n, 2, steps[0] + 1, steps[1] + 1, generator=generator, device=device)
-    coarse = coarse * settings.elastic_sigma
-    full = (steps[0] * spacing + 1, steps[1] * spacing + 1)
-    field = F.interpolate(coarse, size=full, mode="bicubic", align_corners=True)
+    ndim = len(size)
+    spacing_px = max(round(settings.elastic_spacing), 2)
+    spacing = tuple(float(v) for v in (sampling or (1.0,) * ndim))
+    ratio = [min(spacing) / v for v in spacing]  # voxels of this axis per finest-axis pixel
+    spacings = [max(round(spacing_px * r), 2) for r in ratio]
+    steps = [max(math.ceil((s - 1) / d), 1) for s, d in zip(size, spacings, strict=True)]
+    coarse = torch.randn(n, ndim, *(t + 1 for t in steps), generator=generator, device=device)
+    # component c displaces along axis ndim - 1 - c (x first): in that axis's voxels
+    gains = torch.tensor(ratio[::-1], device=device).view(1, ndim, *([1] * ndim))
+    coarse = coarse * settings.elastic_sigma * gains
+    full = tuple(t * d + 1 for t, d in zip(steps, spacings, strict=True))
+    mode = "bicubic" if ndim == 2 else "trilinear"
+    field = F.interpolate(coarse, size=full, mode=mode, align_corners=True)
     return center_crop(field, size)
 
 
-def center_crop(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The central ``size`` ``(h, w)`` of the last two axes of ``t`` (a view).
+def center_crop(t: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """The central ``size`` (``(h, w)`` or ``(d, h, w)``) of the last axes of ``t`` (a view).
 
     Examples
     --------
     >>> center_crop(torch.arange(16).reshape(4, 4), (2, 2)).tolist()
     [[5, 6], [9, 10]]
     """
-    h, w = t.shape[-2:]
-    top, left = (h - size[0]) // 2, (w - size[1]) // 2
-    return t[..., top : top + size[0], left : left + size[1]]
+    shape = t.shape[-len(size) :]
+    starts = [(a - b) // 2 for a, b in zip(shape, size, strict=True)]
+    return t[(..., *(slice(s, s + b) for s, b in zip(starts, size, strict=True)))]
 
 
 def augment_batch(
@@ -301,31 +337,35 @@ def augment_batch(
     weights: torch.Tensor,
     settings: AugmentSettings,
     *,
-    out_size: int | tuple[int, int] | None = None,
-    target_size: int | tuple[int, int] | None = None,
+    out_size: int | tuple[int, ...] | None = None,
+    target_size: int | tuple[int, ...] | None = None,
     generator: torch.Generator | None = None,
+    sampling: tuple[float, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Augment a batch of patches with one sampling grid for image, targets and weights.
 
     Parameters
     ----------
     images : torch.Tensor
-        float ``(N, C, H, W)`` normalised image patches, with context around the output.
+        float ``(N, C, H, W)`` (or ``(N, C, D, H, W)``) normalised image patches, with context
+        around the output.
     classes : torch.Tensor
-        ``(N, H, W)`` target classes (uint8 or integer; :data:`~napari_unet.core.targets.IGNORE`
-        marks unannotated pixels).
+        ``(N, H, W)`` (``(N, D, H, W)``) target classes (uint8 or integer;
+        :data:`~napari_unet.core.targets.IGNORE` marks unannotated pixels).
     weights : torch.Tensor
-        float ``(N, H, W)`` loss weights.
+        float ``(N, H, W)`` (``(N, D, H, W)``) loss weights.
     settings : AugmentSettings
         What to do.
     out_size : int or tuple of int, optional
-        ``(h, w)`` of the image patches returned (the network's input); default ``(H, W)``.
-        The output is centred on the input.
+        ``(h, w)`` (``(d, h, w)``) of the image patches returned (the network's input);
+        default the input's. The output is centred on the input.
     target_size : int or tuple of int, optional
         ``(h', w')`` of the targets and weights returned, the centre of the output (the
         network's output size with valid convolutions); default ``out_size``.
     generator : torch.Generator, optional
         Source of randomness, on the tensors' device.
+    sampling : tuple of float, optional
+        Voxel size of volumes (see :func:`sampling_grid`).
 
     Returns
     -------
@@ -348,7 +388,7 @@ def augment_batch(
     out, tgt = _check_batch(images, classes, weights, out_size, target_size)
     images = images.float()
     if settings.geometric:
-        x, y, w = _warp(images, classes, weights, settings, out, tgt, generator)
+        x, y, w = _warp(images, classes, weights, settings, out, tgt, generator, sampling)
     else:
         x = center_crop(images, out)
         y = center_crop(classes, tgt).long()
@@ -363,23 +403,25 @@ def _check_batch(
     images: torch.Tensor,
     classes: torch.Tensor,
     weights: torch.Tensor,
-    out_size: int | tuple[int, int] | None,
-    target_size: int | tuple[int, int] | None,
-) -> tuple[tuple[int, int], tuple[int, int]]:
+    out_size: int | tuple[int, ...] | None,
+    target_size: int | tuple[int, ...] | None,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Check the batch's shapes; the image and target sizes to return."""
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
-    n, _, h_in, w_in = images.shape
-    if classes.shape != (n, h_in, w_in) or weights.shape != (n, h_in, w_in):
+    if images.ndim not in (4, 5):
         raise ValueError(
-            f"classes and weights must be (N, H, W) = {(n, h_in, w_in)}, got "
+            f"images must be (N, C, H, W) or (N, C, D, H, W), got shape {tuple(images.shape)}"
+        )
+    n, spatial = images.shape[0], tuple(images.shape[2:])
+    if classes.shape != (n, *spatial) or weights.shape != (n, *spatial):
+        raise ValueError(
+            f"classes and weights must be (N, ...) = {(n, *spatial)}, got "
             f"{tuple(classes.shape)} and {tuple(weights.shape)}"
         )
-    out = (h_in, w_in) if out_size is None else _pair(out_size)
-    tgt = out if target_size is None else _pair(target_size)
-    if out[0] > h_in or out[1] > w_in:
-        raise ValueError(f"out_size {out} must not exceed the input size {(h_in, w_in)}")
-    if tgt[0] > out[0] or tgt[1] > out[1]:
+    out = spatial if out_size is None else _sizes(out_size, len(spatial))
+    tgt = out if target_size is None else _sizes(target_size, len(spatial))
+    if any(o > i for o, i in zip(out, spatial, strict=True)):
+        raise ValueError(f"out_size {out} must not exceed the input size {spatial}")
+    if any(t > o for t, o in zip(tgt, out, strict=True)):
         raise ValueError(f"target_size {tgt} must not exceed out_size {out}")
     return out, tgt
 
@@ -389,15 +431,18 @@ def _warp(
     classes: torch.Tensor,
     weights: torch.Tensor,
     settings: AugmentSettings,
-    out: tuple[int, int],
-    tgt: tuple[int, int],
+    out: tuple[int, ...],
+    tgt: tuple[int, ...],
     generator: torch.Generator | None,
+    sampling: tuple[float, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Resample image, classes and weights through one random sampling grid."""
-    n, _, h_in, w_in = images.shape
-    grid = sampling_grid(n, (h_in, w_in), out, settings, generator=generator, device=images.device)
+    n, spatial = images.shape[0], tuple(images.shape[2:])
+    grid = sampling_grid(
+        n, spatial, out, settings, generator=generator, device=images.device, sampling=sampling
+    )
     x = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    grid_t = center_crop(grid.permute(0, 3, 1, 2), tgt).permute(0, 2, 3, 1)
+    grid_t = torch.movedim(center_crop(torch.movedim(grid, -1, 1), tgt), 1, -1)
     # classes and weights in one nearest-neighbour pass: every target pixel takes the class and
     # the weight of one input pixel, so the high weight of a gap never spreads onto the cells
     targets = torch.stack([classes.float(), weights.float()], dim=1)
@@ -407,11 +452,12 @@ def _warp(
     return x, targets[:, 0].round_().long(), targets[:, 1]
 
 
-def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+def _sizes(size: int | tuple[int, ...], ndim: int) -> tuple[int, ...]:
     if isinstance(size, int):
-        return size, size
-    a, b = size
-    return int(a), int(b)
+        return (size,) * ndim
+    if len(size) != ndim:
+        raise ValueError(f"expected {ndim} sizes, got {tuple(size)}")
+    return tuple(int(s) for s in size)
 
 
 def _intensity(
@@ -419,7 +465,7 @@ def _intensity(
 ) -> torch.Tensor:
     n = x.shape[0]
     dev = x.device
-    shape = (n, 1, 1, 1)
+    shape = (n, *([1] * (x.ndim - 1)))
     gamma = _log_uniform(n, *settings.gamma_range, generator, dev).view(shape)
     gain = _log_uniform(n, *settings.gain_range, generator, dev).view(shape)
     offset = _uniform(n, -settings.max_offset, settings.max_offset, generator, dev).view(shape)

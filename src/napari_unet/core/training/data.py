@@ -56,6 +56,7 @@ __all__ = [
     "class_count",
     "pad2d",
     "patch_geometry",
+    "patch_shape",
     "prepare_samples",
 ]
 
@@ -72,7 +73,9 @@ LAZY_BYTES = 64 << 20
 
 @dataclass
 class AnnotatedImage:
-    """One annotated 2D image, ready for training.
+    """One annotated 2D image (or 3D volume), ready for training.
+
+    A volume's arrays have a z axis before ``Y``: ``(C, Z, Y, X)`` and ``(Z, Y, X)``.
 
     Attributes
     ----------
@@ -211,6 +214,8 @@ def prepare_samples(
     mode: str = "cells",
     n_classes: int | None = None,
     store: SampleStore | None = None,
+    spatial_dims: int = 2,
+    sampling: tuple[float, ...] | None = None,
 ) -> list[AnnotatedImage]:
     """Check and prepare training data.
 
@@ -245,11 +250,16 @@ def prepare_samples(
         Where the prepared samples are kept; default: in memory, or memory-mapped files in
         the temporary folder when they would take more than
         :data:`~napari_unet.core.training.store.STORE_BYTES`.
+    spatial_dims : {2, 3}
+        3: every image is one volume ``(Z, Y, X)`` (or with channels), normalised by its own
+        percentiles, its targets made in 3D; without a region only its labelled slices count.
+    sampling : tuple of float, optional
+        Voxel size of the volumes (distances of the border weights and the gap in 3D).
 
     Returns
     -------
     list of AnnotatedImage
-        One per annotated 2D image.
+        One per annotated 2D image (per annotated volume with ``spatial_dims=3``).
 
     Raises
     ------
@@ -265,21 +275,25 @@ def prepare_samples(
     spec = normalization or normalization_spec()
     if mode == "classes":
         n_classes = class_count(_painted(inputs), n_classes)
-    make = TargetSpec(gap, w0, sigma, class_balance, border_weights, mode, n_classes or 2)
+    make = TargetSpec(gap, w0, sigma, class_balance, border_weights, mode, n_classes or 2, sampling)
     if store is None:
         shapes = [item.nchw.shape[1:] for item in inputs for _ in item.used]
         store = default_store(prepared_bytes(shapes, any(it.region is not None for it in inputs)))
     samples, split_values, split_cells = [], 0, 0
-    for i, z, data, lab, reg in _read_slices(inputs):
+    reads = _read_volumes(inputs, mode) if spatial_dims == 3 else _read_slices(inputs)
+    for i, z, data, lab, reg in reads:
         image = normalize_image(data, spec, f"images[{i}]" + (f" slice {z}" if stack[i] else ""))
         lab, values, cells = split_components(lab) if mode == "cells" else (lab, 0, 0)
+        if lab.ndim == 3 and values:  # a cell painted on several slices is one cell: warn
+            values, cells = _split_in_slices(lab if reg is None else np.where(reg, lab, 0))
         split_values, split_cells = split_values + values, split_cells + cells
         targets = make.targets(lab, reg)
         sample = AnnotatedImage(image, targets.classes, targets.weights, (i, z), lab, reg, cells)
         samples.append(store.keep(sample))
     logger.info(
-        "prepared %d annotated 2D image(s), %d annotated pixels",
+        "prepared %d annotated %dD image(s), %d annotated pixels",
         len(samples),
+        spatial_dims,
         sum(s.n_annotated for s in samples),
     )
     if split_values:
@@ -287,6 +301,16 @@ def prepare_samples(
         logger.warning("%s", warning)
         warnings.warn(warning, stacklevel=2)
     return samples
+
+
+def _split_in_slices(labels: np.ndarray) -> tuple[int, int]:
+    """Label values painted on several separate cells within one slice of a volume (a cell
+    annotated on several slices is one cell, not a split one): ``(values, cells)``."""
+    values = cells = 0
+    for plane in labels:
+        _, v, c = split_components(plane)
+        values, cells = values + v, cells + c
+    return values, cells
 
 
 def _painted(inputs: list[_Input]) -> np.ndarray:
@@ -363,6 +387,7 @@ class TargetSpec:
     border_weights: bool = True
     mode: str = "cells"
     n_classes: int = 2
+    sampling: tuple[float, ...] | None = None
 
     def targets(self, labels: np.ndarray, region: np.ndarray | None) -> TrainingTargets:
         """Classes and weights of ``labels`` inside ``region``."""
@@ -378,6 +403,7 @@ class TargetSpec:
             sigma=self.sigma,
             class_balance=self.class_balance,
             border_weights=self.border_weights,
+            sampling=self.sampling if labels.ndim == 3 else None,
         )
 
 
@@ -497,17 +523,43 @@ def _read_slices(
             yield item.index, z, data, np.asarray(item.labels[z]), region
 
 
-def pad2d(array: np.ndarray, pad: Any, mode: str, **kwargs: Any) -> np.ndarray:
+def _read_volumes(
+    inputs: list[_Input], mode: str
+) -> list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
+    """Read each annotated input as one volume ``(C, Z, Y, X)`` with its labels and region
+    (without a region: its labelled slices)."""
+    if mode != "cells":
+        raise ValueError("3D training takes cell annotations (mode 'cells'); got mode " + mode)
+    reads = []
+    for item in inputs:
+        if item.nchw.shape[0] < 2:
+            raise ValueError(
+                f"images[{item.index}] is a 2D image; 3D training needs volumes (Z, Y, X) "
+                "(train a 2D model for 2D images)"
+            )
+        data = np.moveaxis(np.asarray(item.nchw), 1, 0)
+        check_finite(data, name=f"images[{item.index}]")
+        region = item.region
+        if region is None:
+            region = np.zeros(item.labels.shape, bool)
+            region[item.used] = True  # only the labelled slices count
+        reads.append((item.index, 0, data, np.asarray(item.labels), region))
+    return reads
+
+
+def pad2d(array: np.ndarray, pad: Any, mode: str, spatial: int = 2, **kwargs: Any) -> np.ndarray:
     """:func:`numpy.pad` that also mirrors arrays of one pixel (``'reflect'`` needs two).
 
     Parameters
     ----------
     array : numpy.ndarray
-        The array; its last two axes are the spatial ones.
+        The array; its last ``spatial`` axes are the spatial ones.
     pad : sequence
         Pad widths, as for :func:`numpy.pad`.
     mode : str
         As for :func:`numpy.pad`.
+    spatial : int
+        Number of spatial axes (3 for a volume).
     **kwargs
         Passed to :func:`numpy.pad`.
 
@@ -516,7 +568,7 @@ def pad2d(array: np.ndarray, pad: Any, mode: str, **kwargs: Any) -> np.ndarray:
     numpy.ndarray
         The padded array.
     """
-    if mode == "reflect" and min(array.shape[-2:]) < 2:
+    if mode == "reflect" and min(array.shape[-spatial:]) < 2:
         mode = "symmetric"
     return np.pad(array, pad, mode=mode, **kwargs)
 
@@ -534,14 +586,16 @@ class PatchSampler:
     moved to the training device, where a batch costs a few tensor slices; data larger than
     :data:`RESIDENT_BYTES` (or ``stream=True``) stay where they are (memory or disk) and each
     patch is read as it is drawn (:func:`~.sampling.cut_window`), only the batch moving to the
-    device. Both give the same patches.
+    device. Both give the same patches. Volumes (3D samples) give 3D patches, their annotated
+    voxels kept as flat indices and the padded volumes kept on the device.
 
     Parameters
     ----------
     samples : sequence of AnnotatedImage
-        The training data.
-    size : int
-        Edge of the patches returned (the network input plus the augmentation's margin).
+        The training data (all 2D, or all volumes).
+    size : int or tuple of int
+        Edge of the patches returned (the network input plus the augmentation's margin); for
+        volumes one edge per axis.
     device : torch.device or str
         Where patches are returned (and small data kept).
     rng : numpy.random.Generator
@@ -562,20 +616,29 @@ class PatchSampler:
     def __init__(
         self,
         samples: Sequence[AnnotatedImage],
-        size: int,
+        size: int | tuple[int, ...],
         device: torch.device | str,
         rng: np.random.Generator,
         stream: bool | None = None,
     ) -> None:
         if not samples:
             raise ValueError("samples must hold at least one annotated image")
-        self.size = int(size)
+        ndim = samples[0].weights.ndim
+        self.sizes = (int(size),) * ndim if np.isscalar(size) else tuple(int(n) for n in size)
+        self.size = self.sizes[-1]
         self.device = torch.device(device)
         self.rng = rng
         self._pad = self.size // 2 + 1
+        self._pads = tuple(n // 2 + 1 for n in self.sizes)
         self.samples = list(samples)
-        self._runs = [AnnotatedRuns(s.weights > 0) for s in self.samples]
-        counts = [runs.count for runs in self._runs]
+        if ndim == 3:  # volumes: flat indices of the annotated voxels, data on the device
+            self._where = [np.flatnonzero(np.asarray(s.weights) > 0) for s in self.samples]
+            counts = [where.size for where in self._where]
+            stream = False
+        else:
+            self._where = None
+            self._runs = [AnnotatedRuns(s.weights > 0) for s in self.samples]
+            counts = [runs.count for runs in self._runs]
         total = float(sum(counts))
         if total == 0:
             raise ValueError("samples hold no annotated pixel to centre patches on")
@@ -595,20 +658,25 @@ class PatchSampler:
 
     def _resident(self, s: AnnotatedImage) -> None:
         """Pad a sample once and keep it on the device."""
-        p = self._pad
-        pad2 = ((p, p), (p, p))
-        image = pad2d(np.asarray(s.image), ((0, 0), *pad2), "reflect")
+        pad2 = tuple((p, p) for p in self._pads)
+        image = pad2d(np.asarray(s.image), ((0, 0), *pad2), "reflect", spatial=len(pad2))
         self._images.append(torch.from_numpy(image).to(self.device))
         classes = np.pad(np.asarray(s.classes), pad2, mode="constant", constant_values=IGNORE)
         self._classes.append(torch.from_numpy(classes).to(self.device))
         weights = np.pad(np.asarray(s.weights), pad2, mode="constant")
         self._weights.append(torch.from_numpy(weights).to(self.device))
 
-    def centres(self, n: int) -> list[tuple[int, int, int]]:
-        """``n`` random ``(sample, y, x)`` annotated pixels, samples weighted by their size."""
+    def centres(self, n: int) -> list[tuple[int, ...]]:
+        """``n`` random ``(sample, y, x)`` (``(sample, z, y, x)``) annotated pixels, samples
+        weighted by their size."""
         ks = self.rng.choice(len(self._p), size=n, p=self._p)
-        out = []
+        out: list[tuple[int, ...]] = []
         for k in ks:
+            if self._where is not None:
+                flat = int(self._where[k][self.rng.integers(self._where[k].size)])
+                at = np.unravel_index(flat, self.samples[k].weights.shape)
+                out.append((int(k), *(int(i) for i in at)))
+                continue
             runs = self._runs[k]
             y, x = runs.position(int(self.rng.integers(runs.count)))
             out.append((int(k), y, x))
@@ -629,12 +697,12 @@ class PatchSampler:
         if self.stream:
             return self._read(self.centres(n))
         xs, ys, ws = [], [], []
-        half = self.size // 2
-        for k, cy, cx in self.centres(n):
-            # (cy, cx) in the unpadded sample -> top-left corner in the padded one
-            y0 = cy + self._pad - half
-            x0 = cx + self._pad - half
-            sl = (slice(y0, y0 + self.size), slice(x0, x0 + self.size))
+        for k, *centre in self.centres(n):
+            # the centre in the unpadded sample -> the patch's corner in the padded one
+            sl = tuple(
+                slice(c + p - m // 2, c + p - m // 2 + m)
+                for c, p, m in zip(centre, self._pads, self.sizes, strict=True)
+            )
             xs.append(self._images[k][(slice(None), *sl)])
             ys.append(self._classes[k][sl])
             ws.append(self._weights[k][sl])
@@ -699,6 +767,58 @@ def patch_geometry(config: UNetConfig, patch_size: int, context: int = 0) -> tup
         return n_in, n_in - 2 * int(context)
     n_in = config.input_size_for_output(int(patch_size))
     return n_in, config.output_size(n_in)
+
+
+def patch_shape(
+    config: UNetConfig,
+    patch_size: int,
+    context: int = 0,
+    limit: tuple[int, ...] | None = None,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """:func:`patch_geometry` per spatial axis, for 2D and 3D networks.
+
+    Along an axis ``k`` times coarser than the finest (``config.voxel_size``) the patch and its
+    context are ``k`` times fewer voxels, so that a 3D patch is about a cube in physical units.
+
+    Parameters
+    ----------
+    config : UNetConfig
+        The network.
+    patch_size : int
+        Requested in-plane edge of the area the loss is computed on.
+    context : int
+        In-plane context (same padding), at most the halo along each axis.
+    limit : tuple of int, optional
+        The largest image extent per axis: no patch axis grows beyond what covers it.
+
+    Returns
+    -------
+    in_shape, out_shape : tuple of int
+        The network's input and the loss area, per axis.
+
+    Examples
+    --------
+    >>> from napari_unet.core.model import preset_config
+    >>> patch_shape(preset_config("fast", spatial_dims=3, voxel_size=(4, 1, 1)), 64, 16)
+    ((24, 96, 96), (16, 64, 64))
+    """
+    spacing = config.spacing
+    in_shape, out_shape = [], []
+    for axis, s in enumerate(spacing):
+        ratio = min(spacing) / s
+        patch = max(1, round(int(patch_size) * ratio))
+        if limit is not None:
+            patch = min(patch, config.admissible_size(int(limit[axis]), axis))
+        ctx = min(round(int(context) * ratio), config.axis_halo(axis))
+        if config.padding == "same":
+            n_in = config.admissible_size(patch + 2 * ctx, axis)
+            in_shape.append(n_in)
+            out_shape.append(n_in - 2 * ctx)
+        else:
+            n_in = config.input_size_for_output(patch, axis)
+            in_shape.append(n_in)
+            out_shape.append(config.output_size(n_in, axis))
+    return tuple(in_shape), tuple(out_shape)
 
 
 def annotated_cell_areas(samples: Sequence[AnnotatedImage]) -> np.ndarray:

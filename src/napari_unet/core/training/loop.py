@@ -37,7 +37,15 @@ import torch.nn.functional as F
 from ... import __version__
 from ..device import describe_device, select_device
 from ..inference.postprocess import DEFAULT_MIN_SIZE
-from ..model import TrainedModel, UNet, UNetConfig, check_mode, default_class_names, preset_config
+from ..model import (
+    TrainedModel,
+    UNet,
+    UNetConfig,
+    check_image_voxel_size,
+    check_mode,
+    default_class_names,
+    preset_config,
+)
 from ..normalize import normalization_spec
 from ..progress import run_to_end
 from ..targets import IGNORE
@@ -50,6 +58,7 @@ from .data import (
     annotated_cell_areas,
     annotation_min_size,
     patch_geometry,
+    patch_shape,
     prepare_samples,
 )
 from .distributed import Distributed, current
@@ -306,6 +315,10 @@ class _RunPlan:
         This process's place in a data-parallel run (a single process by default).
     n_classes : int, optional
         Classes mode, fine-tuning: the model's number of classes.
+    spatial_dims : int
+        2 or 3 (a fine-tuned model's).
+    voxel_size : tuple of float, optional
+        Voxel size of a 3D run (a fine-tuned model's when the settings give none).
     """
 
     settings: TrainSettings
@@ -319,6 +332,8 @@ class _RunPlan:
     in_channels: int | None
     dist: Distributed = field(default_factory=Distributed)
     n_classes: int | None = None
+    spatial_dims: int = 2
+    voxel_size: tuple[float, ...] | None = None
 
 
 def _resolve_plan(settings: TrainSettings | None, model: TrainedModel | None) -> _RunPlan:
@@ -372,7 +387,25 @@ def _resolve_plan(settings: TrainSettings | None, model: TrainedModel | None) ->
         in_channels=None if model is None else model.config.in_channels,
         dist=group,
         n_classes=None if model is None else model.config.n_classes,
+        **_dimensions(settings, model),
     )
+
+
+def _dimensions(settings: TrainSettings, model: TrainedModel | None) -> dict[str, Any]:
+    """``spatial_dims`` and ``voxel_size`` of a run, checked against a fine-tuned model."""
+    voxel = None if settings.voxel_size is None else tuple(float(v) for v in settings.voxel_size)
+    if model is None:
+        return {"spatial_dims": settings.spatial_dims, "voxel_size": voxel}
+    config = model.config
+    if config.spatial_dims != settings.spatial_dims:
+        raise ValueError(
+            f"the model fine-tuned is a {config.spatial_dims}D network but the settings ask for "
+            f"{settings.spatial_dims}D training (spatial_dims / --ndim)"
+        )
+    if config.spatial_dims == 3:
+        check_image_voxel_size(config, voxel, "the volumes' voxel size")
+        voxel = config.voxel_size
+    return {"spatial_dims": config.spatial_dims, "voxel_size": voxel}
 
 
 @dataclass
@@ -386,7 +419,7 @@ class _RunData:
     config : UNetConfig
         The network's architecture.
     in_size, out_size : int
-        Edge of the network's input and output patches.
+        In-plane edge of the network's input and output patches.
     blocks : list of tuple of int
         Held-out validation blocks ``(sample, y0, x0)``.
     block : int
@@ -397,6 +430,8 @@ class _RunData:
         Draws training patches (the held-out blocks carry no loss).
     min_size : int, optional
         Smallest object worth keeping, learnt from the annotated cells.
+    in_shape, out_shape : tuple of int
+        The input and output patches per spatial axis (3 axes for a 3D network).
     """
 
     samples: list[AnnotatedImage]
@@ -408,6 +443,8 @@ class _RunData:
     tiles: ValidationTiles | None
     sampler: PatchSampler
     min_size: int | None
+    in_shape: tuple[int, ...] = ()
+    out_shape: tuple[int, ...] = ()
 
 
 def _prepare_run_data(
@@ -445,6 +482,8 @@ def _prepare_run_data(
         border_weights=settings.border_weights,
         mode=settings.mode,
         n_classes=plan.n_classes if settings.mode == "classes" else None,
+        spatial_dims=plan.spatial_dims,
+        sampling=plan.voxel_size,
     )
     classes_mode = settings.mode == "classes"
     if model is not None:
@@ -452,10 +491,24 @@ def _prepare_run_data(
     else:
         # classes mode: K = the largest class painted (prepare_samples checked K >= 2)
         k = max(int(s.labels.max()) for s in samples if s.labels is not None) if classes_mode else 2
-        config = preset_config(settings.preset, in_channels=samples[0].image.shape[0], n_classes=k)
-    in_size, out_size = _geometry(config, samples, settings)
-    crop = in_size + 2 * context_margin(in_size, settings.augment_settings())
+        config = preset_config(
+            settings.preset,
+            in_channels=samples[0].image.shape[0],
+            n_classes=k,
+            spatial_dims=plan.spatial_dims,
+            voxel_size=plan.voxel_size,
+        )
+    in_shape, out_shape = _geometry(config, samples, settings)
+    in_size, out_size = in_shape[-1], out_shape[-1]
+    aug = settings.augment_settings()
+    crop = tuple(n + 2 * context_margin(n, aug) for n in in_shape)
     rng = np.random.default_rng(plan.seed)
+    if config.spatial_dims == 3:  # no held-out part in 3D: the last model, 0.5, learnt size
+        sampler = PatchSampler(samples, crop, plan.device, plan.dist.rank_rng(rng, plan.seed))
+        min_size = annotation_min_size(samples, settings.min_size_fraction)
+        return _RunData(
+            samples, config, in_size, out_size, [], 0, None, sampler, min_size, in_shape, out_shape
+        )
     block = validation_block(out_size, config.grid)
     spec = TargetSpec(
         plan.gap,
@@ -479,13 +532,35 @@ def _prepare_run_data(
     )
     sampler = PatchSampler(train_samples, crop, plan.device, plan.dist.rank_rng(rng, plan.seed))
     min_size = None if classes_mode else annotation_min_size(samples, settings.min_size_fraction)
-    return _RunData(samples, config, in_size, out_size, blocks, block, tiles, sampler, min_size)
+    return _RunData(
+        samples,
+        config,
+        in_size,
+        out_size,
+        blocks,
+        block,
+        tiles,
+        sampler,
+        min_size,
+        in_shape,
+        out_shape,
+    )
 
 
 def _geometry(
     config: UNetConfig, samples: list[AnnotatedImage], settings: TrainSettings
-) -> tuple[int, int]:
-    """Network input and output edge of the training patches, checked for batch norm."""
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Network input and output shape of the training patches, checked for batch norm."""
+    if config.spatial_dims == 3:
+        limit = tuple(max(s.classes.shape[a] for s in samples) for a in range(3))
+        in_shape, out_shape = patch_shape(config, settings.patch_size, settings.context, limit)
+        deepest = math.prod(n // g for n, g in zip(in_shape, config.grids, strict=True))
+        if config.batch_norm and settings.batch_size * max(deepest, 1) < 2:
+            raise ValueError(
+                f"batch_size={settings.batch_size} with a {in_shape} voxel input leaves one value "
+                "per channel at the deepest level; use batch_size >= 2 or a larger patch_size"
+            )
+        return in_shape, out_shape
     largest = max(max(s.classes.shape) for s in samples)
     patch = min(int(settings.patch_size), config.admissible_size(largest))
     in_size, out_size = patch_geometry(config, patch, min(settings.context, config.halo))
@@ -496,7 +571,7 @@ def _geometry(
             "channel at the deepest level of the network, which batch normalisation cannot "
             "train on; use batch_size >= 2 or a larger patch_size"
         )
-    return in_size, out_size
+    return (in_size, in_size), (out_size, out_size)
 
 
 class _Optimisation:
@@ -519,7 +594,9 @@ class _Optimisation:
         if model is not None:
             self.net.load_state_dict(_state_cpu(model.net))
         self.net.to(plan.device)
-        if plan.channels_last:
+        # channels-last is a 2D memory format (volumes would need channels_last_3d)
+        self.channels_last = plan.channels_last and config.spatial_dims == 2
+        if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.net.train()
         self.forward: Callable[[torch.Tensor], torch.Tensor] = plan.dist.wrap(self.net, plan.device)
@@ -549,7 +626,7 @@ class _Optimisation:
         """One optimisation step at learning rate ``lr``; returns the batch's loss."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        if self.plan.channels_last:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.rng_state is None:
             return float(self._step(x, y, w))
@@ -565,7 +642,7 @@ class _Optimisation:
             logits = self.forward(x)
         # same padding with context: the loss area is the centre of the output
         count = self.plan.dist.loss_count(w)
-        loss = weighted_cross_entropy(center_crop(logits, tuple(y.shape[-2:])), y, w, count)
+        loss = weighted_cross_entropy(center_crop(logits, tuple(y.shape[1:])), y, w, count)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
@@ -808,9 +885,10 @@ class _TrainingRun:
             y,
             w,
             self.aug,
-            out_size=data.in_size,
-            target_size=data.out_size,
+            out_size=data.in_shape,
+            target_size=data.out_shape,
             generator=self.generator,
+            sampling=self.plan.voxel_size,
         )
         self.loss = self.plan.dist.mean(self.opt.step(x, y, w, lr), self.plan.device)
         if not math.isfinite(self.loss):

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..model import MODES, PRESETS
+from ..model import MODES, PRESETS, check_voxel_size
 from .augment import AugmentSettings
 
 __all__ = ["ADVANCED", "HIDDEN", "MAIN", "TrainSettings", "setting"]
@@ -186,6 +186,13 @@ class TrainSettings:
         The smallest object kept at inference, as a share of the area of the small annotated
         cells (5th percentile of the completely annotated ones); 0: not learnt (inference's
         default).
+    spatial_dims : {2, 3}
+        2: a 2D network (stacks are sets of 2D slices); 3: a 3D network trained on volumes
+        ``(Z, Y, X)``, from their labelled slices (or their regions) only.
+    voxel_size : tuple of float, optional
+        Voxel size ``(z, y, x)`` of the volumes (a napari layer's ``scale``); it plans the 3D
+        network's pooling, the physical distances of border weights, gap and elastic
+        deformation, and is stored with the model. None: isotropic.
     """
 
     preset: str = setting("fast", show=MAIN, choices=tuple(PRESETS))
@@ -236,6 +243,8 @@ class TrainSettings:
     min_size_fraction: float = setting(
         0.25, label="min size (x cell area)", min=0.0, max=1.0, step=0.05
     )
+    spatial_dims: int = setting(2, show=HIDDEN, label="dimensions")
+    voxel_size: tuple[float, ...] | None = setting(None, show=HIDDEN, label="voxel size")
 
     @classmethod
     def for_preset(cls, preset: str, **overrides: Any) -> TrainSettings:
@@ -316,6 +325,10 @@ class TrainSettings:
             raise ValueError(f"seed must be a non-negative integer or None, got {self.seed!r}")
         if not (self.w0 >= 0 and self.sigma > 0):
             raise ValueError(f"w0 must be >= 0 and sigma > 0, got {self.w0!r}, {self.sigma!r}")
+        if self.spatial_dims not in (2, 3) or isinstance(self.spatial_dims, bool):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims!r}")
+        if self.voxel_size is not None:
+            check_voxel_size(self.voxel_size, self.spatial_dims, "voxel_size")
         self.augment_settings()  # checks elastic_std
 
     def augment_settings(self) -> AugmentSettings:
