@@ -13,7 +13,8 @@ few cells of each kind and across the background (about 1% of the pixels; the is
 full ground truth, of that image and of a second image of the sample (seed 1) neither has seen.
 
 Rows: ``napari-unet (classes mode)``: :func:`~napari_unet.core.training.run_training` with
-``mode='classes'`` and the default settings for ``--minutes``, then
+``mode='classes'`` and the defaults of the ``fast`` preset in that mode (64 px patches in
+batches of 8, ``TrainSettings.for_preset``) for ``--minutes``, then
 :func:`~napari_unet.core.inference.segment` (the class ids). ``random forest``: the approach of
 ilastik and APOC, scikit-image's ``multiscale_basic_features`` (intensity, edges, texture at
 sigmas 1 to 16) and a scikit-learn ``RandomForestClassifier`` (100 trees) trained on the
@@ -119,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     share = np.count_nonzero(scribbles) / scribbles.size
     load = os.getloadavg()[0]
     budget = {"iterations": 20} if args.quick else {"minutes": args.minutes, "iterations": None}
-    settings = TrainSettings(mode="classes", seed=args.seed, device="cpu", **budget)
+    settings = TrainSettings.for_preset(
+        "fast", mode="classes", seed=args.seed, device="cpu", **budget
+    )
     forest_ids, forest_s = random_forest(image, scribbles, [other], args.seed)
     unet_ids, unet_s, summary = unet(image, scribbles, [other], settings)
     rows = [

@@ -216,3 +216,21 @@ def test_a_cells_model_file_with_more_than_two_classes_is_refused(tmp_path):
     torch.save(data, path)
     with pytest.raises(ModelFileError, match="'cells' model must have 2 output classes, got 3"):
         load_model(path)
+
+
+def test_the_fast_preset_takes_smaller_patches_for_scribbles():
+    classes = TrainSettings.for_preset("fast", mode="classes")
+    assert (classes.patch_size, classes.batch_size) == (64, 8)
+    assert TrainSettings.for_preset("fast", mode="classes", patch_size=96).patch_size == 96
+    cells = TrainSettings.for_preset("fast")
+    assert (cells.patch_size, cells.batch_size) == (128, 4)
+    assert TrainSettings.for_preset("paper", mode="classes").patch_size == 388
+
+
+def test_too_few_scribbles_to_validate_say_so_in_their_words():
+    from napari_unet.core.training.validation import NoValidationWarning
+
+    image, labels = _scribbled(32)
+    settings = _settings(iterations=1, patch_size=16)
+    with pytest.warns(NoValidationWarning, match="touched by scribbles.*paint more strokes"):
+        run_training(image, labels, settings=settings, model=_tiny_classes())

@@ -119,3 +119,13 @@ def test_segment_writes_class_ids_probabilities_and_objects(
     assert any(
         f"{int(objects.max())} objects of 'granular rods'" in m for m in notes.messages("info")
     )
+
+
+def test_choosing_the_classes_mode_shows_its_defaults(viewer, dock) -> None:
+    widget = dock("Train")
+    assert (widget.patch_size.value, widget.batch_size.value) == (128, 4)
+    widget.mode.value = "classes"
+    assert (widget.patch_size.value, widget.batch_size.value) == (64, 8)
+    widget.batch_size.value = 6  # the user's choice is kept
+    widget.mode.value = "cells"
+    assert (widget.patch_size.value, widget.batch_size.value) == (128, 6)

@@ -140,8 +140,8 @@ _OWN_BLOCKS = frozenset({"preset", "device", "channel_axis", "rgb", "spatial_dim
 _BUDGET = frozenset({"iterations", "minutes"})
 #: defaults that depend on the preset, as the help states them
 _BY_PRESET = {
-    "patch_size": "128; paper: 388",
-    "batch_size": "4; paper: 1",
+    "patch_size": "128; --mode classes: 64; paper: 388",
+    "batch_size": "4; --mode classes: 8; paper: 1",
     "optimizer": "adam; paper: sgd",
 }
 

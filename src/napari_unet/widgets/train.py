@@ -164,7 +164,8 @@ class TrainWidget(ViewerWidget):
         self._last_event: Any = None
         self._shown = True
         self._result: Any = None
-        self._preset = TrainSettings().preset  # the preset the controls show
+        # the preset and mode whose defaults the controls show
+        self._preset = (TrainSettings().preset, TrainSettings().mode)
         self._run_settings: Any = None
         self._annotation_name = ""
         self._export: Job | None = None
@@ -222,6 +223,7 @@ class TrainWidget(ViewerWidget):
         )
         set_tooltips(self, type(self))
         self.preset.changed.connect(self._on_preset)
+        self.mode.changed.connect(self._on_preset)
         self._session.connect(self._on_session_model)
         self._on_session_model()
 
@@ -612,17 +614,23 @@ class TrainWidget(ViewerWidget):
         return metric_label(self._run_settings or self.settings())
 
     # -- controls ------------------------------------------------------------------------------
-    def _on_preset(self, preset: str) -> None:
-        """Show the new preset's training settings where they differ from the old one's."""
+    def _on_preset(self, *_args: Any) -> None:
+        """Show the new preset's (and mode's) training settings where they differ from the old
+        ones' and the user has not changed them."""
         from napari_unet.core.training import TrainSettings
 
-        before = TrainSettings.for_preset(self._preset).to_dict()
-        after = TrainSettings.for_preset(preset).to_dict()
-        self._preset = preset
+        (preset, mode), now = self._preset, (self.preset.value, self.mode.value)
+        before = TrainSettings.for_preset(preset, mode=mode).to_dict()
+        after = TrainSettings.for_preset(now[0], mode=now[1]).to_dict()
+        self._preset = now
         for form_ in (self.main_form, self.advanced_form):
             shown = form_.values()
             form_.set_values(
-                {k: after[k] for k in shown if k != "preset" and shown[k] == before[k] != after[k]}
+                {
+                    k: after[k]
+                    for k in shown
+                    if k not in ("preset", "mode") and shown[k] == before[k] != after[k]
+                }
             )
 
     def _on_train(self, *_args: Any) -> None:

@@ -523,7 +523,7 @@ def _prepare_run_data(
         samples, settings.validation_fraction, block, rng, targets=spec
     )
     if plan.dist.main:
-        warn_without_validation(settings.validation_fraction, blocks, block)
+        warn_without_validation(settings.validation_fraction, blocks, block, settings.mode)
     # every rank holds the same blocks out; rank 0 alone validates
     tiles = (
         validation_tiles(samples, blocks, block, config, not classes_mode)

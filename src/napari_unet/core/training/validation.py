@@ -68,19 +68,27 @@ class NoValidationWarning(UserWarning):
         The share of the annotation that was to be held out.
     block : int
         Edge of the held-out blocks in pixels.
+    mode : {'cells', 'classes'}
+        The training mode (the message says what to annotate).
     """
 
-    def __init__(self, fraction: float, block: int) -> None:
+    def __init__(self, fraction: float, block: int, mode: str = "cells") -> None:
         self.fraction, self.block = float(fraction), int(block)
+        if mode == "classes":
+            rule, more = "touched by scribbles, every class left for training", "paint more strokes"
+        else:
+            rule = "at least half annotated, with cells left on both sides"
+            more = "annotate more cells or a larger region"
         super().__init__(
             f"the annotation is too small to hold out {self.fraction:.0%} of it for validation "
-            f"(blocks of {self.block} x {self.block} pixels, at least half annotated, with cells "
-            "left on both sides); training goes on without a validation score: annotate more "
-            "cells or a larger region to get one"
+            f"(blocks of {self.block} x {self.block} pixels, {rule}); training goes on without "
+            f"a validation score: {more} to get one"
         )
 
 
-def warn_without_validation(fraction: float, blocks: Sequence[object], block: int) -> None:
+def warn_without_validation(
+    fraction: float, blocks: Sequence[object], block: int, mode: str = "cells"
+) -> None:
     """Warn (:class:`NoValidationWarning`) when validation was asked for but none is held out.
 
     Parameters
@@ -91,9 +99,11 @@ def warn_without_validation(fraction: float, blocks: Sequence[object], block: in
         The blocks :func:`hold_out` chose.
     block : int
         Edge of the blocks in pixels.
+    mode : {'cells', 'classes'}
+        The training mode.
     """
     if fraction > 0 and not blocks:
-        warnings.warn(NoValidationWarning(fraction, block), stacklevel=3)
+        warnings.warn(NoValidationWarning(fraction, block, mode), stacklevel=3)
 
 
 def validation_block(out_size: int, grid: int) -> int:
