@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gc
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -41,11 +44,18 @@ def test_zarr_stack_on_disk_store_gives_the_same_samples(stack, tmp_path, monkey
     kept = prepare_samples(_zarr(images), _zarr(labels), store=store)
     assert [s.source for s in kept] == [(0, 0), (0, 2)]
     assert store.on_disk and store.nbytes == prepared_bytes([(1, 48, 56)] * 2)
-    assert list(tmp_path.glob("napari-unet-data-*/*.npy")) == []  # unlinked once mapped
+    assert len(list(tmp_path.glob("napari-unet-data-*/*.npy"))) == 8
     for a, b in zip(reference, kept, strict=True):
         for name in ("image", "classes", "weights", "labels"):
             assert isinstance(getattr(b, name), np.memmap)
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        assert b.region is None and b.n_annotated == a.n_annotated
+    # a copy with new targets (as the validation hold-out makes) keeps them in memory
+    changed = dataclasses.replace(kept[0], weights=np.zeros((48, 56), np.float32))
+    assert changed.n_annotated == 0 and kept[0].n_annotated == reference[0].n_annotated
+    del store, kept, changed, a, b
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []  # the folder goes with the last sample
 
 
 def test_lazy_labels_check_each_slice(stack, monkeypatch):

@@ -213,6 +213,13 @@ class CheckpointKeeper:
         self.model = model
         self.last = 0.0  # rank 0's training clock at the last checkpoint
         self.written = 0
+        self._fingerprint: dict[str, int] | None = None
+
+    def fingerprint(self, run: Any) -> dict[str, int]:
+        """The run's data fingerprint (computed once: a pass over all prepared data)."""
+        if self._fingerprint is None:
+            self._fingerprint = _fingerprint(run)
+        return self._fingerprint
 
     def restore(self, run: Any) -> None:
         """Load the checkpoint to resume into ``run`` (a fresh run on the same data)."""
@@ -220,7 +227,7 @@ class CheckpointKeeper:
         if ckpt is None:
             return
         data = ckpt.payload
-        fingerprint = _fingerprint(run)
+        fingerprint = self.fingerprint(run)
         if data["data"] != fingerprint:
             raise ValueError(
                 f"{ckpt.path} was made on other data ({data['data']}); the images, labels and "
@@ -297,7 +304,7 @@ class CheckpointKeeper:
             "settings": replace(run.settings, seed=run.plan.seed).to_dict(),
             "base": base,
             "class_names": list(getattr(run, "names", ())),
-            "data": _fingerprint(run),
+            "data": self.fingerprint(run),
             "iteration": run.iteration,
             "loss": run.loss,
             "clock": run.clock,
