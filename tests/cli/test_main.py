@@ -70,3 +70,32 @@ def test_interrupt(failing, capsys):
 def test_error_line():
     assert error_line(RuntimeError("")) == "RuntimeError"
     assert error_line(MemoryError("CPU: 2 GiB")).startswith("out of memory: CPU: 2 GiB;")
+
+
+def test_warnings_are_one_plain_line_each(failing, capsys):
+    """A warning core both logs and warns (SplitLabelsWarning) is written once, as one line."""
+    import logging
+    import warnings
+
+    from napari_unet.core.targets import SplitLabelsWarning
+    from napari_unet.core.training import NoValidationWarning
+
+    def run(_args):
+        split = SplitLabelsWarning(2, 5)
+        logging.getLogger("napari_unet.core.training.data").warning("%s", split)
+        warnings.warn(split, stacklevel=2)
+        warnings.warn(NoValidationWarning(0.2, 32), stacklevel=2)
+        logging.getLogger("napari_unet.cli.train").info("not shown without --verbose")
+        return 0
+
+    failing.run = run
+    before = warnings.showwarning
+    assert main(["fail"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "warning: 2 label values painted on several separate cells were split into 5 cells "
+        "(one label per connected region); paint each cell with its own label to silence this",
+        f"warning: {NoValidationWarning(0.2, 32)}",
+    ]
+    assert not any(isinstance(h, cli.WarningLines) for h in logging.getLogger().handlers)
+    assert warnings.showwarning is before  # both restored after main

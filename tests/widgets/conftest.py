@@ -136,3 +136,19 @@ def threshold_model() -> Any:
         return TrainedModel(net)
 
     return make
+
+
+@pytest.fixture
+def no_activity_dock(monkeypatch: Any) -> list[Any]:
+    """Records every napari ``progress`` made (the activity dock's bars): there must be none."""
+    from napari.utils import progress
+
+    made: list[Any] = []
+    original = progress.__init__
+
+    def record(self: Any, *args: Any, **kwargs: Any) -> None:
+        made.append(kwargs.get("desc"))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(progress, "__init__", record)
+    return made

@@ -184,3 +184,23 @@ def test_a_volume_with_a_negative_scale_is_refused(viewer, dock, wait_idle, note
     wait_idle(widget)
     errors = notes.messages("error")
     assert any("the scale of 'flipped' must hold finite spacings > 0" in m for m in errors)
+
+
+def test_stack_progress_is_in_the_widget(viewer, dock, wait_idle, notes, cells, no_activity_dock):
+    """Issue #17: a stack's progress shows in the widget's own bar, not napari's activity dock,
+    and the map is drawn by the throttled refresh (every slice there at the end)."""
+    _, labels = cells
+    stack = np.stack([labels, labels[::-1], labels[:, ::-1], np.zeros_like(labels)])
+    widget, _ = _open(viewer, dock, stack, gap=0, dims="2D slices")
+    assert widget.progress_bar.native.isHidden()
+    assert widget.show_weights()
+    assert not widget.progress_bar.native.isHidden()
+    assert (widget.progress_bar.value, widget.progress_bar.max) == (0, 4)
+    wait_idle(widget)
+    assert (widget.progress_bar.value, widget.progress_bar.max) == (4, 4)  # shown at the end
+    assert widget.progress_bar.native.isHidden()
+    for z in range(4):
+        expected = border_weight_map(stack[z])
+        np.testing.assert_allclose(widget.weights_layer.data[z], expected, rtol=1e-5, atol=1e-5)
+    assert widget.status.value.startswith("Weights 0–")
+    assert no_activity_dock == [] and notes.messages("error") == []

@@ -20,22 +20,6 @@ def seg(viewer: Any, dock: Any, threshold_model: Any) -> Any:
     return widget
 
 
-@pytest.fixture
-def no_activity_dock(monkeypatch: Any) -> list[Any]:
-    """Records every napari ``progress`` made (the activity dock's bars): there must be none."""
-    from napari.utils import progress
-
-    made: list[Any] = []
-    original = progress.__init__
-
-    def record(self: Any, *args: Any, **kwargs: Any) -> None:
-        made.append(kwargs.get("desc"))
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(progress, "__init__", record)
-    return made
-
-
 def test_progress_bar_in_the_widget(viewer, seg, wait_idle, notes, cells, no_activity_dock):
     image, _ = cells
     viewer.add_image(np.stack([image, image[::-1]]), name="stack")

@@ -14,16 +14,24 @@ the traceback comes first) and an exit code:
 - 2: bad input: unreadable or unsuitable files, options that cannot work (``ValueError``,
   :class:`UsageError`, a missing file);
 - 130: interrupted (Ctrl-C).
+
+Warnings (a core ``UserWarning`` such as
+:class:`~napari_unet.core.targets.SplitLabelsWarning` or
+:class:`~napari_unet.core.training.NoValidationWarning`, or a logged warning) reach the user as
+one plain line on stderr, ``warning: ...``, each message once (:class:`WarningLines`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
 import traceback
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from napari_unet import __version__
 
@@ -32,8 +40,10 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "UsageError",
+    "WarningLines",
     "error_line",
     "main",
+    "warning_lines",
 ]
 
 #: exit code for a failure while running (RuntimeError, MemoryError, OSError)
@@ -122,6 +132,89 @@ def error_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+class WarningLines(logging.Handler):
+    """Writes warnings as one plain line on stderr, ``warning: MESSAGE``, each message once.
+
+    As a logging handler it writes log records of level ``WARNING`` this way and the others as
+    ``LEVEL logger: message`` (with the traceback of a logged exception); :meth:`show` is a
+    drop-in for :func:`warnings.showwarning`. A warning that core both logs and warns (the same
+    text) is written once.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        self.seen: set[str] = set()
+
+    def line(self, message: object) -> None:
+        """Write ``warning: MESSAGE`` (white space folded into one line) unless written already.
+
+        Parameters
+        ----------
+        message : object
+            The warning or its text.
+        """
+        text = " ".join(str(message).split())
+        if text not in self.seen:
+            self.seen.add(text)
+            print(f"warning: {text}", file=sys.stderr)
+
+    def show(self, message: Warning | str, *_args: Any, **_kwargs: Any) -> None:
+        """Write a Python warning (the signature of :func:`warnings.showwarning`).
+
+        Parameters
+        ----------
+        message : Warning or str
+            The warning; where it was raised is not shown.
+        *_args, **_kwargs
+            Category, file name, line number, ...: ignored.
+        """
+        self.line(message)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write a log record (see :class:`logging.Handler`).
+
+        Parameters
+        ----------
+        record : logging.LogRecord
+            The record.
+        """
+        if record.levelno == logging.WARNING:
+            self.line(record.getMessage())
+        else:
+            print(self.format(record), file=sys.stderr)
+
+
+@contextlib.contextmanager
+def warning_lines(verbose: bool = False) -> Iterator[WarningLines]:
+    """Within the block, log records and Python warnings go to stderr through
+    :class:`WarningLines` (the root logger at ``INFO`` with ``verbose``, else ``WARNING``).
+
+    Parameters
+    ----------
+    verbose : bool
+        Whether ``INFO`` records are written too.
+
+    Yields
+    ------
+    WarningLines
+        The handler; logging and warnings are as before after the block.
+    """
+    handler = WarningLines()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = handler.show
+            yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line.
 
@@ -139,12 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
     try:
-        return int(args.module.run(args) or 0)
+        with warning_lines(args.verbose):
+            return int(args.module.run(args) or 0)
     except (UsageError, ValueError, FileNotFoundError, IsADirectoryError) as exc:
         code = EXIT_BAD_INPUT
         error = exc

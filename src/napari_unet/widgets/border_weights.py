@@ -6,7 +6,9 @@ it belongs to. Painting updates it incrementally: each brush stroke's box (from 
 so that a fast stroke costs one update. ``w0`` and class balance only re-assemble the map;
 ``sigma``, the gap or a new labels layer recompute it in a napari thread worker, slice by slice,
 or, for a ``(Z, Y, X)`` layer treated as "3D", as one volume with the layer's ``scale`` as voxel
-size (the map is then a 3D Image layer with the same scale).
+size (the map is then a 3D Image layer with the same scale). A stack's progress shows in the
+widget's own progress bar; the layer and the bar are redrawn at most every
+:data:`~napari_unet.widgets.workers.REFRESH_MS` while the worker runs.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, ProgressBar, PushButton, SpinBox
 from napari.layers import Image, Labels, Shapes
-from napari.utils import progress
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
@@ -37,7 +38,7 @@ from napari_unet.widgets.layers import (
     region_mask,
     voxel_size,
 )
-from napari_unet.widgets.workers import Job, notify_error
+from napari_unet.widgets.workers import Job, notify_error, refresh_timer
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -194,7 +195,8 @@ class BorderWeightsWidget(ViewerWidget):
         self._region_layer: Any = None
         self._layer: Any = None  # the weights Image layer
         self._job: Job | None = None
-        self._pbar: Any = None
+        self._progress = (0, 0)  # slices computed, slices to compute
+        self._shown = True  # whether the last computed slices are drawn
         self._need_full = False
         self._need_assemble = False
         self._need_region = False
@@ -216,6 +218,7 @@ class BorderWeightsWidget(ViewerWidget):
         self.dims.enabled = self._is_stack(self.labels_layer.value)
         self.show_button = PushButton(name="show_button", text="Show weight map")
         self.status = message("status", "Choose a Labels layer and press Show.")
+        self.progress_bar = ProgressBar(name="progress_bar", value=0, min=0, max=1, visible=False)
         self.extend(
             [
                 form(
@@ -228,6 +231,7 @@ class BorderWeightsWidget(ViewerWidget):
                     self.gap,
                 ),
                 button_row(self.show_button),
+                self.progress_bar,
                 self.status,
             ]
         )
@@ -238,6 +242,7 @@ class BorderWeightsWidget(ViewerWidget):
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self._flush)
+        self._refresh_timer = refresh_timer(self._refresh)
 
         self.show_button.changed.connect(self._on_show_clicked)
         self.w0.changed.connect(self._on_cheap_param)
@@ -478,7 +483,9 @@ class BorderWeightsWidget(ViewerWidget):
         self._dirty.clear()
         self._maps = {}
         n = 1 if data.ndim == 2 or "sampling" in params else data.shape[0]
-        self._pbar = progress(total=n, desc="Border weights") if n > 1 else None
+        self._progress, self._shown = (0, n), True
+        self.progress_bar.max, self.progress_bar.value = n, 0
+        self.progress_bar.visible = n > 1
         in_3d = " in 3D" if "sampling" in params else ""
         self.status.value = f"Computing the weight map{in_3d}…"
         self._job = Job(
@@ -492,29 +499,46 @@ class BorderWeightsWidget(ViewerWidget):
             on_finish=self._on_full_finish,
         )
         self._job.start()
+        self._refresh_timer.start()
 
     def _on_map(self, value: tuple[int | None, Any]) -> None:
+        """Keep a computed map; :meth:`_refresh` draws it (a redraw per slice is costly)."""
         z, live = value
         self._maps[z] = live
-        self._write(z, live.weights)
-        if self._pbar is not None:  # last: the bar may process events right here
-            self._pbar.update(1)
+        self._write(z, live.weights, refresh=False)
+        done, total = self._progress
+        self._progress, self._shown = (done + 1, total), False
+
+    def _refresh(self) -> None:
+        """Draw the maps computed since the last call and show the progress."""
+        if self._shown or not self.alive:
+            return
+        self._shown = True
+        if self._layer is not None:
+            self._layer.refresh()
+        done, total = self._progress
+        if total > 1:
+            self.progress_bar.value = min(done, total)
+            self.status.value = f"Computing the weight map: {done}/{total} slices…"
 
     def _on_full_error(self, exc: BaseException) -> None:
+        self._refresh()  # the slices done before the failure
         self._maps = {}
         notify_error("Could not compute the weight map", exc)
         if self.alive:
             self.status.value = "The weight map could not be computed."
 
     def _on_full_return(self, result: Any) -> None:
+        self._refresh()  # the last slices, before the summary replaces the status
         if result and self.alive:
             self._finish_update()
 
     def _on_full_finish(self) -> None:
         self._job = None
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
+        self._refresh_timer.stop()
+        self._shown = True
+        if self.alive:
+            self.progress_bar.visible = False
         if self.alive and (
             self._need_full or self._need_region or self._need_assemble or self._dirty
         ):
@@ -559,7 +583,7 @@ class BorderWeightsWidget(ViewerWidget):
             self._timer.start()
         self._finish_update()
 
-    def _write(self, z: int | None, weights: np.ndarray) -> None:
+    def _write(self, z: int | None, weights: np.ndarray, refresh: bool = True) -> None:
         layer = self._layer
         if layer is None or not self.alive:
             return
@@ -567,7 +591,8 @@ class BorderWeightsWidget(ViewerWidget):
             layer.data[...] = weights
         else:
             layer.data[z] = weights
-        layer.refresh()
+        if refresh:
+            layer.refresh()
 
     def _finish_update(self) -> None:
         layer = self._layer
@@ -582,6 +607,7 @@ class BorderWeightsWidget(ViewerWidget):
         """The window is closing: stop updates and let go of the labels layer."""
         try:
             self._timer.stop()
+            self._refresh_timer.stop()
         except RuntimeError:  # already deleted with the widget
             pass
         if self._job is not None and self._job.running:
