@@ -79,7 +79,7 @@ def test_predict_volume_into_zarr(tmp_path, model_3d):
     ("scale", "message"),
     [
         (["1", "1"], "--scale must have 3 values"),
-        (["3", "0", "1"], "--scale must hold positive finite numbers"),
+        (["3", "0", "1"], "--scale must hold finite spacings > 0"),
         (["1", "0.5", "0.5"], "differs from the voxel size"),
     ],
 )

@@ -224,11 +224,11 @@ def volume_sampling(args: argparse.Namespace) -> tuple[int, tuple[float, ...] | 
     ValueError
         If ``--scale`` does not have ``ndim`` values or holds a value that is not > 0.
     """
-    from napari_unet.core.targets import check_sampling
+    from napari_unet.core.voxels import check_voxel_size
 
     scale = getattr(args, "scale", None)
     ndim = args.ndim or (len(scale) if scale is not None and len(scale) in (2, 3) else 2)
-    return ndim, check_sampling(scale, ndim, name="--scale")
+    return ndim, check_voxel_size(scale, ndim, name="--scale")
 
 
 def field_docs(cls: type) -> dict[str, str]:

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .voxels import check_voxel_size
+
 __all__ = [
     "ANISOTROPY_RATIO",
     "MODES",
@@ -29,7 +31,6 @@ __all__ = [
     "Up",
     "check_image_voxel_size",
     "check_mode",
-    "check_voxel_size",
     "default_class_names",
     "plan_levels",
     "preset_config",
@@ -86,45 +87,6 @@ def plan_levels(voxel_size: tuple[float, ...], depth: int) -> tuple[Levels, Leve
             pools.append(tuple(2 if w else 1 for w in wide))
             spacing = [s * p for s, p in zip(spacing, pools[-1], strict=True)]
     return tuple(pools), tuple(kernels)
-
-
-def check_voxel_size(voxel_size: object, spatial_dims: int, what: str = "voxel_size") -> tuple:
-    """``voxel_size`` as a tuple of ``spatial_dims`` positive floats, or a clear ValueError.
-
-    Parameters
-    ----------
-    voxel_size : sequence of float
-        Spacing per spatial axis (``(y, x)`` or ``(z, y, x)``).
-    spatial_dims : int
-        2 or 3.
-    what : str
-        What to call the value in messages (``'--scale'`` on the command line).
-
-    Returns
-    -------
-    tuple of float
-        The voxel size.
-
-    Examples
-    --------
-    >>> check_voxel_size([2, 0.5, 0.5], 3)
-    (2.0, 0.5, 0.5)
-    """
-    axes = "(z, y, x)" if spatial_dims == 3 else "(y, x)"
-    try:
-        values = tuple(float(v) for v in voxel_size)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{what} must be {spatial_dims} positive numbers {axes}, got {voxel_size!r}"
-        ) from None
-    if len(values) != spatial_dims:
-        raise ValueError(
-            f"{what} must have {spatial_dims} values {axes} for a {spatial_dims}D network, got "
-            f"{len(values)}: {values}"
-        )
-    if not all(math.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"{what} must hold positive finite numbers {axes}, got {values}")
-    return values
 
 
 #: Relative difference between an image's voxel size and a model's that still counts as equal.

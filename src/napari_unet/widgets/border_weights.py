@@ -476,9 +476,9 @@ class BorderWeightsWidget(ViewerWidget):
         region = self._region(data.shape)
         params = self._params()
         if "sampling" in params:
-            from napari_unet.core.targets import check_sampling
+            from napari_unet.core.voxels import check_voxel_size
 
-            check_sampling(params["sampling"], 3, name=f"the scale of '{self._source.name}'")
+            check_voxel_size(params["sampling"], 3, name=f"the scale of '{self._source.name}'")
         self._need_full = self._need_region = self._need_assemble = False
         self._dirty.clear()
         self._maps = {}

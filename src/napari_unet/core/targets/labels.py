@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from skimage.measure import label as label_components
 
+from ..voxels import check_voxel_size
+
 __all__ = [
     "SplitLabelsWarning",
     "check_labels",
@@ -71,7 +73,8 @@ def check_labels(labels: object, name: str = "labels", ndim: int | None = 2) -> 
 def check_sampling(
     sampling: object, ndim: int | None = None, name: str = "sampling"
 ) -> tuple[float, ...] | None:
-    """Check a voxel size: one finite spacing > 0 per axis.
+    """Check a voxel size: one finite spacing > 0 per axis
+    (:func:`napari_unet.core.voxels.check_voxel_size`, the argument called ``sampling``).
 
     Parameters
     ----------
@@ -88,37 +91,12 @@ def check_sampling(
     tuple of float or None
         The spacings as floats, or ``None`` when ``sampling`` is ``None``.
 
-    Raises
-    ------
-    ValueError
-        If the spacing has the wrong length or holds a value that is not a finite number > 0.
-
     Examples
     --------
     >>> check_sampling([2, 0.5, 0.5], ndim=3)
     (2.0, 0.5, 0.5)
-    >>> check_sampling((1.0, 0.0), ndim=2)
-    Traceback (most recent call last):
-    ...
-    ValueError: sampling must hold finite spacings > 0 (one per axis), got (1.0, 0.0)
     """
-    if sampling is None:
-        return None
-    if isinstance(sampling, (str, bytes)) or np.ndim(sampling) != 1:  # type: ignore[arg-type]
-        raise ValueError(f"{name} must be a sequence of spacings, one per axis, got {sampling!r}")
-    values = tuple(sampling)  # type: ignore[arg-type]
-    if ndim is not None and len(values) != ndim:
-        raise ValueError(
-            f"{name} must have {ndim} values (one spacing per axis of {ndim}D labels), "
-            f"got {len(values)}: {values!r}"
-        )
-    ok = all(
-        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-        for v in values
-    )
-    if not values or not ok or not all(np.isfinite(float(v)) and float(v) > 0 for v in values):
-        raise ValueError(f"{name} must hold finite spacings > 0 (one per axis), got {values!r}")
-    return tuple(float(v) for v in values)
+    return check_voxel_size(sampling, ndim, name)
 
 
 def labels_ndim(sampling: object) -> int:

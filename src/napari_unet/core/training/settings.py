@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from ..model import MODES, PRESETS, check_voxel_size
+from ..model import MODES, PRESETS
+from ..voxels import check_voxel_size
 from .augment import AugmentSettings
 
 __all__ = ["ADVANCED", "CLASSES_DEFAULTS", "HIDDEN", "MAIN", "TrainSettings", "setting"]
