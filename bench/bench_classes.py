@@ -91,7 +91,7 @@ def scores(truth: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 def table(rows: list[tuple[str, list[np.ndarray], str]]) -> str:
     """Markdown: one row per method, mean and per-class IoU on both images."""
-    names = " | ".join(CELL_CLASS_NAMES)
+    names = " | ".join(f"{name} (scribbled)" for name in CELL_CLASS_NAMES)
     lines = [
         f"| method | mean IoU, scribbled image | {names} | mean IoU, unseen image | training |",
         "| --- | --- | " + " | ".join("---" for _ in CELL_CLASS_NAMES) + " | --- | --- |",

@@ -208,10 +208,7 @@ class SegmentWidget(ViewerWidget):
         self.probabilities = CheckBox(
             name="probabilities", text="add a probability layer", value=False
         )
-        self.objects = CheckBox(name="objects", text="add an objects layer", value=False)
-        self.object_class = ComboBox(
-            name="object_class", label="objects of", choices=self._class_choices
-        )
+        self._objects_controls()
         self.run_button = push_button("run_button", "Run", RUN_TIP, self._on_run_clicked)
         self.stop_button = push_button("stop_button", "Stop", STOP_TIP, self.stop)
         self.status = message("status", "")
@@ -253,6 +250,13 @@ class SegmentWidget(ViewerWidget):
         self._session.connect(self._on_model_source)
         self._on_model_source()
         self._set_busy(False)
+
+    def _objects_controls(self) -> None:
+        """The classes mode's "add an objects layer" and "objects of" (the model's classes)."""
+        self.objects = CheckBox(name="objects", text="add an objects layer", value=False)
+        self.object_class = ComboBox(
+            name="object_class", label="objects of", choices=self._class_choices
+        )
 
     def _folder_controls(self) -> Any:
         """The "Segment a folder" section: image folder, output folder, its button."""

@@ -389,8 +389,7 @@ def predict_probabilities(
     tta : bool
         Test-time augmentation: the mean over the 8 flips and 90-degree rotations of each tile.
     out : array-like, optional
-        numpy or zarr array ``(Y, X)`` or ``(Z, Y, X)`` (``(K, ...)`` for a classes model)
-        written tile by tile; default: new.
+        numpy or zarr array of the result's shape, written tile by tile; default: new.
     stop : threading.Event, optional
         Checked between batches of tiles; when set, :class:`Cancelled` is raised (tiles already
         written to ``out`` stay written).
@@ -408,8 +407,7 @@ def predict_probabilities(
     -------
     array
         float32 foreground probability, ``(Y, X)`` for a 2D image, ``(Z, Y, X)`` for a stack;
-        ``out`` when given. For a model of the classes mode the probability of every class,
-        ``(K, Y, X)`` or ``(K, Z, Y, X)`` (class 1 first).
+        ``out`` when given. A classes model: every class's, ``(K, ...)`` (class 1 first).
 
     Raises
     ------
@@ -566,11 +564,8 @@ def segment(
     Foreground probability as :func:`predict_probabilities` computes it, then, slice by slice
     as each finishes, :func:`~napari_unet.core.inference.probabilities_to_labels`: threshold,
     connected components, instances grown back by the model's training gap (``model.gap``),
-    small objects dropped. Labels are consecutive and unique across the whole stack.
-
-    A model of the classes mode gives the class id of every pixel instead, ``1..K`` (the most
-    probable class, :func:`~napari_unet.core.inference.class_ids`, uint8); ``threshold`` and
-    ``min_size`` do not apply to it.
+    small objects dropped. Labels are consecutive and unique across the whole stack. A classes
+    model gives the class id ``1..K`` of every pixel instead (:func:`class_ids`).
 
     Parameters
     ----------
@@ -592,8 +587,7 @@ def segment(
         numpy or zarr array for the labels, ``(Y, X)`` or ``(Z, Y, X)``, written one slice at
         a time. Default: a new int32 numpy array.
     probabilities_out : array-like, optional
-        Also write the probabilities here (shape as ``out``; ``(K, *out.shape)`` for a classes
-        model), tile by tile.
+        Also write the probabilities here, tile by tile (:func:`probability_shape`).
 
     Yields
     ------
@@ -605,8 +599,7 @@ def segment(
     Returns
     -------
     array
-        int32 labels (0 = background), ``out`` when given; uint8 class ids ``1..K`` for a
-        model of the classes mode.
+        int32 labels (0 = background; a classes model: uint8 ids), ``out`` when given.
 
     Raises
     ------
@@ -616,19 +609,10 @@ def segment(
     src, plan, runner = _prepare(
         model, image, channel_axis, rgb, tile, batch_size, device, tta, precision, runtime
     )
-    classes = runner.classes
-    out = _output(out, plan.shape, np.uint8 if classes else np.int32, "out")
+    out = _output(out, plan.shape, np.uint8 if runner.classes else np.int32, "out")
     if probabilities_out is not None:
-        shape = probability_shape(model, plan.shape)
-        _check_out(probabilities_out, shape, "probabilities_out")
-    if classes:
-        labeller: Callable[[np.ndarray], np.ndarray] = class_ids
-    else:
-        threshold, min_size = postprocessing_defaults(model.training, threshold, min_size)
-        sampling = model.config.voxel_size if model.config.spatial_dims == 3 else None
-        labeller = StackLabeller(
-            threshold=threshold, gap=model.gap, min_size=min_size, sampling=sampling
-        )
+        _check_out(probabilities_out, probability_shape(model, plan.shape), "probabilities_out")
+    labeller = _labeller(model, threshold, min_size)
     slices = _SliceLabelling(src, labeller, out, probabilities_out, model)
     engine = TileEngine(model, src, plan, runner, _normalizer(src, model), stop=stop)
     with closing(engine.run(range(src.n), slices.write)) as events:
@@ -640,6 +624,18 @@ def segment(
 # ----------------------------------------------------------------------------------------------
 # Steps shared by the entry points
 # ----------------------------------------------------------------------------------------------
+
+
+def _labeller(
+    model: TrainedModel, threshold: float | None, min_size: int | None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """What makes a finished slice's probabilities into labels: class ids for a model of the
+    classes mode, else instances (:class:`StackLabeller`, the model's post-processing)."""
+    if model.mode == "classes":
+        return class_ids
+    threshold, min_size = postprocessing_defaults(model.training, threshold, min_size)
+    sampling = model.config.voxel_size if model.config.spatial_dims == 3 else None
+    return StackLabeller(threshold=threshold, gap=model.gap, min_size=min_size, sampling=sampling)
 
 
 def _output(out: Any, shape: tuple[int, ...], dtype: type, what: str) -> Any:

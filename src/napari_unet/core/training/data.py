@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -239,13 +239,10 @@ def prepare_samples(
         Number of channels the images must have (a model's input channels).
     gap, w0, sigma, class_balance, border_weights
         Passed to :func:`napari_unet.core.targets.training_targets`.
-    mode : {'cells', 'classes'}
-        ``'classes'``: the labels are scribbles (0 = not painted, k = class k, at most 255),
-        made into targets by :func:`napari_unet.core.targets.class_targets`; the samples'
-        ``labels`` hold the scribbles.
-    n_classes : int, optional
-        Classes mode: the number of classes (a fine-tuned model's); default: the largest
-        value painted (:func:`class_count`).
+    mode, n_classes
+        ``'classes'``: the labels are scribbles (0 = not painted, k = class k <= 255, targets
+        by :func:`~napari_unet.core.targets.class_targets`) of ``n_classes`` classes (default:
+        the largest value painted, :func:`class_count`). The samples' ``labels`` hold them.
     store : SampleStore, optional
         Where the prepared samples are kept; default: in memory, or memory-mapped files in
         the temporary folder when they would take more than
@@ -268,39 +265,71 @@ def prepare_samples(
         non-numeric images, NaN or infinity in an annotated image, channel counts that differ,
         an image side below :data:`MIN_SIDE`, or annotations without any foreground pixel.
     """
-    if mode not in ("cells", "classes"):
-        raise ValueError(f"mode must be 'cells' or 'classes', got {mode!r}")
     inputs = _check_inputs(images, labels, regions, channel_axis, rgb, in_channels, mode)
     stack = {item.index: item.nchw.shape[0] > 1 for item in inputs}
     spec = normalization or normalization_spec()
-    if mode == "classes":
-        n_classes = class_count(_painted(inputs), n_classes)
-    make = TargetSpec(gap, w0, sigma, class_balance, border_weights, mode, n_classes or 2, sampling)
+    options = (gap, w0, sigma, class_balance, border_weights)
+    make = replace(_target_spec(inputs, mode, n_classes, *options), sampling=sampling)
     if store is None:
         shapes = [item.nchw.shape[1:] for item in inputs for _ in item.used]
         store = default_store(prepared_bytes(shapes, any(it.region is not None for it in inputs)))
-    samples, split_values, split_cells = [], 0, 0
     reads = _read_volumes(inputs, mode) if spatial_dims == 3 else _read_slices(inputs)
+    samples = _prepare_reads(reads, spec, stack, make, store)
+    logger.info("prepared %d annotated %dD image(s)", len(samples), spatial_dims)
+    return samples
+
+
+def _prepare_reads(
+    reads: Iterable[tuple[int, int, np.ndarray, np.ndarray, np.ndarray | None]],
+    spec: dict[str, Any],
+    stack: dict[int, bool],
+    make: TargetSpec,
+    store: SampleStore,
+) -> list[AnnotatedImage]:
+    """Normalise each read image, make its targets, keep it in ``store``; warn of splits."""
+    samples, split_values, split_cells = [], 0, 0
     for i, z, data, lab, reg in reads:
         image = normalize_image(data, spec, f"images[{i}]" + (f" slice {z}" if stack[i] else ""))
-        lab, values, cells = split_components(lab) if mode == "cells" else (lab, 0, 0)
-        if lab.ndim == 3 and values:  # a cell painted on several slices is one cell: warn
-            values, cells = _split_in_slices(lab if reg is None else np.where(reg, lab, 0))
-        split_values, split_cells = split_values + values, split_cells + cells
-        targets = make.targets(lab, reg)
-        sample = AnnotatedImage(image, targets.classes, targets.weights, (i, z), lab, reg, cells)
+        sample, values = _annotated(image, lab, reg, (i, z), make)
+        split_values, split_cells = split_values + values, split_cells + sample.split_cells
         samples.append(store.keep(sample))
-    logger.info(
-        "prepared %d annotated %dD image(s), %d annotated pixels",
-        len(samples),
-        spatial_dims,
-        sum(s.n_annotated for s in samples),
-    )
-    if split_values:
-        warning = SplitLabelsWarning(split_values, split_cells)
-        logger.warning("%s", warning)
-        warnings.warn(warning, stacklevel=2)
+    _warn_split(split_values, split_cells)
     return samples
+
+
+def _annotated(
+    image: np.ndarray,
+    lab: np.ndarray,
+    reg: np.ndarray | None,
+    source: tuple[int, int],
+    make: TargetSpec,
+) -> tuple[AnnotatedImage, int]:
+    """One sample: instance labels split into connected cells (cells mode), targets made; the
+    sample and the number of label values split."""
+    lab, values, cells = split_components(lab) if make.mode == "cells" else (lab, 0, 0)
+    if lab.ndim == 3 and values:  # a cell painted on several slices is one cell: warn
+        values, cells = _split_in_slices(lab if reg is None else np.where(reg, lab, 0))
+    targets = make.targets(lab, reg)
+    return AnnotatedImage(image, targets.classes, targets.weights, source, lab, reg, cells), values
+
+
+def _warn_split(values: int, cells: int) -> None:
+    """Log and warn (:class:`SplitLabelsWarning`) when label values were split into cells."""
+    if values:
+        warning = SplitLabelsWarning(values, cells)
+        logger.warning("%s", warning)
+        warnings.warn(warning, stacklevel=4)
+
+
+def _target_spec(
+    inputs: list[_Input], mode: str, n_classes: int | None, *options: Any
+) -> TargetSpec:
+    """How the targets are made: the cells mode's options, or the classes painted (checked)."""
+    if mode not in ("cells", "classes"):
+        raise ValueError(f"mode must be 'cells' or 'classes', got {mode!r}")
+    if mode == "classes":
+        n_classes = class_count(_painted(inputs), n_classes)
+    return TargetSpec(*options, mode=mode, n_classes=n_classes or 2)
 
 
 def _split_in_slices(labels: np.ndarray) -> tuple[int, int]:

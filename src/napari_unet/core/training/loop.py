@@ -481,23 +481,12 @@ def _prepare_run_data(
         class_balance=settings.class_balance,
         border_weights=settings.border_weights,
         mode=settings.mode,
-        n_classes=plan.n_classes if settings.mode == "classes" else None,
+        n_classes=plan.n_classes,
         spatial_dims=plan.spatial_dims,
         sampling=plan.voxel_size,
     )
     classes_mode = settings.mode == "classes"
-    if model is not None:
-        config = model.config
-    else:
-        # classes mode: K = the largest class painted (prepare_samples checked K >= 2)
-        k = max(int(s.labels.max()) for s in samples if s.labels is not None) if classes_mode else 2
-        config = preset_config(
-            settings.preset,
-            in_channels=samples[0].image.shape[0],
-            n_classes=k,
-            spatial_dims=plan.spatial_dims,
-            voxel_size=plan.voxel_size,
-        )
+    config = model.config if model is not None else _new_config(samples, plan)
     in_shape, out_shape = _geometry(config, samples, settings)
     in_size, out_size = in_shape[-1], out_shape[-1]
     aug = settings.augment_settings()
@@ -511,25 +500,13 @@ def _prepare_run_data(
         )
     block = validation_block(out_size, config.grid)
     spec = TargetSpec(
-        plan.gap,
-        settings.w0,
-        settings.sigma,
-        settings.class_balance,
-        settings.border_weights,
-        settings.mode,
-        config.n_classes,
+        plan.gap, settings.w0, settings.sigma, settings.class_balance, settings.border_weights
     )
+    spec = replace(spec, mode=settings.mode, n_classes=config.n_classes)
     train_samples, blocks = hold_out(
         samples, settings.validation_fraction, block, rng, targets=spec
     )
-    if plan.dist.main:
-        warn_without_validation(settings.validation_fraction, blocks, block, settings.mode)
-    # every rank holds the same blocks out; rank 0 alone validates
-    tiles = (
-        validation_tiles(samples, blocks, block, config, not classes_mode)
-        if blocks and plan.dist.main
-        else None
-    )
+    tiles = _validation(samples, blocks, block, config, plan)
     sampler = PatchSampler(train_samples, crop, plan.device, plan.dist.rank_rng(rng, plan.seed))
     min_size = None if classes_mode else annotation_min_size(samples, settings.min_size_fraction)
     return _RunData(
@@ -544,6 +521,43 @@ def _prepare_run_data(
         min_size,
         in_shape,
         out_shape,
+    )
+
+
+def _validation(
+    samples: list[AnnotatedImage],
+    blocks: list[tuple[int, int, int]],
+    block: int,
+    config: UNetConfig,
+    plan: _RunPlan,
+) -> ValidationTiles | None:
+    """The held-out blocks' tiles on rank 0 (every rank holds the same blocks out; rank 0
+    alone validates), with a warning when none could be held out."""
+    settings = plan.settings
+    if not plan.dist.main:
+        return None
+    warn_without_validation(settings.validation_fraction, blocks, block, settings.mode)
+    if not blocks:
+        return None
+    return validation_tiles(samples, blocks, block, config, settings.mode != "classes")
+
+
+def _new_config(samples: list[AnnotatedImage], plan: _RunPlan) -> UNetConfig:
+    """The architecture of a new network: the preset's, for the samples' channels and classes.
+
+    In the classes mode the network has as many classes as the largest value painted
+    (:func:`~.data.prepare_samples` checked that at least two are); two otherwise.
+    """
+    settings = plan.settings
+    k = 2
+    if settings.mode == "classes":
+        k = max(int(s.labels.max()) for s in samples if s.labels is not None)
+    return preset_config(
+        settings.preset,
+        in_channels=samples[0].image.shape[0],
+        n_classes=k,
+        spatial_dims=plan.spatial_dims,
+        voxel_size=plan.voxel_size,
     )
 
 
@@ -741,9 +755,8 @@ def train(
         image is normalised by its own percentiles.
     labels : array or sequence of arrays
         Integer instance labels of each image's spatial shape (0 = background, k = cell k).
-        In a stack, slices without any label are ignored (unless a region marks them). With
-        ``settings.mode == 'classes'``: scribbles, 0 = not painted, k = class k (1 to 255;
-        the model gets as many classes as the largest value painted, at least two painted).
+        In a stack, slices without any label are ignored (unless a region marks them). Mode
+        ``'classes'``: scribbles, 0 = not painted, k = class k (at least 2 classes, k <= 255).
     regions : array, sequence of (array or None), or None
         Boolean masks of the annotated area; nothing is learnt outside them. ``None``: the
         whole image (or every labelled slice of a stack).
@@ -755,8 +768,7 @@ def train(
     stop : threading.Event, optional
         Set it to end training before the next step; the best model so far is returned.
     class_names : sequence of str, optional
-        Classes mode: the names of classes 1, 2, ... (stored with the model); missing ones
-        are ``'class k'`` (a fine-tuned model's names when not given).
+        Classes mode: names of classes 1, 2, ... (else the fine-tuned model's, or 'class k').
     checkpoint : Checkpointing, optional
         Write checkpoints (every few minutes and when stopped) and/or resume from one
         (:mod:`~napari_unet.core.training.checkpoint`); with ``resume``, ``settings`` and
