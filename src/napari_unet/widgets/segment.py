@@ -295,6 +295,9 @@ class SegmentWidget(ViewerWidget):
         if plan is None:
             return False
         self._run = self._run_state(plan["layout"], plan["z"], plan["model"])
+        self._run["buffer"] = plan["params"].get("probabilities_out")
+        if getattr(plan["model"].config, "spatial_dims", 2) == 3:
+            self._run["n"] = 1  # one volume
         self._run["link"] = self._links(plan)
         self.tile_progress = (0, 0)
         note = plan["layout"].multiscale_note
@@ -532,7 +535,10 @@ class SegmentWidget(ViewerWidget):
             )
         z = None
         image, channel_axis = layout.data, layout.channel_axis
-        if layout.is_stack and self.scope.value == "current slice":
+        volume = getattr(model.config, "spatial_dims", 2) == 3
+        if volume:
+            self._check_volume(layout, model)
+        elif layout.is_stack and self.scope.value == "current slice":
             z = slice_index(self.viewer, layer, layout)
             image, channel_axis = layout.slice(z)
         params = {
@@ -544,7 +550,23 @@ class SegmentWidget(ViewerWidget):
             "threshold": float(self.threshold.value),
             "min_size": int(self.min_size.value),
         }
+        if volume and model.mode == "cells":  # what Stop keeps of a volume: its finished tiles
+            params["probabilities_out"] = np.zeros(layout.spatial_shape, np.float32)
         return {"layout": layout, "model": model, "image": image, "z": z, "params": params}
+
+    def _check_volume(self, layout: LayerLayout, model: Any) -> None:
+        """ValueError unless the image is a volume of the 3D model's voxel size (a layer whose
+        scale is all ones says nothing about its voxel size and is taken as it is)."""
+        from napari_unet.core.model import check_image_voxel_size
+
+        if not layout.is_stack:
+            raise ValueError(
+                f"The model is a 3D network: it segments volumes (Z, Y, X), but the image "
+                f"'{layout.name}' is {layout.describe()}. Choose a 2D model for 2D images."
+            )
+        scale = self._spatial_transform(layout)["scale"][-3:]
+        if not np.allclose(scale, 1.0):
+            check_image_voxel_size(model.config, scale, f"the scale of '{layout.name}'")
 
     # -- output layers (main thread) -----------------------------------------------------------
     def _spatial_transform(self, layout: LayerLayout, lead: int = 0) -> dict[str, Any]:
@@ -639,7 +661,7 @@ class SegmentWidget(ViewerWidget):
         layout: LayerLayout = run["layout"]
         z = done.z if run["z0"] is None else run["z0"]
         labels = done.labels
-        key = (z,) if layout.is_stack else (...,)
+        key = (z,) if layout.is_stack and labels.ndim == 2 else (...,)
         if run["offset"]:
             labels = np.where(labels > 0, labels + run["offset"], 0).astype(labels.dtype)
         out = run["labels"]
@@ -662,7 +684,9 @@ class SegmentWidget(ViewerWidget):
             self._show_final(f"{what} failed; see the notification.")
             return
         self._link(run)
-        if run.get("folder"):
+        if run.get("buffer") is not None and run["done"] == 0:  # a volume stopped mid-way
+            done = self._keep_tiles(run)
+        elif run.get("folder"):
             done = (
                 f"{len(run['results'])} of {run['n']} image(s); finished ones are in {run['out']}"
             )
@@ -673,6 +697,14 @@ class SegmentWidget(ViewerWidget):
             )
         show_info(f"{what} stopped after {done}.")
         self._show_final(f"{what} stopped after {done}.")
+
+    def _keep_tiles(self, run: dict[str, Any]) -> str:
+        """Show the probability of the tiles a stopped 3D run finished; what was kept."""
+        layer = self._output_layer(run["layout"], "probability")
+        layer.data[...] = run["buffer"]
+        layer.refresh()
+        done, total = run.get("progress", (0, 0))
+        return f"{done} of {total} tile(s) of the volume; their probability is in '{layer.name}'"
 
     def _on_return(self, result: Any) -> None:
         run = self._run

@@ -39,7 +39,10 @@ from napari_unet.widgets.controls import (
 )
 from napari_unet.widgets.docs import set_tooltips
 from napari_unet.widgets.layers import (
+    DIMS_CHOICES,
+    LayerLayout,
     class_names_from_layer,
+    default_dims,
     image_layout,
     labels_array,
     region_mask,
@@ -129,6 +132,11 @@ class TrainWidget(ViewerWidget):
         holding labels are used).
     channels : int or None
         Axis of the image that holds channels (none for grey images, stacks and RGB layers).
+    dims : str
+        How a stack (Z, Y, X) is learnt from: '2D slices' (a 2D network on each labelled
+        slice) or '3D' (a 3D network on the volume, from its labelled slices or the region,
+        with the layer's scale as voxel size, stored with the model). Default: 3D when the
+        layer's z scale differs from its in-plane scale.
     annotation_layer : napari.layers.Labels
         The painted cells: 0 = background, each cell its own label. It is never changed. In
         the classes mode: scribbles, 0 = not painted, label k = class k (the names of the
@@ -173,6 +181,8 @@ class TrainWidget(ViewerWidget):
 
         self.image = layer_picker(viewer, "image", (Image,))
         self.channels = ComboBox(name="channels", choices=CHANNEL_CHOICES, value=None)
+        self.dims = ComboBox(name="dims", label="train as", choices=list(DIMS_CHOICES))
+        self.dims.value = default_dims(self.image.value)
         self.annotation_layer = layer_picker(
             viewer, "annotation_layer", (Labels,), label="annotation"
         )
@@ -205,6 +215,7 @@ class TrainWidget(ViewerWidget):
                 form(
                     self.image,
                     self.channels,
+                    self.dims,
                     self.annotation_layer,
                     self.region,
                     self.start_from,
@@ -224,6 +235,7 @@ class TrainWidget(ViewerWidget):
         set_tooltips(self, type(self))
         self.preset.changed.connect(self._on_preset)
         self.mode.changed.connect(self._on_preset)
+        self.image.changed.connect(lambda layer: setattr(self.dims, "value", default_dims(layer)))
         self._session.connect(self._on_session_model)
         self._on_session_model()
 
@@ -446,7 +458,9 @@ class TrainWidget(ViewerWidget):
         from napari_unet.core.targets import MAX_CLASSES
 
         settings = self.settings()
-        settings = dataclasses.replace(settings, channel_axis=layout.channel_axis, rgb=layout.rgb)
+        settings = dataclasses.replace(
+            settings, channel_axis=layout.channel_axis, rgb=layout.rgb, **self._dimensions(layout)
+        )
         model = self._start_model(fine_tune)
         if model is not None:
             what = "Train again" if fine_tune else "Starting from the bundled model"
@@ -461,6 +475,19 @@ class TrainWidget(ViewerWidget):
         if settings.mode == "classes":
             names = class_names_from_layer(labels_layer, min(int(labels.max()), MAX_CLASSES))
         return layout.data, labels, region, settings, model, names
+
+    def _dimensions(self, layout: LayerLayout) -> dict[str, Any]:
+        """``spatial_dims`` and ``voxel_size`` of the run: 3D (with the layer's scale) when
+        '3D' is chosen for a stack."""
+        if self.dims.value != DIMS_CHOICES[1]:
+            return {"spatial_dims": 2, "voxel_size": None}
+        if not layout.is_stack:
+            raise ValueError(
+                f"'3D' trains a 3D network on a volume (Z, Y, X); the image '{layout.name}' is "
+                f"{layout.describe()}: choose '2D slices'."
+            )
+        scale = [s for a, s in enumerate(self.image.value.scale) if a != layout.channel_axis]
+        return {"spatial_dims": 3, "voxel_size": tuple(float(v) for v in scale[-3:])}
 
     def _start_model(self, fine_tune: bool) -> Any:
         """The model training continues from: the session's, a bundled one, or None."""
