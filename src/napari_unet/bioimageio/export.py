@@ -88,7 +88,7 @@ def default_package_name(model: TrainedModel) -> str:
     Parameters
     ----------
     model : TrainedModel
-        The model.
+        The model to name; its training preset goes into the name.
 
     Returns
     -------

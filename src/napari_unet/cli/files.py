@@ -38,7 +38,7 @@ class ImageFile:
     Attributes
     ----------
     path : pathlib.Path
-        Where it was read from.
+        The file (or zarr store) that holds it.
     data : numpy.ndarray or dask.array.Array
         The pixels (lazy for zarr and OME-Zarr).
     channel_axis : int, optional
@@ -136,10 +136,8 @@ def read_image(path: str | os.PathLike[str]) -> Any:
 
     Raises
     ------
-    FileNotFoundError
-        If the path does not exist.
-    ValueError
-        If the format is not one of the above or the file cannot be read.
+    FileNotFoundError, ValueError
+        As :func:`open_image`: a missing path, an unknown format or an unreadable file.
     """
     return open_image(path).data
 
@@ -157,7 +155,7 @@ def write_image(path: str | os.PathLike[str], data: np.ndarray) -> Path:
     Returns
     -------
     pathlib.Path
-        The written path.
+        ``path``, now holding ``data`` (never half written).
 
     Raises
     ------

@@ -2,7 +2,8 @@
 
 Every sub-command module builds its parser with :func:`add_command` and adds the blocks it needs:
 :func:`add_device`, :func:`add_channel_layout` (``--channel-axis`` / ``--rgb``),
-:func:`add_preset`, :func:`add_output`, :func:`add_volume` (``--ndim`` / ``--scale``).
+:func:`add_preset`, :func:`add_output`, :func:`add_volume` (``--ndim`` / ``--scale``);
+:func:`add_options` adds a command's own options from a table.
 :func:`add_dataclass_options` turns the fields of a settings dataclass (e.g.
 :class:`~napari_unet.core.training.TrainSettings`) into options, with help from the class
 docstring and choices and extra spellings from the fields' metadata; :func:`given_fields` reads
@@ -24,6 +25,7 @@ __all__ = [
     "add_command",
     "add_dataclass_options",
     "add_device",
+    "add_options",
     "add_output",
     "add_preset",
     "add_volume",
@@ -56,6 +58,21 @@ def add_command(
         The sub-command's parser.
     """
     return subparsers.add_parser(name, help=help, description=description)
+
+
+def add_options(parser: argparse.ArgumentParser, options: dict[str, dict[str, Any]]) -> None:
+    """Add options (or positional arguments) from a table, in its order.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        Where to add them.
+    options : dict of str to dict
+        Flag (``'--tile'``) or positional name -> the keywords of
+        :meth:`argparse.ArgumentParser.add_argument` (``type``, ``metavar``, ``help``, ...).
+    """
+    for flag, keywords in options.items():
+        parser.add_argument(flag, **keywords)
 
 
 def add_device(parser: argparse.ArgumentParser, *, what: str = "") -> None:

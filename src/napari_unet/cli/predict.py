@@ -38,8 +38,10 @@ from napari_unet.cli.options import (
     add_channel_layout,
     add_command,
     add_device,
+    add_options,
     add_output,
     check_output_path,
+    given_fields,
 )
 
 #: The --runtime choices (core.inference.runtimes.RUNTIMES; not imported here: no torch for --help).
@@ -71,49 +73,10 @@ DESCRIPTION = (
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``predict`` sub-command to ``subparsers`` and return its parser."""
+    from napari_unet.core.inference import DEFAULT_LINK_OVERLAP
+
     parser = add_command(subparsers, "predict", help=HELP, description=DESCRIPTION)
-    parser.add_argument(
-        "model",
-        type=Path,
-        metavar="MODEL",
-        help="model file (.pt), bioimage.io package (.zip) exported by napari-unet, or the name "
-        "of a bundled model: nuclei (2D fluorescence nuclei)",
-    )
-    parser.add_argument(
-        "inputs",
-        type=Path,
-        nargs="+",
-        metavar="INPUT",
-        help="images (.tif, .tiff, .png, .npy, .zarr, OME-Zarr), folders of them, or glob "
-        "patterns in quotes ('data/*.tif')",
-    )
-    _add_outputs(parser)
-    _add_tiling(parser)
-    _add_labelling(parser)
-    add_channel_layout(parser)
-    parser.add_argument(
-        "--scale",
-        type=float,
-        nargs="+",
-        metavar="S",
-        help="voxel size of the images (Z Y X for a 3D model, as a napari layer's scale): "
-        "checked against the voxel size the model was trained at; images of another voxel "
-        "size are refused (resample them first). A 3D model segments a (Z, Y, X) INPUT as one "
-        "volume, a 2D model slice by slice",
-    )
-    parser.add_argument(
-        "--scheduler",
-        metavar="ADDRESS",
-        help=(
-            "run on a dask.distributed cluster at this address (e.g. tcp://host:8786); "
-            "a zarr input must be readable by the workers at the same path"
-        ),
-    )
-    return parser
-
-
-def _add_outputs(parser: argparse.ArgumentParser) -> None:
-    """``--out``, ``--labels-into``, ``--probabilities`` and ``--skip-existing``."""
+    add_options(parser, _INPUTS)
     add_output(
         parser,
         metavar="LABELS",
@@ -122,74 +85,10 @@ def _add_outputs(parser: argparse.ArgumentParser) -> None:
         ".tiff, .npy or .zarr file for one INPUT, a folder for several (<name>_labels.tif, "
         "or .zarr for zarr inputs)",
     )
-    parser.add_argument(
-        "--labels-into",
-        nargs="?",
-        const=DEFAULT_LABELS_NAME,
-        metavar="NAME",
-        help="write the labels into each OME-Zarr INPUT's labels/NAME (default NAME: "
-        f"{DEFAULT_LABELS_NAME}), as the OME-NGFF spec says; --out is then not needed",
-    )
-    parser.add_argument(
-        "--probabilities",
-        type=Path,
-        metavar="OUT",
-        help="also write the float32 foreground probability ((K, ...) class probabilities for "
-        "a classes model): a .tif, .tiff, .npy or .zarr file for one INPUT, a folder for "
-        "several (<name>_probabilities.tif)",
-    )
-    parser.add_argument(
-        "--skip-existing",
-        action="store_true",
-        help="leave out the INPUTs whose outputs exist already",
-    )
-
-
-def _add_tiling(parser: argparse.ArgumentParser) -> None:
-    """``--tile``, ``--batch``, ``--device`` and ``--tta``: how the network runs."""
-    parser.add_argument(
-        "--tile",
-        type=int,
-        metavar="N",
-        help=(
-            "edge of the INPUT tile in pixels, halo included, rounded up to the nearest size "
-            "the network accepts (default: the largest tile the memory at hand holds)"
-        ),
-    )
-    parser.add_argument(
-        "--batch", type=int, metavar="N", help="tiles per forward pass (default: from memory)"
-    )
+    add_options(parser, _OUTPUTS)
     add_device(parser)
-    parser.add_argument(
-        "--runtime",
-        choices=RUNTIMES,
-        default="auto",
-        help="what runs the network: auto (on the CPU an ONNX graph in ONNX Runtime, about 2x "
-        "faster than torch; torch on a GPU), torch, onnxruntime or openvino (default: auto)",
-    )
-    parser.add_argument(
-        "--tta",
-        action="store_true",
-        help="test-time augmentation: mean over the 8 flips and 90-degree rotations (8x time)",
-    )
-
-
-def _add_labelling(parser: argparse.ArgumentParser) -> None:
-    """``--threshold``, ``--min-size`` and ``--link-slices``: from probabilities to labels."""
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        help="foreground where the probability exceeds this (default: the model's, chosen on "
-        "its validation part, else 0.5)",
-    )
-    parser.add_argument(
-        "--min-size",
-        type=int,
-        metavar="PIXELS",
-        help="drop objects smaller than this (default: the model's, else 16 pixels)",
-    )
-    from napari_unet.core.inference import DEFAULT_LINK_OVERLAP
-
+    add_options(parser, _RUNNING)
+    add_options(parser, _LABELLING)
     parser.add_argument(
         "--link-slices",
         type=float,
@@ -200,6 +99,103 @@ def _add_labelling(parser: argparse.ArgumentParser) -> None:
         "objects where they overlap by at least MIN_OVERLAP of the smaller one (default "
         f"{DEFAULT_LINK_OVERLAP}; cellpose calls it stitching)",
     )
+    add_channel_layout(parser)
+    add_options(parser, _VOLUME_AND_CLUSTER)
+    return parser
+
+
+#: the positional arguments: the model and the images
+_INPUTS: dict[str, dict[str, Any]] = {
+    "model": {
+        "type": Path,
+        "metavar": "MODEL",
+        "help": "model file (.pt), bioimage.io package (.zip) exported by napari-unet, or the "
+        "name of a bundled model: nuclei (2D fluorescence nuclei)",
+    },
+    "inputs": {
+        "type": Path,
+        "nargs": "+",
+        "metavar": "INPUT",
+        "help": "images (.tif, .tiff, .png, .npy, .zarr, OME-Zarr), folders of them, or glob "
+        "patterns in quotes ('data/*.tif')",
+    },
+}
+#: the outputs besides --out
+_OUTPUTS: dict[str, dict[str, Any]] = {
+    "--labels-into": {
+        "nargs": "?",
+        "const": DEFAULT_LABELS_NAME,
+        "metavar": "NAME",
+        "help": "write the labels into each OME-Zarr INPUT's labels/NAME (default NAME: "
+        f"{DEFAULT_LABELS_NAME}), as the OME-NGFF spec says; --out is then not needed",
+    },
+    "--probabilities": {
+        "type": Path,
+        "metavar": "OUT",
+        "help": "also write the float32 foreground probability ((K, ...) class probabilities "
+        "for a classes model): a .tif, .tiff, .npy or .zarr file for one INPUT, a folder for "
+        "several (<name>_probabilities.tif)",
+    },
+    "--skip-existing": {
+        "action": "store_true",
+        "help": "leave out the INPUTs whose outputs exist already",
+    },
+}
+#: how the network runs (with --device)
+_RUNNING: dict[str, dict[str, Any]] = {
+    "--tile": {
+        "type": int,
+        "metavar": "N",
+        "help": "edge of the INPUT tile in pixels, halo included, rounded up to the nearest size "
+        "the network accepts (default: the largest tile the memory at hand holds)",
+    },
+    "--batch": {
+        "type": int,
+        "dest": "batch_size",
+        "metavar": "N",
+        "help": "tiles per forward pass (default: from memory)",
+    },
+    "--runtime": {
+        "choices": RUNTIMES,
+        "default": "auto",
+        "help": "what runs the network: auto (on the CPU an ONNX graph in ONNX Runtime, about 2x "
+        "faster than torch; torch on a GPU), torch, onnxruntime or openvino (default: auto)",
+    },
+    "--tta": {
+        "action": "store_true",
+        "help": "test-time augmentation: mean over the 8 flips and 90-degree rotations (8x time)",
+    },
+}
+#: from probabilities to labels (with --link-slices)
+_LABELLING: dict[str, dict[str, Any]] = {
+    "--threshold": {
+        "type": float,
+        "help": "foreground where the probability exceeds this (default: the model's, chosen "
+        "on its validation part, else 0.5)",
+    },
+    "--min-size": {
+        "type": int,
+        "metavar": "PIXELS",
+        "help": "drop objects smaller than this (default: the model's, else 16 pixels)",
+    },
+}
+#: the voxel size, and where the work runs
+_VOLUME_AND_CLUSTER: dict[str, dict[str, Any]] = {
+    "--scale": {
+        "type": float,
+        "nargs": "+",
+        "metavar": "S",
+        "help": "voxel size of the images (Z Y X for a 3D model, as a napari layer's scale): "
+        "checked against the voxel size the model was trained at; images of another voxel "
+        "size are refused (resample them first). A 3D model segments a (Z, Y, X) INPUT as one "
+        "volume, a 2D model slice by slice",
+    },
+    "--scheduler": {
+        "metavar": "ADDRESS",
+        "help": "run on a dask.distributed cluster at this address (e.g. tcp://host:8786); a "
+        "zarr input must be readable by the workers at the same path",
+    },
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,10 +210,9 @@ def _check_out_path(path: Path, option: str) -> None:
 
 def _check_args(args: argparse.Namespace) -> None:
     """Raise UsageError on options that cannot work, before any work."""
-    for name in ("tile", "batch"):
-        value = getattr(args, name)
+    for option, value in (("--tile", args.tile), ("--batch", args.batch_size)):
         if value is not None and value < 1:
-            raise UsageError(f"--{name} must be a positive integer, got {value}")
+            raise UsageError(f"{option} must be a positive integer, got {value}")
     if args.threshold is not None and not 0.0 <= args.threshold < 1.0:
         raise UsageError(f"--threshold must be in [0, 1), got {args.threshold}")
     if args.min_size is not None and args.min_size < 0:
@@ -332,18 +327,7 @@ def _batch_targets(args: argparse.Namespace) -> list[Any]:
 def _settings(args: argparse.Namespace) -> Any:
     from napari_unet.cli.batch import PredictSettings
 
-    return PredictSettings(
-        channel_axis=args.channel_axis,
-        rgb=args.rgb,
-        tile=args.tile,
-        batch_size=args.batch,
-        device=args.device,
-        tta=args.tta,
-        runtime=args.runtime,
-        threshold=args.threshold,
-        min_size=args.min_size,
-        link_slices=args.link_slices,
-    )
+    return PredictSettings(**given_fields(args, PredictSettings))  # one option per field
 
 
 # ----------------------------------------------------------------------------------------------

@@ -326,8 +326,7 @@ def _train(args: argparse.Namespace, settings: Any, checkpointing: Any, main: bo
     """Read the files, train (stopping at Ctrl-C or SIGTERM), write the model on rank 0."""
     from napari_unet.bioimageio import load_model_or_package
     from napari_unet.core.model_files import save_model
-    from napari_unet.core.progress import run_to_end
-    from napari_unet.core.training import describe_run, train
+    from napari_unet.core.training import describe_run, run_training
     from napari_unet.core.training.loop import metric_label
 
     model = load_model_or_package(args.init) if args.init is not None else None
@@ -360,17 +359,17 @@ def _train(args: argparse.Namespace, settings: Any, checkpointing: Any, main: bo
             previous[signum] = signal.signal(signum, on_interrupt)
     progress = None if args.quiet or not main else ProgressLine(sys.stderr, metric_label(settings))
     try:
-        work = train(
+        result = run_training(
             images,
             labels,
             regions,
             settings=settings,
             model=model,
             stop=stop,
+            callback=None if progress is None else progress.update,
             class_names=args.class_names or _resumed_names(checkpointing),
             checkpoint=checkpointing,
         )
-        result = run_to_end(work, None if progress is None else progress.update)
     finally:
         if progress is not None:
             progress.close()

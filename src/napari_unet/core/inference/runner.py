@@ -59,7 +59,7 @@ def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
     Parameters
     ----------
     logits : torch.Tensor
-        Network output.
+        Network output, one channel per class.
 
     Returns
     -------

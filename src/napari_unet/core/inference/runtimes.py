@@ -187,7 +187,7 @@ def model_fingerprint(model: TrainedModel) -> str:
     Parameters
     ----------
     model : TrainedModel
-        The model.
+        The model to hash (its configuration and every tensor of its network).
 
     Returns
     -------
@@ -220,7 +220,7 @@ def export_onnx(model: TrainedModel) -> bytes:
     Parameters
     ----------
     model : TrainedModel
-        The model.
+        The model to export; it is left untouched.
 
     Returns
     -------

@@ -35,10 +35,9 @@ def check_class_labels(labels: object, name: str = "labels", ndim: int | None = 
     ----------
     labels : array-like
         Integer image: 0 = not painted, k = class k (1 to :data:`MAX_CLASSES`).
-    name : str
-        Argument name used in error messages.
-    ndim : int, optional
-        Required number of dimensions (``None``: any).
+    name, ndim : str, int or None
+        The name in messages and the dimensions required, as in
+        :func:`~napari_unet.core.targets.labels.check_labels`, which checks the rest.
 
     Returns
     -------
@@ -48,7 +47,7 @@ def check_class_labels(labels: object, name: str = "labels", ndim: int | None = 
     Raises
     ------
     ValueError
-        If the image is not integer, holds negative values or a value above
+        As :func:`~napari_unet.core.targets.labels.check_labels`, and on a value above
         :data:`MAX_CLASSES`.
 
     Examples
