@@ -16,15 +16,13 @@ def failing(monkeypatch):
     """A sub-command ``fail`` that raises the exception put in ``failing.error``."""
     module = types.ModuleType("napari_unet.cli.fail")
     module.HELP = "fail on purpose"
+    module.DESCRIPTION = "Fail on purpose."
     module.error = None
-
-    def add_parser(subparsers):
-        return subparsers.add_parser("fail", help=module.HELP)
 
     def run(_args):
         raise module.error
 
-    module.add_parser, module.run = add_parser, run
+    module.add_arguments, module.run = lambda parser: None, run
     monkeypatch.setitem(sys.modules, "napari_unet.cli.fail", module)
     monkeypatch.setattr(cli, "COMMANDS", {"fail": "fail"})
     return module

@@ -1,8 +1,10 @@
 """The ``napari-unet`` command line: ``train``, ``predict``, ``weights``, ``export`` and ``demo``.
 
-Each sub-command lives in a module of this package that defines ``add_parser(subparsers)`` and
-``run(args) -> int``. Modules are imported only when their command runs, so ``napari-unet --help``
-stays quick.
+Each sub-command lives in a module of this package that defines ``HELP`` (its line in
+``napari-unet --help``), ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args) -> int``;
+:func:`build_parser` makes the sub-parser (:func:`~napari_unet.cli.options.add_command`). Only the
+command that runs gets its arguments (they may import torch), so ``napari-unet --help`` stays
+quick.
 
 Every error ends with one line on stderr (``napari-unet COMMAND: error: ...``; with ``--verbose``
 the traceback comes first) and an exit code:
@@ -34,6 +36,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from napari_unet import __version__
+from napari_unet.cli.options import add_command
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -71,8 +74,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """Build the argument parser.
 
     Only the sub-command named in ``argv`` gets its options (building them may import torch);
-    the others get their one-line help (the module's ``HELP``, else the first line of its
-    docstring), so that ``napari-unet --help`` stays quick.
+    the others get their one-line help (the module's ``HELP``), so that ``napari-unet --help``
+    stays quick.
 
     Parameters
     ----------
@@ -95,12 +98,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"{__name__}.{module_name}")
         if chosen is None or chosen == name:
-            module.add_parser(sub)
-            sub.choices[name].set_defaults(module=module)
+            command = add_command(sub, name, help=module.HELP, description=module.DESCRIPTION)
+            module.add_arguments(command)
+            command.set_defaults(module=module)
         else:
-            summary = (module.__doc__ or "").strip().splitlines()[0]
-            help_ = getattr(module, "HELP", summary.split(": ", 1)[-1].rstrip("."))
-            sub.add_parser(name, help=help_)
+            sub.add_parser(name, help=module.HELP)
     return parser
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from napari_unet.cli import UsageError
-from napari_unet.cli.options import add_command, add_device, check_output_path
+from napari_unet.cli.options import add_device, check_output_path
 
-__all__ = ["DESCRIPTION", "HELP", "PLUGIN", "WIDGETS", "Demo", "add_parser", "run"]
+__all__ = ["DESCRIPTION", "HELP", "PLUGIN", "WIDGETS", "Demo", "add_arguments", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +38,8 @@ DESCRIPTION = (
 )
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``demo`` sub-command."""
-    parser = add_command(subparsers, "demo", help=HELP, description=DESCRIPTION)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``demo`` options: ``--run``, ``--screenshot``, ``--iterations``, ``--device``."""
     parser.add_argument(
         "--run",
         action="store_true",
@@ -60,7 +59,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="training iterations for --run (default: 300)",
     )
     add_device(parser, what="for --run")
-    return parser
 
 
 def _check_args(args: argparse.Namespace) -> None:

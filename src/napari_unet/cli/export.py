@@ -19,37 +19,26 @@ from typing import Any
 from napari_unet.cli import UsageError
 from napari_unet.cli.options import check_output_path
 
-__all__ = ["add_parser", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
 
 _EXTRA = "pip install 'napari-unet[bioimageio]'"
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``export`` sub-command.
+#: the line in ``napari-unet --help``
+HELP = "write a trained model as a bioimage.io model package (.zip)"
+DESCRIPTION = (
+    "Write a trained model as a bioimage.io model package (spec 0.5) for bioimage.io, "
+    "deepImageJ/Fiji, ilastik, QuPath and bioimageio.core: pytorch_state_dict, "
+    "torchscript and onnx weights, the model's percentile normalisation as "
+    "preprocessing, test tensors cut from a real image (the synthetic sample by "
+    "default), a cover, documentation, license and citation. The package is then "
+    "tested with bioimageio.core for every weight format (as `bioimageio test`)."
+)
 
-    Parameters
-    ----------
-    subparsers : argparse._SubParsersAction
-        The command line's sub-parsers.
 
-    Returns
-    -------
-    argparse.ArgumentParser
-        The ``export`` parser.
-    """
-    parser = subparsers.add_parser(
-        "export",
-        help="write a trained model as a bioimage.io model package (.zip)",
-        description=(
-            "Write a trained model as a bioimage.io model package (spec 0.5) for bioimage.io, "
-            "deepImageJ/Fiji, ilastik, QuPath and bioimageio.core: pytorch_state_dict, "
-            "torchscript and onnx weights, the model's percentile normalisation as "
-            "preprocessing, test tensors cut from a real image (the synthetic sample by "
-            "default), a cover, documentation, license and citation. The package is then "
-            "tested with bioimageio.core for every weight format (as `bioimageio test`)."
-        ),
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``export`` arguments: the model, the package, its metadata and test image."""
     parser.add_argument(
         "model", type=Path, metavar="MODEL", help="model file (.pt) or bundled model name (nuclei)"
     )
@@ -98,7 +87,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_false",
         help="do not run the bioimageio.core model test after writing",
     )
-    return parser
 
 
 def _test_image(args: argparse.Namespace) -> Any:

@@ -1,6 +1,7 @@
 """Option blocks shared by the sub-commands, defined once.
 
-Every sub-command module builds its parser with :func:`add_command` and adds the blocks it needs:
+:func:`napari_unet.cli.build_parser` makes each sub-command's parser with :func:`add_command`;
+the sub-command's ``add_arguments`` adds the blocks it needs:
 :func:`add_device`, :func:`add_channel_layout` (``--channel-axis`` / ``--rgb``),
 :func:`add_preset`, :func:`add_output`, :func:`add_volume` (``--ndim`` / ``--scale``);
 :func:`add_options` adds a command's own options from a table.

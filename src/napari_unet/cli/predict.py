@@ -36,7 +36,6 @@ from tqdm import tqdm
 from napari_unet.cli import EXIT_FAILED, UsageError
 from napari_unet.cli.options import (
     add_channel_layout,
-    add_command,
     add_device,
     add_options,
     add_output,
@@ -47,7 +46,7 @@ from napari_unet.cli.options import (
 #: The --runtime choices (core.inference.runtimes.RUNTIMES; not imported here: no torch for --help).
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 
-__all__ = ["DESCRIPTION", "HELP", "ProgressBars", "add_parser", "run"]
+__all__ = ["DESCRIPTION", "HELP", "ProgressBars", "add_arguments", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +70,10 @@ DESCRIPTION = (
 )
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``predict`` sub-command to ``subparsers`` and return its parser."""
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``predict`` arguments: inputs, outputs, how the network runs, labelling, volumes."""
     from napari_unet.core.inference import DEFAULT_LINK_OVERLAP
 
-    parser = add_command(subparsers, "predict", help=HELP, description=DESCRIPTION)
     add_options(parser, _INPUTS)
     add_output(
         parser,
@@ -101,7 +99,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     add_channel_layout(parser)
     add_options(parser, _VOLUME_AND_CLUSTER)
-    return parser
 
 
 #: the positional arguments: the model and the images

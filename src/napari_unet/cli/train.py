@@ -33,7 +33,6 @@ from tqdm import tqdm
 from napari_unet.cli import UsageError
 from napari_unet.cli.options import (
     add_channel_layout,
-    add_command,
     add_dataclass_options,
     add_device,
     add_output,
@@ -44,7 +43,7 @@ from napari_unet.cli.options import (
     volume_sampling,
 )
 
-__all__ = ["DESCRIPTION", "HELP", "ProgressLine", "add_parser", "run"]
+__all__ = ["DESCRIPTION", "HELP", "ProgressLine", "add_arguments", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +61,10 @@ DESCRIPTION = (
 )
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``train`` sub-command: its files, then one option per training setting."""
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``train`` arguments: its files, then one option per training setting."""
     from napari_unet.core.training import TrainSettings
 
-    parser = add_command(subparsers, "train", help=HELP, description=DESCRIPTION)
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument(
         "--labels",
@@ -132,7 +130,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--quiet", action="store_true", help="no progress line, only the final summary"
     )
-    return parser
 
 
 #: TrainSettings fields with an option block shared with other commands

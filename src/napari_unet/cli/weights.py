@@ -13,12 +13,10 @@ import argparse
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from napari_unet.cli.options import (
-    add_command,
     add_dataclass_options,
     add_output,
     add_volume,
@@ -27,7 +25,7 @@ from napari_unet.cli.options import (
     volume_sampling,
 )
 
-__all__ = ["DESCRIPTION", "HELP", "add_parser", "check_label_shape", "file_voxel_size", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "check_label_shape", "file_voxel_size", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +42,10 @@ DESCRIPTION = (
 )
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``weights`` sub-command; ``--w0``, ``--sigma`` as in training."""
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``weights`` arguments; ``--w0``, ``--sigma`` as in training."""
     from napari_unet.core.training import TrainSettings
 
-    parser = add_command(subparsers, "weights", help=HELP, description=DESCRIPTION)
     parser.add_argument(
         "labels", type=Path, metavar="LABELS", help="label image (.tif, .png, .npy, .zarr)"
     )
@@ -59,7 +56,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     add_dataclass_options(parser, TrainSettings, only=("w0", "sigma", "class_balance"))
     add_volume(parser, what="each weighted on its own")
-    return parser
 
 
 def check_label_shape(shape: tuple[int, ...], name: str) -> None:
