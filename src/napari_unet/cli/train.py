@@ -177,7 +177,9 @@ def _resumed_settings(args: argparse.Namespace, checkpoint: Any) -> Any:
         budget = {"iterations": args.iterations, "minutes": None}
     if args.minutes is not None:
         budget = {"iterations": None, "minutes": args.minutes}
-    settings = replace(saved, device=args.device, **budget)
+    # --device defaults to auto: a resumed run keeps its own device unless another is given
+    device = saved.device if args.device == "auto" else args.device
+    settings = replace(saved, device=device, **budget)
     settings.validate()
     return settings
 
