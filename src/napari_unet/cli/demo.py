@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     Parameters
     ----------
     args : argparse.Namespace
-        Parsed arguments of the ``demo`` sub-command.
+        ``--run``, ``--screenshot``, ``--iterations`` and ``--device``.
 
     Returns
     -------

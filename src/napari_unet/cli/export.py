@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     Parameters
     ----------
     args : argparse.Namespace
-        Parsed arguments of the ``export`` sub-command.
+        The model file, ``--out`` package, its metadata (``--name``, ``--authors``, ...),
+        ``--test-image`` and ``--formats`` / ``--no-check``.
 
     Returns
     -------

@@ -132,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     Parameters
     ----------
     args : argparse.Namespace
-        Parsed arguments of the ``weights`` sub-command.
+        The labels file, ``--out``, ``--w0`` / ``--sigma`` / ``--class-balance``, and
+        ``--ndim`` / ``--scale`` for a volume.
 
     Returns
     -------

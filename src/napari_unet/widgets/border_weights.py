@@ -14,6 +14,7 @@ widget's own progress bar; the layer and the bar are redrawn at most every
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -245,12 +246,15 @@ class BorderWeightsWidget(ViewerWidget):
         self._refresh_timer = refresh_timer(self._refresh)
 
         self.show_button.changed.connect(self._on_show_clicked)
-        self.w0.changed.connect(self._on_cheap_param)
-        self.class_balance.changed.connect(self._on_cheap_param)
-        self.sigma.changed.connect(self._on_full_param)
-        self.gap.changed.connect(self._on_full_param)
-        self.dims.changed.connect(self._on_full_param)
-        self.region.changed.connect(self._on_region_choice)
+        for widget, need in (
+            (self.w0, "assemble"),  # re-assembled only
+            (self.class_balance, "assemble"),
+            (self.sigma, "full"),  # recomputed
+            (self.gap, "full"),
+            (self.dims, "full"),
+            (self.region, "region"),
+        ):
+            widget.changed.connect(partial(self._on_setting, need))
         self.labels_layer.changed.connect(self._on_labels_choice)
 
     # -- public API ----------------------------------------------------------------------------
@@ -380,19 +384,11 @@ class BorderWeightsWidget(ViewerWidget):
         self._need_region = True
         self._timer.start()
 
-    def _on_cheap_param(self, *_args: Any) -> None:
+    def _on_setting(self, need: str, *_args: Any) -> None:
+        """A setting changed: the next update does what it ``need``s (``'assemble'``,
+        ``'full'`` or ``'region'``), once labels are followed."""
         if self._source is not None:
-            self._need_assemble = True
-            self._timer.start()
-
-    def _on_full_param(self, *_args: Any) -> None:
-        if self._source is not None:
-            self._need_full = True
-            self._timer.start()
-
-    def _on_region_choice(self, *_args: Any) -> None:
-        if self._source is not None:
-            self._need_region = True
+            setattr(self, f"_need_{need}", True)
             self._timer.start()
 
     @staticmethod
