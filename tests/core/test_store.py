@@ -58,6 +58,23 @@ def test_zarr_stack_on_disk_store_gives_the_same_samples(stack, tmp_path, monkey
     assert list(tmp_path.iterdir()) == []  # the folder goes with the last sample
 
 
+def test_lazy_regions_read_slice_by_slice(stack, monkeypatch):
+    images, labels = stack
+    monkeypatch.setattr(data_module, "LAZY_BYTES", 0)
+    region = np.zeros(labels.shape, bool)
+    region[0, :30] = True
+    region[1, 10:20, 10:20] = True  # a slice without labels, marked annotated (background)
+    reference = prepare_samples(images, labels, region)
+    lazy = prepare_samples(_zarr(images), _zarr(labels), _zarr(region))
+    assert [s.source for s in lazy] == [(0, 0), (0, 1)]
+    for a, b in zip(reference, lazy, strict=True):
+        np.testing.assert_array_equal(a.region, b.region)
+        np.testing.assert_array_equal(a.weights, b.weights)
+    bad = _zarr(region.astype(np.float32) * 0.5)
+    with pytest.raises(ValueError, match="regions\\[0\\] slice 0"):
+        prepare_samples(images, labels, bad)
+
+
 def test_lazy_labels_check_each_slice(stack, monkeypatch):
     images, labels = stack
     monkeypatch.setattr(data_module, "LAZY_BYTES", 0)

@@ -48,6 +48,7 @@ __all__ = [
     "RESIDENT_BYTES",
     "AnnotatedImage",
     "LazyLabels",
+    "LazyRegion",
     "PatchSampler",
     "TargetSpec",
     "annotated_cell_areas",
@@ -195,6 +196,28 @@ class LazyLabels:
 
     def __getitem__(self, z: int) -> np.ndarray:
         return self.check(np.asarray(self.array[z]), name=f"{self.name} slice {z}", ndim=2)
+
+
+class LazyRegion:
+    """A region stack (annotated-area masks) read and checked one slice at a time.
+
+    Parameters
+    ----------
+    array : array-like
+        ``(Z, Y, X)`` masks (zarr, dask, ...), of the labels' shape.
+    name : str
+        The argument's name, for error messages.
+    """
+
+    def __init__(self, array: Any, name: str) -> None:
+        self.array, self.name = array, name
+        self.shape = tuple(int(n) for n in array.shape)
+        self.ndim = 3
+
+    def __getitem__(self, z: int) -> np.ndarray:
+        mask = check_region(np.asarray(self.array[z]), self.shape[1:], f"{self.name} slice {z}")
+        assert mask is not None
+        return mask
 
 
 def prepare_samples(
@@ -499,9 +522,14 @@ def _check_inputs(
         lab3 = _spatial_labels(lab, n, (y, x), i, mode)
         reg3 = None
         if reg is not None:
-            reg3 = check_region(
-                reg[None] if np.ndim(reg) == 2 and n == 1 else reg, lab3.shape, f"regions[{i}]"
-            )
+            if _lazy(reg) and tuple(reg.shape) == tuple(lab3.shape):
+                reg3 = LazyRegion(reg, f"regions[{i}]")
+            else:
+                reg3 = check_region(
+                    reg[None] if np.ndim(reg) == 2 and n == 1 else reg,
+                    lab3.shape,
+                    f"regions[{i}]",
+                )
         used = [z for z in range(n) if (reg3[z] if reg3 is not None else lab3[z]).any()]
         if not used:
             continue
