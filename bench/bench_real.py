@@ -26,7 +26,8 @@ network and budget, unweighted cross-entropy, no gap), ``Otsu + watershed`` (sci
 training) and one row per ``--ablation NAME:field=value[,field=value]`` (any TrainSettings fields,
 values as Python literals, bare words as strings) and one per ``--fine-tune NAME:MODEL`` (default
 settings, starting from a model file or a bundled model such as ``nuclei``, which never saw the
-test images). Inference uses the defaults of ``segment``.
+test images) and one per ``--as-is NAME:MODEL`` (that model without any training). Inference
+uses the defaults of ``segment``.
 """
 
 from __future__ import annotations
@@ -117,6 +118,12 @@ def parse_fine_tune(text: str) -> Method:
     return Method(f"fine-tune:{name.strip()}", name.strip(), {}, init.strip())
 
 
+def parse_as_is(text: str) -> Method:
+    """``NAME:MODEL`` -> a Method segmenting with MODEL as it is (no training)."""
+    method = parse_fine_tune(text)
+    return Method(f"as-is:{method.name}", method.name, None, method.init)
+
+
 def methods_from(args: argparse.Namespace) -> list[Method]:
     """The rows asked for on the command line, in table order."""
     builtin = {
@@ -124,7 +131,12 @@ def methods_from(args: argparse.Namespace) -> list[Method]:
         "plain": Method("plain", "plain reference", dict(PLAIN)),
         "otsu": Method("otsu", OTSU, None),
     }
-    return [builtin[k] for k in args.rows] + list(args.ablation) + list(args.fine_tune)
+    return (
+        [builtin[k] for k in args.rows]
+        + list(args.ablation)
+        + list(args.fine_tune)
+        + list(args.as_is)
+    )
 
 
 def _segment(model, image: np.ndarray, **kw: Any) -> np.ndarray:
@@ -164,6 +176,13 @@ def _log(text: str) -> None:
     print(f"[real] {text}", file=sys.stderr, flush=True)
 
 
+def predict_untrained(args: argparse.Namespace, method: Method, image: np.ndarray) -> np.ndarray:
+    """Labels without training: Otsu + watershed, or the ``--as-is`` model's segmentation."""
+    if method.init is None:
+        return rd.otsu_watershed(image)
+    return _segment(load_model_or_package(method.init), image, device=args.device)
+
+
 def run_full(args: argparse.Namespace, methods: list[Method]) -> list[Result]:
     """Train each method on the train split and score it on the test images."""
     train = rd.load_split(args.data, "train")
@@ -172,7 +191,7 @@ def run_full(args: argparse.Namespace, methods: list[Method]) -> list[Result]:
     for method in methods:
         result = Result(method)
         if method.overrides is None:
-            preds = [rd.otsu_watershed(s.image) for s in test]
+            preds = [predict_untrained(args, method, s.image) for s in test]
         else:
             settings = _settings(args, args.full_budget, method.overrides)
             model, seconds = train_model(
@@ -192,7 +211,7 @@ def run_full(args: argparse.Namespace, methods: list[Method]) -> list[Result]:
 def sparse_one(args, sample: rd.Sample, box: rd.Box, method: Method, budget: float):
     """Counts outside the box for one method on one image, the seconds and the iterations."""
     if method.overrides is None:
-        pred = rd.otsu_watershed(sample.image)
+        pred = predict_untrained(args, method, sample.image)
         return rd.score_outside(sample.labels, pred, box, THRESHOLDS), 0.0, 0
     painted, region = rd.sparse_annotation(sample.labels, box)
     settings = _settings(args, budget, method.overrides)
@@ -231,7 +250,7 @@ def run_curve(args, samples, boxes, results: list[Result]) -> dict[str, list[tup
     n = min(args.curve_images, len(samples))
     curves: dict[str, list[tuple]] = {}
     for result in results:
-        curve_row = result.method.key in CURVE_ROWS or result.method.init is not None
+        curve_row = result.method.key in CURVE_ROWS or result.method.key.startswith("fine-tune")
         if not curve_row or n == 0:
             continue
         points = []
@@ -386,6 +405,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="NAME:MODEL",
         help="a row fine-tuning MODEL (a .pt file or a bundled model, e.g. nuclei) (repeatable)",
+    )
+    parser.add_argument(
+        "--as-is",
+        action="append",
+        type=parse_as_is,
+        default=[],
+        metavar="NAME:MODEL",
+        help="a row segmenting with MODEL as it is, without training (repeatable)",
     )
     parser.add_argument("--minutes", type=float, help="budget of both protocols (default 5 / 3)")
     parser.add_argument("--iterations", type=int, help="budget in iterations instead of minutes")
