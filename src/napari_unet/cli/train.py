@@ -25,6 +25,7 @@ import logging
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -316,8 +317,9 @@ def run(args: argparse.Namespace) -> int:
     from napari_unet.core.training.distributed import process_group
 
     with process_group(settings.device) as group:
-        if not group.main:
-            logging.getLogger("napari_unet").setLevel(logging.WARNING)
+        if not group.main:  # rank 0 speaks for all
+            logging.getLogger("napari_unet").setLevel(logging.ERROR)
+            warnings.simplefilter("ignore")
         return _train(args, settings, checkpointing, group.main)
 
 
