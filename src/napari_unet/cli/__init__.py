@@ -208,8 +208,7 @@ def warning_lines(verbose: bool = False) -> Iterator[WarningLines]:
     root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("default")
+        with warnings.catch_warnings():  # the filters stay as they are
             warnings.showwarning = handler.show
             yield handler
     finally:
