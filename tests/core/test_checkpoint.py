@@ -113,8 +113,8 @@ def test_checkpoints_every_few_minutes_and_none_when_not_asked(cells, tmp_path):
         callback=callback,
         checkpoint=Checkpointing(path, minutes=1e-9),  # due after every step
     )
-    # the callback runs before the step's checkpoint is written
-    assert seen == [(2, 1), (3, 2)]
+    # each step's checkpoint is written before its event
+    assert seen == [(1, 1), (2, 2), (3, 3)]
     assert load_checkpoint(path).iteration == 3
     run_training(image, labels, settings=settings, model=_tiny(), checkpoint=None)
     quiet = tmp_path / "quiet.ckpt"

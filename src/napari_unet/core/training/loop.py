@@ -770,9 +770,7 @@ def train(
     class_names : sequence of str, optional
         Classes mode: names of classes 1, 2, ... (else the fine-tuned model's, or 'class k').
     checkpoint : Checkpointing, optional
-        Write checkpoints (every few minutes and when stopped) and/or resume from one
-        (:mod:`~napari_unet.core.training.checkpoint`); with ``resume``, ``settings`` and
-        ``model`` must be the checkpoint's (``Checkpoint.settings``, ``base_model()``).
+        Write checkpoints and/or resume from one (:mod:`.checkpoint`; then pass its settings).
 
     Yields
     ------
@@ -808,13 +806,9 @@ def train(
     start = time.perf_counter()
     plan = _resolve_plan(settings, model)
     data = _prepare_run_data(images, labels, regions, plan, model)
-    run = _TrainingRun(plan, data, model, start, class_names)
-    keeper = CheckpointKeeper(checkpoint, model)
-    keeper.restore(run)
+    run = _TrainingRun(plan, data, model, start, class_names, checkpoint)
     while not run.finished(stop):
         yield run.step()
-        keeper.after_step(run)
-    keeper.at_end(run, run.stopped)
     return run.result(model, stopped=run.stopped)
 
 
@@ -833,6 +827,8 @@ class _TrainingRun:
         ``time.perf_counter()`` when the run began (data preparation included).
     class_names : sequence of str, optional
         Classes mode: the names of the classes.
+    checkpoint : Checkpointing, optional
+        Checkpoints to write after steps and at the end, and one to resume from.
     """
 
     def __init__(
@@ -842,6 +838,7 @@ class _TrainingRun:
         model: TrainedModel | None,
         start: float,
         class_names: Sequence[str] | None = None,
+        checkpoint: Checkpointing | None = None,
     ) -> None:
         self.plan, self.data, self.start = plan, data, start
         self.names = tuple(class_names or ())
@@ -873,6 +870,8 @@ class _TrainingRun:
             f"on {len(data.blocks)} block(s) of {data.block} px" if data.blocks else "off",
         )
         self.train_start = time.perf_counter()
+        self.keeper = CheckpointKeeper(checkpoint, model)
+        self.keeper.restore(self)
 
     def finished(self, stop: threading.Event | None) -> bool:
         """Whether the run ends before its next step (stop request, iterations, minutes)."""
@@ -917,6 +916,7 @@ class _TrainingRun:
         if data.tiles is not None and (self.iteration % self.validate_every == 0 or done):
             score = self.score()
             self.best.offer(score, self.opt.net, self.iteration)
+        self.keeper.after_step(self)
         return self.event(lr, score)
 
     def score(self) -> ValidationScore:
@@ -959,6 +959,7 @@ class _TrainingRun:
 
     def result(self, model: TrainedModel | None, stopped: bool) -> TrainedModel:
         """The best model, with the settings and a summary of the run."""
+        self.keeper.at_end(self, stopped)  # before the final validation changes the best state
         if self.data.tiles is not None and self.iteration > 0:
             if self.best.last_validated != self.iteration:
                 self.best.offer(self.score(), self.opt.net, self.iteration, keep=False)
