@@ -6,6 +6,9 @@ Usage::
     python bench/bench_3d.py --minutes 2     # a shorter run
     python bench/bench_3d.py --speed-only    # only the inference speed (Mvoxel/s)
 
+On a shared CPU run it with ``OMP_NUM_THREADS=1``: with other jobs on the cores, one torch thread
+made a 3D training step about 8x faster than two here (3D convolutions' backward pass).
+
 Quality: a synthetic training volume of touching nuclei with anisotropic z
 (:func:`napari_unet.sample_data.make_touching_nuclei_3d`, voxel 2.5 x 1 x 1) is annotated on every
 third slice only (the rest is unlabelled, as a user would paint a few slices); a 3D fast-preset

@@ -81,11 +81,6 @@ class SliceSource:
         self.is_stack = layout.is_stack and spatial_dims == 2
         self.description = f"shape {shape}, channel_axis={channel_axis}, rgb={rgb}"
 
-    @property
-    def result_shape(self) -> tuple[int, ...]:
-        """Shape of a per-pixel result: ``(Y, X)``, ``(Z, Y, X)`` for a stack or a volume."""
-        return self.layout.spatial_shape
-
     def read(self, z: int, *ranges: slice) -> np.ndarray:
         """Pixels of item ``z`` within ``ranges`` (one slice per spatial axis) as a numpy
         ``(C, h, w)`` or ``(C, d, h, w)`` array."""
