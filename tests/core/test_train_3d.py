@@ -129,3 +129,16 @@ def test_3d_training_errors(volume) -> None:
     other = TrainSettings(iterations=1, device="cpu", spatial_dims=3, voxel_size=(1, 1, 1))
     with pytest.raises(ValueError, match="differs from the voxel size"):
         run_training(image, sparse, settings=other, model=_tiny())
+
+
+def test_channels_last_3d_trains_the_same(volume) -> None:
+    image, sparse = volume
+    losses = []
+    for channels_last in (False, True):
+        settings = TrainSettings(
+            iterations=2, patch_size=16, batch_size=2, device="cpu", seed=0, context=4,
+            spatial_dims=3, voxel_size=VOXEL, channels_last=channels_last,
+        )  # fmt: skip
+        model = run_training(image, sparse, settings=settings, model=_tiny())
+        losses.append(model.training["summary"]["final_loss"])
+    assert losses[1] == pytest.approx(losses[0], abs=1e-5)

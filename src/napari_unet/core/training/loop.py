@@ -608,10 +608,13 @@ class _Optimisation:
         if model is not None:
             self.net.load_state_dict(_state_cpu(model.net))
         self.net.to(plan.device)
-        # channels-last is a 2D memory format (volumes would need channels_last_3d)
-        self.channels_last = plan.channels_last and config.spatial_dims == 2
+        # channels-last memory: channels_last_3d for volumes (1.2x a CPU step of the 3D fast net)
+        self.memory_format = (
+            torch.channels_last if config.spatial_dims == 2 else torch.channels_last_3d
+        )
+        self.channels_last = plan.channels_last
         if self.channels_last:
-            self.net.to(memory_format=torch.channels_last)
+            self.net.to(memory_format=self.memory_format)
         self.net.train()
         self.forward: Callable[[torch.Tensor], torch.Tensor] = plan.dist.wrap(self.net, plan.device)
         if settings.compile:
@@ -641,7 +644,7 @@ class _Optimisation:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=self.memory_format)
         if self.rng_state is None:
             return float(self._step(x, y, w))
         with torch.random.fork_rng(devices=[]):

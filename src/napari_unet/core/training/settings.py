@@ -171,7 +171,8 @@ class TrainSettings:
     amp : bool, optional
         bf16 autocast; ``None``: on for CUDA, off elsewhere.
     channels_last : bool, optional
-        Channels-last memory format; ``None``: on for CUDA, off elsewhere.
+        Channels-last memory format (channels_last_3d for a 3D network); ``None``: on for
+        CUDA, off elsewhere.
     compile : bool
         ``torch.compile`` the network (a start-up cost; measured no gain on the CPU).
     context : int
