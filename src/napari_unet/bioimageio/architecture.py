@@ -13,6 +13,7 @@ are.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 from napari_unet.core import model as core_model
 from napari_unet.core.model import UNet, UNetConfig
 
-__all__ = ["ARCHITECTURE_CALLABLE", "ForegroundUNet", "architecture_source"]
+__all__ = ["ARCHITECTURE_CALLABLE", "ForegroundUNet", "architecture_source", "inlined"]
 
 #: Name of the class the package's architecture file defines.
 ARCHITECTURE_CALLABLE = "ForegroundUNet"
@@ -42,12 +43,37 @@ def architecture_source() -> str:
     _, marker, shipped = own.partition("\n" + _MARKER + "\n")
     if not marker:  # pragma: no cover - the marker is part of this file
         raise RuntimeError("architecture.py lost its SHIPPED marker")
-    model_source = inspect.getsource(core_model)
+    model_source = inlined(inspect.getsource(core_model), "from .voxels import check_voxel_size")
     return (
         model_source.rstrip()
         + "\n\n\n# ---- napari-unet: the network as the bioimage.io package describes it ----\n\n"
         + shipped.lstrip()
     )
+
+
+def inlined(source: str, import_line: str) -> str:
+    """``source`` with ``import_line`` (a relative import of a core module) replaced by that
+    module's own code, so that the shipped file imports nothing from napari-unet.
+
+    Parameters
+    ----------
+    source : str
+        A module's source.
+    import_line : str
+        One line of it, ``from .NAME import ...``.
+
+    Returns
+    -------
+    str
+        The source with the module's code (without its ``from __future__`` line) in place of
+        the import.
+    """
+    if import_line not in source:
+        return source
+    name = import_line.split()[1].lstrip(".")
+    module = importlib.import_module(f"napari_unet.core.{name}")
+    body = inspect.getsource(module).replace("from __future__ import annotations\n", "")
+    return source.replace(import_line, f"# ---- inlined: napari_unet.core.{name} ----\n" + body)
 
 
 # ---- SHIPPED: everything below goes into the package's architecture file ----
