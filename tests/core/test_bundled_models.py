@@ -42,6 +42,13 @@ def test_names_and_errors(tmp_path, monkeypatch):
         bundled_models.bundled_model_path("nuclei")
 
 
+def test_the_shipped_nuclei_model_loads():
+    model = bundled_models.load_bundled_model("nuclei")
+    assert model.training["bundled"] == "nuclei"
+    assert model.config.in_channels == 1 and model.mode == "cells"
+    assert model.training["summary"]["iterations_done"] > 0
+
+
 def test_load_by_name_predicts_like_the_file(tiny_bundle, tmp_path):
     model = load_model_or_package("nuclei")
     assert model.training["bundled"] == "nuclei"
