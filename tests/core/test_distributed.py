@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,7 +104,14 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_rank, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    # spawned processes unpickle _rank from this module, with this process's sys.path: it
+    # needs the repository root also when pytest runs as a script (tox), not `python -m pytest`
+    root = str(Path(__file__).resolve().parents[2])
+    sys.path.insert(0, root)
+    try:
+        mp.spawn(_rank, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    finally:
+        sys.path.remove(root)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
