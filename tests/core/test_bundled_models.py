@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import tifffile
@@ -72,3 +74,27 @@ def test_cli_predict_and_init_by_name(tiny_bundle, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "m.pt"), "--device", "cpu"]) == 0
     tuned = load_model_or_package(tmp_path / "m.pt")
     assert tuned.training["fine_tuned_from"]["bundled"] == "nuclei"
+
+
+def test_the_file_is_read_once_and_callers_get_copies(tiny_bundle, monkeypatch):
+    reads = []
+    real = bundled_models.load_model
+    monkeypatch.setattr(bundled_models, "load_model", lambda *a: reads.append(a) or real(*a))
+    first = bundled_models.load_bundled_model("nuclei")
+    second = bundled_models.load_bundled_model("nuclei")
+    assert len(reads) == 1
+    assert first.net is not second.net and not first.net.training
+    with torch.no_grad():
+        for p in first.net.parameters():
+            p.add_(1.0)
+    first.training["changed"] = True
+    third = bundled_models.load_bundled_model("nuclei")
+    assert len(reads) == 1 and "changed" not in third.training
+    expected = tiny_bundle.net.state_dict()
+    for key, value in third.net.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0)
+    path = bundled_models.bundled_model_path("nuclei")
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert bundled_models.load_bundled_model("nuclei").training["bundled"] == "nuclei"
+    assert len(reads) == 2  # a rewritten file is read again

@@ -71,3 +71,31 @@ def test_segment_with_the_bundled_model(viewer, dock, cells, bundle, wait_idle) 
     wait_idle(widget)
     expected = run_to_end(segment(bundle, image, device="cpu"))
     np.testing.assert_array_equal(done[0].data, expected)
+
+
+def test_train_and_segment_share_one_read_of_the_file(
+    viewer, dock, cells, bundle, wait_idle, monkeypatch
+) -> None:
+    reads: list[Any] = []
+    real = bundled_models.load_model
+    monkeypatch.setattr(bundled_models, "load_model", lambda *a: reads.append(a) or real(*a))
+    image, labels = cells
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(labels.copy(), name="annotation")
+    train = dock("Train")
+    train.extra_settings = dict(TINY)
+    train.iterations.value = 2
+    train.start_from.value = "nuclei"
+    train.train_button.native.click()
+    wait_idle(train)
+    segment_widget = dock("Segment")
+    segment_widget.device.value = "cpu"
+    segment_widget.model_source.value = "bundled:nuclei"
+    done: list[Any] = []
+    segment_widget.segmentation_done.connect(done.append)
+    segment_widget.run_button.native.click()
+    wait_idle(segment_widget)
+    assert len(reads) == 1
+    # fine-tuning changed Train's copy, not the model Segment gets
+    expected = run_to_end(segment(bundle, image, device="cpu"))
+    np.testing.assert_array_equal(done[0].data, expected)

@@ -18,12 +18,14 @@ its test images. It was made with (``OMP_WAIT_POLICY=PASSIVE`` set; 72 minutes o
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .device import select_device
 from .model import TrainedModel
 from .model_files import load_model
 
@@ -33,6 +35,7 @@ __all__ = [
     "bundled_model_path",
     "is_bundled_model",
     "load_bundled_model",
+    "read_bundled_file",
 ]
 
 FOLDER = Path(__file__).resolve().parent.parent / "models"
@@ -125,6 +128,10 @@ def bundled_model_path(name: str) -> Path:
 def load_bundled_model(name: str, device: str | torch.device = "cpu") -> TrainedModel:
     """Load a bundled model by name.
 
+    The file is read once per process (:func:`read_bundled_file` caches it by path and
+    modification time); every call returns a fresh copy, so a caller may train it or change it
+    without touching what the next caller gets.
+
     Parameters
     ----------
     name : str
@@ -135,8 +142,34 @@ def load_bundled_model(name: str, device: str | torch.device = "cpu") -> Trained
     Returns
     -------
     TrainedModel
-        The model; its ``training['bundled']`` is ``name``.
+        An independent copy of the model, its network in evaluation mode on ``device``; its
+        ``training['bundled']`` is ``name``.
     """
-    model = load_model(bundled_model_path(name), device)
+    path = bundled_model_path(name)
+    stat = path.stat()
+    model = read_bundled_file(path, stat.st_mtime_ns, stat.st_size).copy()
+    model.net.to(select_device(device)).eval()
     model.training["bundled"] = name
     return model
+
+
+@functools.lru_cache(maxsize=4)
+def read_bundled_file(path: Path, mtime_ns: int, size: int) -> TrainedModel:
+    """The model in a bundled file, read once per file version (an LRU cache).
+
+    Callers must not change what this returns: :func:`load_bundled_model` hands out copies.
+
+    Parameters
+    ----------
+    path : Path
+        The file (:func:`bundled_model_path`).
+    mtime_ns, size : int
+        The file's modification time and size: a rewritten file is read again.
+
+    Returns
+    -------
+    TrainedModel
+        The model on the CPU, shared by every caller.
+    """
+    del mtime_ns, size  # part of the cache key only
+    return load_model(path, "cpu")

@@ -508,7 +508,7 @@ _DROPOUT = {2: nn.Dropout2d, 3: nn.Dropout3d}
 class DoubleConv(nn.Sequential):
     """Two convolutions (3x3, or ``kernel`` per axis), each with optional batch norm and a ReLU.
 
-    The number of spatial dimensions is ``len(kernel)``.
+    The number of spatial dimensions is ``len(kernel)``; ``out_channels`` is ``out_ch``.
     """
 
     def __init__(
@@ -528,41 +528,31 @@ class DoubleConv(nn.Sequential):
                 layers.append(_NORM[dims](out_ch))
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
+        self.out_channels = out_ch
+
+
+def _window(pool: tuple[int, ...]) -> int | tuple[int, ...]:
+    """A pooling window as torch takes it: one int when every axis is alike."""
+    return pool if len(set(pool)) > 1 else pool[0]
 
 
 class Down(nn.Sequential):
-    """Max-pooling (2x2, or ``pool`` per axis) followed by a :class:`DoubleConv`."""
+    """Max-pooling (2x2, or ``pool`` per axis) followed by the level's :class:`DoubleConv`."""
 
-    def __init__(
-        self,
-        in_ch: int,
-        out_ch: int,
-        padding: Padding,
-        batch_norm: bool,
-        pool: tuple[int, ...] = (2, 2),
-        kernel: tuple[int, ...] = (3, 3),
-    ) -> None:
-        pooling = _POOL[len(pool)](pool if len(set(pool)) > 1 else pool[0])
-        super().__init__(pooling, DoubleConv(in_ch, out_ch, padding, batch_norm, kernel))
+    def __init__(self, pool: tuple[int, ...], conv: DoubleConv) -> None:
+        super().__init__(_POOL[len(pool)](_window(pool)), conv)
 
 
 class Up(nn.Module):
-    """Up-convolution (2x2, or ``pool`` per axis), concatenation with the (cropped) skip
-    features, :class:`DoubleConv`."""
+    """Up-convolution (2x2, or ``pool`` per axis) from ``in_ch`` channels, concatenation with
+    the (cropped) skip features, the level's :class:`DoubleConv` (which takes twice its output
+    channels)."""
 
-    def __init__(
-        self,
-        in_ch: int,
-        out_ch: int,
-        padding: Padding,
-        batch_norm: bool,
-        pool: tuple[int, ...] = (2, 2),
-        kernel: tuple[int, ...] = (3, 3),
-    ) -> None:
+    def __init__(self, in_ch: int, pool: tuple[int, ...], conv: DoubleConv) -> None:
         super().__init__()
-        size = pool if len(set(pool)) > 1 else pool[0]
-        self.up = _UPCONV[len(pool)](in_ch, out_ch, kernel_size=size, stride=size)
-        self.conv = DoubleConv(2 * out_ch, out_ch, padding, batch_norm, kernel)
+        size = _window(pool)
+        self.up = _UPCONV[len(pool)](in_ch, conv.out_channels, kernel_size=size, stride=size)
+        self.conv = conv
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """Upsample ``x``, crop ``skip`` to its size (valid padding) and convolve both."""
@@ -602,13 +592,13 @@ class UNet(nn.Module):
         widths = [c * 2**level for level in range(config.depth + 1)]
         self.inc = DoubleConv(config.in_channels, widths[0], p, bn, kernels[0])
         self.downs = nn.ModuleList(
-            Down(widths[i], widths[i + 1], p, bn, pools[i], kernels[i + 1])
+            Down(pools[i], DoubleConv(widths[i], widths[i + 1], p, bn, kernels[i + 1]))
             for i in range(config.depth)
         )
         dropout = _DROPOUT[config.spatial_dims]
         self.dropout = dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.ups = nn.ModuleList(
-            Up(widths[i + 1], widths[i], p, bn, pools[i], kernels[i])
+            Up(widths[i + 1], pools[i], DoubleConv(2 * widths[i], widths[i], p, bn, kernels[i]))
             for i in reversed(range(config.depth))
         )
         self.head = _CONV[config.spatial_dims](widths[0], config.n_classes, kernel_size=1)

@@ -53,7 +53,7 @@ from napari_unet.widgets.controls import (
 )
 from napari_unet.widgets.docs import numpydoc_params, set_tooltips
 from napari_unet.widgets.layers import LayerLayout, auto_channel_axis, image_layout, slice_index
-from napari_unet.widgets.session import session_for
+from napari_unet.widgets.session import bundled_model, session_for
 from napari_unet.widgets.workers import Job, notify_error, refresh_timer, request_stop
 
 if TYPE_CHECKING:
@@ -475,7 +475,7 @@ class SegmentWidget(ViewerWidget):
 
         source = self.model_source.value
         if source.startswith("bundled:"):
-            return self._bundled(source.partition(":")[2])
+            return bundled_model(source.partition(":")[2])
         if source == "session":
             model = self._session.model
             if model is None:
@@ -501,20 +501,6 @@ class SegmentWidget(ViewerWidget):
         except OSError as exc:
             raise ValueError(f"Could not read '{path}': {exc}") from exc
         self._file_cache = (path, mtime, model)
-        return model
-
-    def _bundled(self, name: str) -> Any:
-        """A bundled model, loaded once per widget."""
-        from napari_unet.core.bundled_models import load_bundled_model
-
-        key = f"bundled:{name}"
-        if self._file_cache and self._file_cache[0] == key:
-            return self._file_cache[2]
-        try:
-            model = load_bundled_model(name)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"Could not load the bundled model: {exc}") from exc
-        self._file_cache = (key, 0.0, model)
         return model
 
     def _plan(self) -> dict[str, Any]:

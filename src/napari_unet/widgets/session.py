@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from napari_unet.core.model import TrainedModel
 
-__all__ = ["Session", "SessionModel", "session_for"]
+__all__ = ["Session", "SessionModel", "bundled_model", "session_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,3 +167,33 @@ def session_for(viewer: Any) -> Session:
     if session is None:
         session = _SESSIONS[viewer] = Session()
     return session
+
+
+def bundled_model(name: str) -> TrainedModel:
+    """A bundled model for a widget to segment with or to fine-tune.
+
+    Core's loader reads the file once per process and hands out a fresh copy each time
+    (:func:`napari_unet.core.bundled_models.load_bundled_model`), so the Train widget may
+    fine-tune what it gets while the Segment widget keeps using the original.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`napari_unet.core.bundled_models.BUNDLED_MODELS`.
+
+    Returns
+    -------
+    TrainedModel
+        An independent copy of the model, on the CPU.
+
+    Raises
+    ------
+    ValueError
+        With a message for a notification, when the model cannot be loaded.
+    """
+    from napari_unet.core.bundled_models import load_bundled_model
+
+    try:
+        return load_bundled_model(name)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"Could not load the bundled model: {exc}") from exc

@@ -48,7 +48,7 @@ from napari_unet.widgets.layers import (
     region_mask,
 )
 from napari_unet.widgets.plot import LossPlot
-from napari_unet.widgets.session import session_for
+from napari_unet.widgets.session import bundled_model, session_for
 from napari_unet.widgets.workers import Job, notify_error, refresh_timer, request_stop
 
 if TYPE_CHECKING:
@@ -499,12 +499,7 @@ class TrainWidget(ViewerWidget):
             return self._session.model.copy()
         if self.start_from.value is None:
             return None
-        from napari_unet.core.bundled_models import load_bundled_model
-
-        try:
-            return load_bundled_model(self.start_from.value)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"Could not load the bundled model: {exc}") from exc
+        return bundled_model(self.start_from.value)
 
     # -- worker callbacks (main thread) --------------------------------------------------------
     def _on_event(self, event: Any) -> None:

@@ -1046,22 +1046,21 @@ def run_training(
     regions: Any = None,
     *,
     settings: TrainSettings | None = None,
-    model: TrainedModel | None = None,
     stop: threading.Event | None = None,
     callback: Callable[[TrainEvent], Any] | None = None,
-    class_names: Sequence[str] | None = None,
-    checkpoint: Checkpointing | None = None,
+    **options: Any,
 ) -> TrainedModel:
     """Run :func:`train` to the end and return its model.
 
     Parameters
     ----------
-    images, labels, regions, settings, model, stop, class_names
+    images, labels, regions, settings, stop
         As for :func:`train`.
     callback : callable, optional
         Called with every :class:`TrainEvent`.
-    checkpoint : Checkpointing, optional
-        As for :func:`train`.
+    **options
+        The other keyword arguments of :func:`train` (``model``, ``class_names``,
+        ``checkpoint``), passed on as they are.
 
     Returns
     -------
@@ -1080,16 +1079,7 @@ def run_training(
             "settings.iterations and settings.minutes are both None and no stop event was "
             "given: training would never end"
         )
-    run = train(
-        images,
-        labels,
-        regions,
-        settings=settings,
-        model=model,
-        stop=stop,
-        class_names=class_names,
-        checkpoint=checkpoint,
-    )
+    run = train(images, labels, regions, settings=settings, stop=stop, **options)
     return run_to_end(run, callback)
 
 

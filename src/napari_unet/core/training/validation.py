@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -187,6 +188,22 @@ def hold_out(
     return out, chosen
 
 
+def _candidate_blocks(
+    samples: Sequence[AnnotatedImage], block: int, keep: Callable[[np.ndarray], Any]
+) -> list[tuple[int, int, int]]:
+    """``(sample index, y0, x0)`` of the blocks on the grid of ``block`` pixels whose
+    annotated mask passes ``keep``."""
+    candidates = []
+    for k, s in enumerate(samples):
+        ann = s.annotated
+        ny, nx = ann.shape
+        for y0 in range(0, ny - block + 1, block):
+            for x0 in range(0, nx - block + 1, block):
+                if keep(ann[y0 : y0 + block, x0 : x0 + block]):
+                    candidates.append((k, y0, x0))
+    return candidates
+
+
 def _choose_blocks(
     samples: Sequence[AnnotatedImage],
     fraction: float,
@@ -197,14 +214,7 @@ def _choose_blocks(
     """Random blocks holding about ``fraction`` of the annotation; none if that fails."""
     total = sum(s.n_annotated for s in samples)
     total_fg = sum(int(np.count_nonzero(s.classes == FOREGROUND)) for s in samples)
-    candidates = []
-    for k, s in enumerate(samples):
-        ann = s.annotated
-        ny, nx = s.classes.shape
-        for y0 in range(0, ny - block + 1, block):
-            for x0 in range(0, nx - block + 1, block):
-                if ann[y0 : y0 + block, x0 : x0 + block].sum() >= block * block / 2:
-                    candidates.append((k, y0, x0))
+    candidates = _candidate_blocks(samples, block, lambda ann: ann.sum() >= block * block / 2)
     chosen, held, held_fg = [], 0, 0
     for j in rng.permutation(len(candidates)) if candidates else []:
         if held >= fraction * total or len(chosen) >= max_blocks:
@@ -233,16 +243,8 @@ def _choose_scribble_blocks(
     training part would lose a class entirely.
     """
     n_classes = 1 + max(int(s.classes[s.annotated].max(initial=0)) for s in samples)
-    total = np.zeros(n_classes, np.int64)
-    candidates = []
-    for k, s in enumerate(samples):
-        ann = s.annotated
-        total += np.bincount(s.classes[ann], minlength=n_classes)
-        ny, nx = s.classes.shape
-        for y0 in range(0, ny - block + 1, block):
-            for x0 in range(0, nx - block + 1, block):
-                if ann[y0 : y0 + block, x0 : x0 + block].any():
-                    candidates.append((k, y0, x0))
+    total = sum(np.bincount(s.classes[s.annotated], minlength=n_classes) for s in samples)
+    candidates = _candidate_blocks(samples, block, np.any)
     held = np.zeros(n_classes, np.int64)
     chosen: list[tuple[int, int, int]] = []
     for j in rng.permutation(len(candidates)) if candidates else []:
@@ -311,6 +313,25 @@ class ValidationTiles:
         if self.labels is None or self.window is None:
             return 0
         return sum(window_counts(t, t, w)[0] for t, w in zip(self.labels, self.window, strict=True))
+
+    def crop(self, output: np.ndarray, margin: int = 0) -> np.ndarray:
+        """The held-out blocks (and ``margin`` pixels around each) cut from a network output.
+
+        Parameters
+        ----------
+        output : numpy.ndarray
+            ``(M, ..., O, O)``: one output per tile, as :func:`predict_tiles` returns it.
+        margin : int
+            Pixels kept on each side of the block (``self.margin`` for the scored views).
+
+        Returns
+        -------
+        numpy.ndarray
+            A view ``(M, ..., B + 2 margin, B + 2 margin)``.
+        """
+        start = self.offset - margin
+        stop = self.offset + self.classes.shape[-1] + margin
+        return output[..., start:stop, start:stop]
 
 
 def validation_tiles(
@@ -559,9 +580,7 @@ def score_network(
         held-out cells only the preferred (first) threshold and minimum size are tried.
     """
     prob = predict_tiles(net, tiles, device, amp, channels_last)
-    block = tiles.classes.shape[-1]
-    o = tiles.offset
-    pred = torch.from_numpy(prob[:, o : o + block, o : o + block] > 0.5)
+    pred = torch.from_numpy(tiles.crop(prob) > 0.5)
     truth = tiles.classes
     annotated, fg = truth != IGNORE, truth == FOREGROUND
     tp = int((pred & fg & annotated).sum())
@@ -570,8 +589,7 @@ def score_network(
     iou = 1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn)
     if tiles.labels is None or tiles.window is None:
         return ValidationScore(iou, None, 0.5, min_sizes[0] if min_sizes else None)
-    v0, v1 = o - tiles.margin, o + block + tiles.margin
-    views = prob[:, v0:v1, v0:v1]
+    views = tiles.crop(prob, tiles.margin)
     if not enough_cells(tiles):
         thresholds, min_sizes = thresholds[:1], min_sizes[:1]
     best = ValidationScore(iou, -1.0)
@@ -595,14 +613,9 @@ def score_classes(
 
     Parameters
     ----------
-    net : torch.nn.Module
-        The network (``K`` output classes).
-    tiles : ValidationTiles
-        The held-out blocks (target classes ``k - 1`` where class ``k`` is painted).
-    device : torch.device
-        Where the network is.
-    amp, channels_last : bool
-        As for :func:`predict_tiles`.
+    net, tiles, device, amp, channels_last
+        As for :func:`score_network`; the network has ``K`` output classes, the tiles' target
+        classes are ``k - 1`` where class ``k`` is painted.
 
     Returns
     -------
@@ -612,9 +625,7 @@ def score_classes(
     """
     prob = predict_tiles(net, tiles, device, amp, channels_last, classes=True)
     n_classes = prob.shape[1]
-    block = tiles.classes.shape[-1]
-    o = tiles.offset
-    pred = prob[:, :, o : o + block, o : o + block].argmax(axis=1) + 1
+    pred = tiles.crop(prob).argmax(axis=1) + 1
     truth = tiles.classes.numpy()
     truth = np.where(truth == IGNORE, 0, truth + 1)
     per_class = class_iou(truth, pred, n_classes)
