@@ -18,7 +18,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton, SpinBox
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
@@ -39,7 +39,7 @@ from napari_unet.widgets.layers import (
     region_mask,
     voxel_size,
 )
-from napari_unet.widgets.workers import Job, notify_error, refresh_timer
+from napari_unet.widgets.workers import Job, JobProgress, notify_error
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -195,9 +195,8 @@ class BorderWeightsWidget(ViewerWidget):
         self._source: Any = None  # the Labels layer followed
         self._region_layer: Any = None
         self._layer: Any = None  # the weights Image layer
-        self._job: Job | None = None
+        self._task = JobProgress(self._refresh, lambda: self.alive)
         self._progress = (0, 0)  # slices computed, slices to compute
-        self._shown = True  # whether the last computed slices are drawn
         self._need_full = False
         self._need_assemble = False
         self._need_region = False
@@ -219,7 +218,7 @@ class BorderWeightsWidget(ViewerWidget):
         self.dims.enabled = self._is_stack(self.labels_layer.value)
         self.show_button = PushButton(name="show_button", text="Show weight map")
         self.status = message("status", "Choose a Labels layer and press Show.")
-        self.progress_bar = ProgressBar(name="progress_bar", value=0, min=0, max=1, visible=False)
+        self.progress_bar = self._task.bar
         self.extend(
             [
                 form(
@@ -243,7 +242,6 @@ class BorderWeightsWidget(ViewerWidget):
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self._flush)
-        self._refresh_timer = refresh_timer(self._refresh)
 
         self.show_button.changed.connect(self._on_show_clicked)
         for widget, need in (
@@ -266,12 +264,7 @@ class BorderWeightsWidget(ViewerWidget):
     @property
     def busy(self) -> bool:
         """Whether an update is pending or running."""
-        return (
-            self._timer.isActive()
-            or (self._job is not None and self._job.running)
-            or self._need_full
-            or bool(self._dirty)
-        )
+        return self._timer.isActive() or self._task.running or self._need_full or bool(self._dirty)
 
     def show_weights(self) -> bool:
         """Add (or refresh) the weight-map layer of the chosen labels and follow their edits.
@@ -447,9 +440,9 @@ class BorderWeightsWidget(ViewerWidget):
             self._unfollow()
             self._layer = None
             return
-        if self._job is not None and self._job.running:
+        if self._task.running:
             if self._need_full:
-                self._job.stop()  # restarted with the new settings when it ends
+                self._task.job.stop()  # restarted with the new settings when it ends
             return
         try:
             if self._need_full or not self._maps:
@@ -479,12 +472,10 @@ class BorderWeightsWidget(ViewerWidget):
         self._dirty.clear()
         self._maps = {}
         n = 1 if data.ndim == 2 or "sampling" in params else data.shape[0]
-        self._progress, self._shown = (0, n), True
-        self.progress_bar.max, self.progress_bar.value = n, 0
-        self.progress_bar.visible = n > 1
+        self._progress = (0, n)
         in_3d = " in 3D" if "sampling" in params else ""
         self.status.value = f"Computing the weight map{in_3d}…"
-        self._job = Job(
+        job = Job(
             _full_job,
             data,
             region,
@@ -494,8 +485,7 @@ class BorderWeightsWidget(ViewerWidget):
             on_error=self._on_full_error,
             on_finish=self._on_full_finish,
         )
-        self._job.start()
-        self._refresh_timer.start()
+        self._task.start(job, n, bar=n > 1)
 
     def _on_map(self, value: tuple[int | None, Any]) -> None:
         """Keep a computed map; :meth:`_refresh` draws it (a redraw per slice is costly)."""
@@ -503,38 +493,32 @@ class BorderWeightsWidget(ViewerWidget):
         self._maps[z] = live
         self._write(z, live.weights, refresh=False)
         done, total = self._progress
-        self._progress, self._shown = (done + 1, total), False
+        self._progress = (done + 1, total)
+        self._task.changed()
 
     def _refresh(self) -> None:
         """Draw the maps computed since the last call and show the progress."""
-        if self._shown or not self.alive:
-            return
-        self._shown = True
         if self._layer is not None:
             self._layer.refresh()
         done, total = self._progress
         if total > 1:
-            self.progress_bar.value = min(done, total)
+            self._task.show(done, total)
             self.status.value = f"Computing the weight map: {done}/{total} slices…"
 
     def _on_full_error(self, exc: BaseException) -> None:
-        self._refresh()  # the slices done before the failure
+        self._task.flush()  # the slices done before the failure
         self._maps = {}
         notify_error("Could not compute the weight map", exc)
         if self.alive:
             self.status.value = "The weight map could not be computed."
 
     def _on_full_return(self, result: Any) -> None:
-        self._refresh()  # the last slices, before the summary replaces the status
+        self._task.flush()  # the last slices, before the summary replaces the status
         if result and self.alive:
             self._finish_update()
 
     def _on_full_finish(self) -> None:
-        self._job = None
-        self._refresh_timer.stop()
-        self._shown = True
-        if self.alive:
-            self.progress_bar.visible = False
+        self._task.finish()
         if self.alive and (
             self._need_full or self._need_region or self._need_assemble or self._dirty
         ):
@@ -603,9 +587,7 @@ class BorderWeightsWidget(ViewerWidget):
         """The window is closing: stop updates and let go of the labels layer."""
         try:
             self._timer.stop()
-            self._refresh_timer.stop()
         except RuntimeError:  # already deleted with the widget
             pass
-        if self._job is not None and self._job.running:
-            self._job.stop()
+        self._task.close()
         self._unfollow()

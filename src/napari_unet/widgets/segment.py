@@ -34,7 +34,6 @@ from magicgui.widgets import (
     ComboBox,
     FileEdit,
     FloatSpinBox,
-    ProgressBar,
     SpinBox,
 )
 from napari.layers import Image, Labels
@@ -54,7 +53,7 @@ from napari_unet.widgets.controls import (
 from napari_unet.widgets.docs import numpydoc_params, set_tooltips
 from napari_unet.widgets.layers import LayerLayout, auto_channel_axis, image_layout, slice_index
 from napari_unet.widgets.session import bundled_model, session_for
-from napari_unet.widgets.workers import Job, notify_error, refresh_timer, request_stop
+from napari_unet.widgets.workers import Job, JobProgress, notify_error, request_stop
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -177,9 +176,7 @@ class SegmentWidget(ViewerWidget):
         from napari_unet.core.inference import DEFAULT_MIN_SIZE, segment
 
         self._session = session_for(viewer)
-        self._job: Job | None = None
-        self._shown = True
-        self._refresh_timer = refresh_timer(self._refresh)
+        self._task = JobProgress(self._refresh, lambda: self.alive)
         self._run: dict[str, Any] = {}
         self._file_cache: tuple[str, float, Any] | None = None
         self.tile_progress: tuple[int, int] = (0, 0)
@@ -212,7 +209,7 @@ class SegmentWidget(ViewerWidget):
         self.run_button = push_button("run_button", "Run", RUN_TIP, self._on_run_clicked)
         self.stop_button = push_button("stop_button", "Stop", STOP_TIP, self.stop)
         self.status = message("status", "")
-        self.progress_bar = ProgressBar(name="progress_bar", value=0, min=0, max=1, visible=False)
+        self.progress_bar = self._task.bar
         folder_section = self._folder_controls()
         self.extend(
             [
@@ -279,7 +276,7 @@ class SegmentWidget(ViewerWidget):
     @property
     def busy(self) -> bool:
         """Whether a segmentation is running."""
-        return self._job is not None and self._job.running
+        return self._task.running
 
     def run(self) -> bool:
         """Start segmenting, as the Run button does.
@@ -365,16 +362,10 @@ class SegmentWidget(ViewerWidget):
     def _start(self, job: Job, status: str, total: int = 0) -> None:
         """Start ``job`` with the status line, the progress bar (``total`` steps; 0: set by
         the first tile event) and the throttled redraws."""
-        self.progress_bar.max = max(total, 1)
-        self.progress_bar.value = 0
-        self.progress_bar.visible = True
         self._run["progress"] = (0, total)
-        self._shown = True
-        self._job = job
         self.status.value = status
         self._set_busy(True)
-        job.start()
-        self._refresh_timer.start()
+        self._task.start(job, total)
 
     def _folder_targets(self) -> tuple[list[Target], Path]:
         """The folder's images and their outputs; ValueError for folders that do not work."""
@@ -462,7 +453,7 @@ class SegmentWidget(ViewerWidget):
     def stop(self, *_args: Any) -> None:
         """Ask the run to end after the current tile (the Stop button)."""
         if request_stop(
-            self._job,
+            self._task.job,
             "Nothing to stop: no segmentation is running.",
             "The segmentation is already stopping.",
         ):
@@ -626,20 +617,16 @@ class SegmentWidget(ViewerWidget):
         part = f"{run['done']}/{run['n']} slices, " if run["n"] > 1 else ""
         run["text"] = f"Segmenting {run['name']}: {part}tile {done}/{total}"
         run["progress"] = (done, total)
-        self._shown = False
+        self._task.changed()
 
     def _refresh(self) -> None:
         """Show the latest progress: status line and progress bar."""
         run = self._run
-        if self._shown or not run or not self.alive:
+        if not run:
             return
-        self._shown = True
         if "text" in run:
             self.status.value = run["text"]
-        done, total = run["progress"]
-        if total > 0:
-            self.progress_bar.max = total
-            self.progress_bar.value = min(done, total)
+        self._task.show(*run["progress"])
 
     def _on_slice(self, done: SliceLabels) -> None:
         run = self._run
@@ -712,8 +699,7 @@ class SegmentWidget(ViewerWidget):
 
     def _show_final(self, msg: str) -> None:
         """The run's last word in the status line (the progress shown up to its end first)."""
-        self._refresh()
-        self._shown = True
+        self._task.flush()
         if self.alive:
             self.status.value = msg
 
@@ -744,11 +730,7 @@ class SegmentWidget(ViewerWidget):
         return f"{int(labels.max())} objects of '{name}' in '{layer.name}'."
 
     def _on_finish(self) -> None:
-        self._refresh_timer.stop()
-        self._shown = True
-        job, self._job = self._job, None
-        if self.alive:
-            self.progress_bar.visible = False
+        job = self._task.finish()
         run, self._run = self._run, {}
         if job is not None and job.aborted:
             show_warning("The segmentation was stopped because its napari window closed.")
@@ -771,7 +753,7 @@ class SegmentWidget(ViewerWidget):
         elif event.stage == "files":
             run["results"].append(event.item)
             run["progress"] = (len(run["results"]), run["n"])
-        self._shown = False
+        self._task.changed()
 
     def _on_folder_return(self, result: Any) -> None:
         run = self._run
@@ -862,5 +844,4 @@ class SegmentWidget(ViewerWidget):
 
     def on_close(self) -> None:
         """The window is closing: stop the run."""
-        if self._job is not None and self._job.running:
-            self._job.stop()
+        self._task.close()

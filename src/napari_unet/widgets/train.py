@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, ProgressBar
+from magicgui.widgets import ComboBox
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
@@ -49,7 +49,7 @@ from napari_unet.widgets.layers import (
 )
 from napari_unet.widgets.plot import LossPlot
 from napari_unet.widgets.session import bundled_model, session_for
-from napari_unet.widgets.workers import Job, notify_error, refresh_timer, request_stop
+from napari_unet.widgets.workers import Job, JobProgress, notify_error, request_stop
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -166,11 +166,9 @@ class TrainWidget(ViewerWidget):
 
         self.extra_settings: dict[str, Any] = {}
         self._session = session_for(viewer)
-        self._job: Job | None = None
-        self._refresh_timer = refresh_timer(self._refresh)
+        self._task = JobProgress(self._refresh, lambda: self.alive)
         self._fine_tune = self._stopped_by_user = False
         self._last_event: Any = None
-        self._shown = True
         self._result: Any = None
         # the preset and mode whose defaults the controls show
         self._preset = (TrainSettings().preset, TrainSettings().mode)
@@ -202,7 +200,7 @@ class TrainWidget(ViewerWidget):
         self.again_button = push_button("again_button", "Train again", AGAIN_TIP, self._on_again)
         self.stop_button = push_button("stop_button", "Stop", STOP_TIP, self.stop)
         self.status = message("status", "Paint cells in a Labels layer, then Train.")
-        self.progress_bar = ProgressBar(name="progress_bar", value=0, min=0, max=1, visible=False)
+        self.progress_bar = self._task.bar
         self.plot = LossPlot()
         self.model_info = message("model_info", "")
         self.save_button = push_button("save_button", "Save model…", SAVE_TIP, self._on_save)
@@ -243,7 +241,7 @@ class TrainWidget(ViewerWidget):
     @property
     def busy(self) -> bool:
         """Whether training is running."""
-        return self._job is not None and self._job.running
+        return self._task.running
 
     @property
     def model(self) -> Any:
@@ -290,26 +288,22 @@ class TrainWidget(ViewerWidget):
         self.plot.clear()
         self.plot.set_validation_label(f"validation {self._metric_label()}")
         total = settings.iterations or (PROGRESS_STEPS if settings.minutes else 0)
-        self.progress_bar.max = max(total, 1)
-        self.progress_bar.value = 0
-        self.progress_bar.visible = bool(total)
         callbacks = {
             "on_return": self._on_return,
             "on_error": self._on_error,
             "on_warning": self._on_warning,
             "on_finish": self._on_finish,
         }
-        self._job = Job(_train_job, *inputs, on_yield=self._on_event, **callbacks)
+        job = Job(_train_job, *inputs, on_yield=self._on_event, **callbacks)
         self.status.value = "Starting…"
         self._set_busy(True)
-        self._job.start()
-        self._refresh_timer.start()
+        self._task.start(job, total, bar=bool(total))
         return True
 
     def stop(self, *_args: Any) -> None:
         """Ask training to end after the current step (the Stop button)."""
         if request_stop(
-            self._job,
+            self._task.job,
             "Nothing to stop: no training is running.",
             "Training is already stopping; it ends after the current step.",
         ):
@@ -510,14 +504,13 @@ class TrainWidget(ViewerWidget):
         self.plot.add_loss(event.iteration, event.loss, redraw=False)
         if event.validation is not None:
             self.plot.add_validation(event.iteration, event.validation, redraw=False)
-        self._shown = False
+        self._task.changed()
 
     def _refresh(self) -> None:
         """Show the latest event: status line, plot, progress bar and device."""
         event = self._last_event
-        if event is None or self._shown or not self.alive:
+        if event is None:
             return
-        self._shown = True
         of = f"/{event.iterations}" if event.iterations else ""
         text = (
             f"Iteration {event.iteration}{of} · loss {event.loss:.4f} · "
@@ -525,7 +518,7 @@ class TrainWidget(ViewerWidget):
         )
         if event.best_validation is not None:
             text += f" · best validation {self._metric_label()} {event.best_validation:.3f}"
-        if self._job is not None and self._job.stopping:
+        if self._task.stopping:
             text = "Stopping after this step… " + text
         self.status.value = text
         if event.device:
@@ -536,7 +529,7 @@ class TrainWidget(ViewerWidget):
             self.progress_bar.value = min(int(done), self.progress_bar.max)
 
     def _on_error(self, exc: BaseException) -> None:
-        self._refresh()  # the last step before the failure
+        self._task.flush()  # the last step before the failure
         self._result = None
         notify_error("Training failed", exc)
         if self.alive:
@@ -557,7 +550,7 @@ class TrainWidget(ViewerWidget):
         return False
 
     def _on_return(self, result: Any) -> None:
-        self._refresh()  # the last step, before the summary replaces it
+        self._task.flush()  # the last step, before the summary replaces it
         if result is None:
             self._result = None
             return
@@ -596,11 +589,7 @@ class TrainWidget(ViewerWidget):
         self.status.value = f"Done: {description}."
 
     def _on_finish(self) -> None:
-        self._refresh_timer.stop()
-        self._shown = True
-        job, self._job = self._job, None
-        if self.alive:
-            self.progress_bar.visible = False
+        job = self._task.finish()
         result = getattr(self, "_result", None)
         self._result = None
         if job is not None and job.aborted:
@@ -732,5 +721,4 @@ class TrainWidget(ViewerWidget):
 
     def on_close(self) -> None:
         """The window is closing: stop training (the model of a closed window is not kept)."""
-        if self._job is not None and self._job.running:
-            self._job.stop()
+        self._task.close()

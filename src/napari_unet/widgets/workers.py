@@ -19,12 +19,21 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
+from magicgui.widgets import ProgressBar
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 from superqt.utils import GeneratorWorker
 
-__all__ = ["REFRESH_MS", "Job", "describe_error", "notify_error", "refresh_timer", "request_stop"]
+__all__ = [
+    "REFRESH_MS",
+    "Job",
+    "JobProgress",
+    "describe_error",
+    "notify_error",
+    "refresh_timer",
+    "request_stop",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +266,95 @@ class Job:
 
     def _on_finished(self) -> None:
         self.done = True
+
+
+class JobProgress:
+    """A widget's long job shown with throttled redraws: the job, a progress bar, a timer.
+
+    The job's callbacks record what happened and call :meth:`changed`; ``redraw`` then runs at
+    most every :data:`REFRESH_MS` milliseconds (or at once through :meth:`flush`), and only
+    when something changed since it last ran and the widget is still there.
+
+    Parameters
+    ----------
+    redraw : callable
+        Shows what the callbacks recorded (status line, progress bar, plot, layers).
+    alive : callable
+        Whether the widget's Qt side still exists (nothing is redrawn once it is gone).
+    """
+
+    def __init__(self, redraw: Callable[[], Any], alive: Callable[[], bool]) -> None:
+        self.job: Job | None = None
+        self.bar = ProgressBar(name="progress_bar", value=0, min=0, max=1, visible=False)
+        self._redraw, self._alive = redraw, alive
+        self._pending = False
+        self._timer = refresh_timer(self.flush)
+
+    @property
+    def running(self) -> bool:
+        """Whether a job was started and has not finished yet."""
+        return self.job is not None and self.job.running
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the running job was asked to stop."""
+        return self.job is not None and self.job.stopping
+
+    def start(self, job: Job, total: int = 0, *, bar: bool = True) -> None:
+        """Start ``job`` and the redraws; the progress bar counts to ``total`` (0: unknown).
+
+        Parameters
+        ----------
+        job : Job
+            Not started yet.
+        total : int
+            Steps of the progress bar (at least 1).
+        bar : bool
+            Whether the progress bar is shown.
+        """
+        self.bar.max = max(total, 1)
+        self.bar.value = 0
+        self.bar.visible = bar
+        self._pending = False
+        self.job = job
+        job.start()
+        self._timer.start()
+
+    def changed(self) -> None:
+        """Something new to show: the next tick of the timer redraws."""
+        self._pending = True
+
+    def flush(self) -> None:
+        """Redraw now if something changed since the last redraw."""
+        if not self._pending or not self._alive():
+            return
+        self._pending = False
+        self._redraw()
+
+    def show(self, done: int, total: int) -> None:
+        """Set the progress bar to ``done`` of ``total`` steps (nothing for ``total`` 0)."""
+        if total > 0:
+            self.bar.max = total
+            self.bar.value = min(done, total)
+
+    def finish(self) -> Job | None:
+        """The job ended: stop the redraws, hide the progress bar, return the job."""
+        self._timer.stop()
+        self._pending = False
+        job, self.job = self.job, None
+        if self._alive():
+            self.bar.visible = False
+        return job
+
+    def close(self) -> None:
+        """The widget's window is closing: stop the redraws and ask the job to stop."""
+        try:
+            self._timer.stop()
+        except RuntimeError:  # already deleted with the widget
+            pass
+        if self.running:
+            assert self.job is not None
+            self.job.stop()
 
 
 def request_stop(job: Job | None, nothing: str, already: str) -> bool:
