@@ -16,7 +16,9 @@ Data: the DSB2018 / BBBC038v1 nuclei in ``shared/data/nuclei-dsb2018`` next to t
 scored on the 10 test images. *sparse*: for each test image (``--images N``: the first N), the
 nuclei inside a box of about a third of the image are the annotation and the box the region; a
 model trained on that image alone for ``--minutes 3`` is scored on the nuclei outside the box;
-AP@0.5 is also measured after shorter runs (``--curve``) and plotted against the minutes. The
+AP@0.5 is also measured after shorter runs (``--curve``) and plotted against the minutes.
+``--split train --images-from 15`` cuts the sparse boxes from the last 5 *train* images instead:
+for tuning, with a model trained on the first 15 train images only (never on the test split). The
 box and scoring rules are in bench/real_data.py. AP = TP / (TP + FP + FN) with one-to-one
 matching (:mod:`napari_unet.core.training.metrics`), counts summed over the images, and the mean
 of the per-image APs beside it.
@@ -24,10 +26,11 @@ of the per-image APs beside it.
 Rows: ``napari-unet (defaults)`` (default :class:`TrainSettings`), ``plain reference`` (the same
 network and budget, unweighted cross-entropy, no gap), ``Otsu + watershed`` (scikit-image, no
 training) and one row per ``--ablation NAME:field=value[,field=value]`` (any TrainSettings fields,
-values as Python literals, bare words as strings) and one per ``--fine-tune NAME:MODEL`` (default
-settings, starting from a model file or a bundled model such as ``nuclei``, which never saw the
-test images) and one per ``--as-is NAME:MODEL`` (that model without any training). Inference
-uses the defaults of ``segment``.
+values as Python literals, bare words as strings) and one per ``--fine-tune
+NAME:MODEL[:field=value,...]`` (the fine-tuning defaults, ``TrainSettings.for_preset(...,
+fine_tune=True)``, with these overrides, starting from a model file or a bundled model such as
+``nuclei``, which never saw the test images) and one per ``--as-is NAME:MODEL`` (that model
+without any training). Inference uses the defaults of ``segment``.
 """
 
 from __future__ import annotations
@@ -89,11 +92,8 @@ class Result:
         return np.mean([rd.ap_from_counts(c) for c in self.counts], axis=0)
 
 
-def parse_ablation(text: str) -> Method:
-    """``NAME:field=value[,field=value]`` -> a Method (values as Python literals or strings)."""
-    name, sep, assignments = text.partition(":")
-    if not sep or not name.strip() or not assignments.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME:field=value[,...], got {text!r}")
+def parse_overrides(assignments: str, text: str) -> dict[str, Any]:
+    """``field=value[,field=value]`` -> TrainSettings overrides (Python literals or strings)."""
     known = {f.name for f in fields(TrainSettings)}
     overrides: dict[str, Any] = {}
     for item in assignments.split(","):
@@ -107,21 +107,34 @@ def parse_ablation(text: str) -> Method:
             overrides[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             overrides[key] = value
-    return Method(f"ablation:{name.strip()}", name.strip(), overrides)
+    return overrides
+
+
+def parse_ablation(text: str) -> Method:
+    """``NAME:field=value[,field=value]`` -> a Method (values as Python literals or strings)."""
+    name, sep, assignments = text.partition(":")
+    if not sep or not name.strip() or not assignments.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME:field=value[,...], got {text!r}")
+    return Method(f"ablation:{name.strip()}", name.strip(), parse_overrides(assignments, text))
 
 
 def parse_fine_tune(text: str) -> Method:
-    """``NAME:MODEL`` -> a Method fine-tuning MODEL (a model file or a bundled name)."""
-    name, sep, init = text.partition(":")
+    """``NAME:MODEL[:field=value,...]`` -> a Method fine-tuning MODEL (a model file or a
+    bundled name) with the fine-tuning defaults and these overrides."""
+    name, sep, rest = text.partition(":")
+    init, _, assignments = rest.partition(":")
     if not sep or not name.strip() or not init.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME:MODEL, got {text!r}")
-    return Method(f"fine-tune:{name.strip()}", name.strip(), {}, init.strip())
+        raise argparse.ArgumentTypeError(f"expected NAME:MODEL[:field=value,...], got {text!r}")
+    overrides = parse_overrides(assignments, text) if assignments.strip() else {}
+    return Method(f"fine-tune:{name.strip()}", name.strip(), overrides, init.strip())
 
 
 def parse_as_is(text: str) -> Method:
     """``NAME:MODEL`` -> a Method segmenting with MODEL as it is (no training)."""
-    method = parse_fine_tune(text)
-    return Method(f"as-is:{method.name}", method.name, None, method.init)
+    name, sep, init = text.partition(":")
+    if not sep or not name.strip() or not init.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME:MODEL, got {text!r}")
+    return Method(f"as-is:{name.strip()}", name.strip(), None, init.strip())
 
 
 def methods_from(args: argparse.Namespace) -> list[Method]:
@@ -147,13 +160,16 @@ def _segment(model, image: np.ndarray, **kw: Any) -> np.ndarray:
     return np.asarray(result)
 
 
-def _settings(args: argparse.Namespace, budget: float, overrides: dict[str, Any]):
-    """TrainSettings for a run of ``budget`` minutes (or iterations with --iterations)."""
+def _settings(args: argparse.Namespace, budget: float, method: Method):
+    """TrainSettings for a run of ``budget`` minutes (or iterations with --iterations): the
+    defaults (of fine-tuning for a ``--fine-tune`` row) with the method's overrides."""
     limit = {"iterations": int(budget), "minutes": None}
     if not args.iterations:
         limit = {"iterations": None, "minutes": float(budget)}
     base = {"seed": args.seed, "device": args.device, **limit}
-    return TrainSettings(**{**base, **overrides})
+    overrides = {**base, **(method.overrides or {})}
+    preset = overrides.pop("preset", TrainSettings().preset)
+    return TrainSettings.for_preset(preset, fine_tune=method.init is not None, **overrides)
 
 
 def train_model(images, labels, regions, settings: TrainSettings, init: str | None = None):
@@ -193,7 +209,7 @@ def run_full(args: argparse.Namespace, methods: list[Method]) -> list[Result]:
         if method.overrides is None:
             preds = [predict_untrained(args, method, s.image) for s in test]
         else:
-            settings = _settings(args, args.full_budget, method.overrides)
+            settings = _settings(args, args.full_budget, method)
             model, seconds = train_model(
                 [s.image for s in train], [s.labels for s in train], None, settings, method.init
             )
@@ -214,7 +230,7 @@ def sparse_one(args, sample: rd.Sample, box: rd.Box, method: Method, budget: flo
         pred = predict_untrained(args, method, sample.image)
         return rd.score_outside(sample.labels, pred, box, THRESHOLDS), 0.0, 0
     painted, region = rd.sparse_annotation(sample.labels, box)
-    settings = _settings(args, budget, method.overrides)
+    settings = _settings(args, budget, method)
     model, seconds = train_model(sample.image, painted, region, settings, method.init)
     pred = _segment(model, sample.image, device=args.device)
     counts = rd.score_outside(sample.labels, pred, box, THRESHOLDS)
@@ -222,8 +238,10 @@ def sparse_one(args, sample: rd.Sample, box: rd.Box, method: Method, budget: flo
 
 
 def run_sparse(args: argparse.Namespace, methods: list[Method]):
-    """Every method on every chosen test image; returns the samples, boxes and results."""
-    samples = rd.load_split(args.data, "test")[: args.images]
+    """Every method on every chosen image (``--split``, ``--images-from``, ``--images``);
+    returns the samples, boxes and results."""
+    samples = rd.load_split(args.data, args.split)[args.images_from :]
+    samples = samples[: args.images]
     boxes = [rd.choose_box(s.labels) for s in samples]
     results = []
     for method in methods:
@@ -351,10 +369,11 @@ def full_section(args, command: str, results: list[Result]) -> list[str]:
 def sparse_section(args, command: str, samples, boxes, results, curves) -> list[str]:
     """The markdown of the sparse protocol (and its AP-against-minutes points)."""
     lines = [
-        "### Sparse protocol: a few nuclei painted in a box of the test image itself",
+        f"### Sparse protocol: a few nuclei painted in a box of the {args.split} image itself",
         "",
-        f"Command: `{command}`. For each test image, the ground truth inside a box of about a "
-        "third of the image (clipped at its edge) is the annotation and the box the region; "
+        f"Command: `{command}`. For each {args.split} image, the ground truth inside a box of "
+        "about a third of the image (clipped at its edge) is the annotation and the box the "
+        "region; "
         f"{_budget_text(args, args.sparse_budget)} of training on that image alone, seed "
         f"{args.seed}; scored on the nuclei whose centroid lies outside the box (whole-image "
         "one-to-one matching; unmatched predictions count as false positives when their "
@@ -418,6 +437,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, help="budget in iterations instead of minutes")
     parser.add_argument("--images", type=int, help="score only the first N test images")
     parser.add_argument(
+        "--split",
+        choices=("test", "train"),
+        default="test",
+        help="sparse protocol: the images boxes are cut from (train: for tuning with a model "
+        "trained on the other train images, see --images-from; default test)",
+    )
+    parser.add_argument(
+        "--images-from",
+        type=int,
+        default=0,
+        metavar="K",
+        help="sparse protocol: skip the first K images of the split (sorted by name)",
+    )
+    parser.add_argument(
         "--curve",
         type=lambda t: [float(v) for v in t.split(",")],
         help="sparse AP-vs-minutes budgets as fractions of the budget (default 0.167,0.333,0.667)",
@@ -431,6 +464,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plot", type=Path, help=f"AP-vs-minutes plot (default {PLOT})")
     args = parser.parse_args(argv)
     args.protocols = args.protocols or ["full", "sparse"]
+    if args.split != "test" and "full" in args.protocols:
+        parser.error("--split train goes with --protocols sparse (full trains on the train split)")
+    if args.images_from < 0:
+        parser.error(f"--images-from must be >= 0, got {args.images_from}")
     args.rows = args.rows or ["defaults", "plain", "otsu"]
     if args.quick:
         args.iterations = args.iterations or 20

@@ -16,6 +16,7 @@ from napari_unet.core.inference import segment
 from napari_unet.core.model import TrainedModel, UNet, UNetConfig
 from napari_unet.core.model_files import save_model
 from napari_unet.core.progress import run_to_end
+from napari_unet.core.training.settings import FINE_TUNE_DEFAULTS
 
 
 @pytest.fixture
@@ -74,6 +75,20 @@ def test_cli_predict_and_init_by_name(tiny_bundle, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "m.pt"), "--device", "cpu"]) == 0
     tuned = load_model_or_package(tmp_path / "m.pt")
     assert tuned.training["fine_tuned_from"]["bundled"] == "nuclei"
+
+    # --init fine-tunes with the fine-tuning defaults; options given still win
+    def used(name: str, *extra: str) -> tuple[float, bool]:
+        assert main([*argv, *extra, "--out", str(tmp_path / name), "--device", "cpu"]) == 0
+        settings = load_model_or_package(tmp_path / name).training["settings"]
+        return settings["learning_rate"], settings["freeze_batch_norm"]
+
+    tuning = FINE_TUNE_DEFAULTS["learning_rate"]
+    assert tuned.training["settings"]["learning_rate"] == tuning < 1e-3
+    assert tuned.training["settings"]["freeze_batch_norm"] is True
+    assert used("m2.pt", "--lr", "0.002", "--no-freeze-batch-norm") == (0.002, False)
+    # a new network keeps the usual defaults
+    argv.remove("--init"), argv.remove("nuclei")
+    assert used("m3.pt") == (1e-3, False)
 
 
 def test_the_file_is_read_once_and_callers_get_copies(tiny_bundle, monkeypatch):

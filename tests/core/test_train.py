@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from napari_unet.core.model_files import load_model, save_model
 from napari_unet.core.targets import IGNORE
 from napari_unet.core.training import TrainEvent, TrainSettings, run_training, train
 from napari_unet.core.training.loop import weighted_cross_entropy
+from napari_unet.core.training.settings import FINE_TUNE_DEFAULTS
 from napari_unet.sample_data import make_touching_cells
 
 
@@ -391,3 +393,62 @@ def test_one_label_on_separate_cells_is_split_before_training(cells):
         model = run_training(image, merged, settings=_settings(iterations=1), model=_tiny())
     assert record[0].message.values == 2
     assert model.training["summary"]["split_cells"] == record[0].message.cells >= 4
+
+
+@pytest.fixture(scope="module")
+def many_cells():
+    """An image with enough cells that a 40% hold-out has >= 10 of them, and a tiny model
+    trained on it (the starting point of the fine-tuning tests)."""
+    image, labels = make_touching_cells((160, 160), n_cells=60, seed=4)
+    settings = _settings(iterations=60, learning_rate=1e-2, validation_fraction=0.4)
+    start = run_training(image, labels, settings=settings, model=_tiny())
+    return image, labels, start
+
+
+def _state(model: TrainedModel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.net.state_dict().items()}
+
+
+def test_fine_tuning_that_cannot_help_returns_the_starting_weights(many_cells):
+    image, labels, start = many_cells
+    before = _state(start)
+    # a learning rate that wrecks the network: the starting model, validated before the first
+    # step, stays the best checkpoint, weights and batch-norm statistics exactly
+    settings = _settings(iterations=20, learning_rate=0.5, validation_fraction=0.4)
+    settings.validate_every = 10
+    tuned = run_training(image, labels, settings=settings, model=start)
+    summary = tuned.training["summary"]
+    assert summary["validation_cells"] >= 10 and summary["checkpoint"] == "best"
+    assert summary["best_iteration"] == 0
+    assert summary["validation_last"] < summary["validation"]
+    after = _state(tuned)
+    assert after.keys() == before.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(before[k], v) for k, v in _state(start).items())  # left as it was
+
+
+def test_fine_tuning_defaults_freeze_batch_norm(many_cells):
+    image, labels, start = many_cells
+    before = _state(start)
+    small = {"iterations": 6, "patch_size": 32, "batch_size": 2, "device": "cpu", "seed": 0}
+    tuned_settings = TrainSettings.for_preset("fast", fine_tune=True, **small)
+    assert tuned_settings.learning_rate == FINE_TUNE_DEFAULTS["learning_rate"] < 1e-3
+    assert tuned_settings.freeze_batch_norm is True
+    assert TrainSettings.for_preset("fast", fine_tune=True, learning_rate=0.0).learning_rate == 0
+    # learning rate 0 with frozen statistics: the starting model, whatever the checkpoint
+    frozen = run_training(
+        image, labels, settings=replace(tuned_settings, learning_rate=0.0), model=start
+    )
+    assert all(torch.equal(before[k], v) for k, v in _state(frozen).items())
+    # a real rate: weights move, running statistics stay; without freezing they move too
+    tuned_settings = replace(tuned_settings, learning_rate=1e-2, validation_fraction=0.0)
+    moved = _state(run_training(image, labels, settings=tuned_settings, model=start))
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(before[k], moved[k]) for k in stats)
+    assert not all(torch.equal(before[k], moved[k]) for k in before if k not in stats)
+    loose = replace(tuned_settings, freeze_batch_norm=False)
+    moved = _state(run_training(image, labels, settings=loose, model=start))
+    assert not any(torch.equal(before[k], moved[k]) for k in stats if k.endswith("mean"))
+    # a new network is never frozen (its statistics are learnt from the data)
+    fresh = _state(run_training(image, labels, settings=tuned_settings))
+    assert not all(torch.equal(fresh[k], torch.zeros_like(fresh[k])) for k in fresh if "mean" in k)

@@ -46,6 +46,37 @@ def test_train_starts_from_the_bundled_model(viewer, dock, cells, bundle, wait_i
     assert any(not torch.equal(before[k], v) for k, v in model.net.state_dict().items())
 
 
+def test_fine_tuning_shows_its_own_defaults(viewer, dock, cells, bundle, wait_idle) -> None:
+    from napari_unet.core.training.settings import FINE_TUNE_DEFAULTS
+
+    image, labels = cells
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(labels.copy(), name="annotation")
+    widget = dock("Train")
+    rate = FINE_TUNE_DEFAULTS["learning_rate"]
+    assert (widget.learning_rate.value, widget.freeze_batch_norm.value) == (1e-3, False)
+    widget.start_from.value = "nuclei"
+    assert (widget.learning_rate.value, widget.freeze_batch_norm.value) == (rate, True)
+    assert (widget.settings().learning_rate, widget.settings().freeze_batch_norm) == (rate, True)
+    widget.start_from.value = ""
+    assert (widget.learning_rate.value, widget.freeze_batch_norm.value) == (1e-3, False)
+    widget.learning_rate.value = 5e-3  # the user's value stays whatever the start
+    widget.start_from.value = "nuclei"
+    assert (widget.learning_rate.value, widget.freeze_batch_norm.value) == (5e-3, True)
+    widget.start_from.value = ""
+    # Train again fine-tunes the session's model: the controls switch to what it uses
+    widget.learning_rate.value = 1e-3
+    widget.extra_settings = {**TINY, "iterations": 2}
+    widget.train_button.native.click()
+    wait_idle(widget)
+    assert session_for(viewer).model.training["settings"]["learning_rate"] == 1e-3
+    widget.again_button.native.click()
+    wait_idle(widget)
+    assert (widget.learning_rate.value, widget.freeze_batch_norm.value) == (rate, True)
+    used = session_for(viewer).model.training["settings"]
+    assert (used["learning_rate"], used["freeze_batch_norm"]) == (rate, True)
+
+
 def test_bundled_model_with_the_wrong_channels(viewer, dock, cells, bundle, notes) -> None:
     image, labels = cells
     viewer.add_image(np.stack([image, image]), name="two", channel_axis=None)

@@ -88,7 +88,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MODEL",
         help="continue training this model file (.pt, or a bioimage.io .zip this project "
         "exported) or bundled model ('nuclei': 2D fluorescence nuclei) instead of starting "
-        "afresh",
+        "afresh, with the fine-tuning defaults (--lr 0.0001, --freeze-batch-norm); the model "
+        "as given competes for the best checkpoint on the held-out part",
     )
     parser.add_argument(
         "--class-names",
@@ -141,6 +142,8 @@ _BY_PRESET = {
     "patch_size": "128; --mode classes: 64; paper: 388",
     "batch_size": "4; --mode classes: 8; paper: 1",
     "optimizer": "adam; paper: sgd",
+    "learning_rate": "0.001; with --init: 0.0001",
+    "freeze_batch_norm": "off; with --init: on",
 }
 
 
@@ -202,7 +205,8 @@ def _settings(args: argparse.Namespace) -> Any:
     if args.no_augment:
         overrides.update(elastic=False, flips=False, affine=False, intensity=False)
     overrides.pop("preset", None)
-    settings = TrainSettings.for_preset(args.preset, **overrides)
+    # fine-tuning (--init) starts from its own defaults: a lower rate, frozen batch norm
+    settings = TrainSettings.for_preset(args.preset, fine_tune=args.init is not None, **overrides)
     settings.validate()
     return settings
 

@@ -59,6 +59,8 @@ __all__ = ["TrainWidget"]
 logger = logging.getLogger(__name__)
 
 CHANNEL_CHOICES = [("none", None), ("axis 0", 0), ("axis 1", 1)]
+#: ``start_from`` value of a new network (else the name of a bundled model)
+NEW = ""
 #: steps of the progress bar of a run limited by time only
 PROGRESS_STEPS = 1000
 TRAIN_TIP = "Train a new network on the annotation with the settings above."
@@ -144,11 +146,13 @@ class TrainWidget(ViewerWidget):
     region : napari.layers.Shapes or napari.layers.Labels, optional
         The annotated area (rectangles or polygons, or labels > 0). Nothing outside it is
         learnt from. Without one the whole image counts as annotated.
-    start_from : str or None
-        What Train starts from: a new network, or a model shipped with the plugin (nuclei:
+    start_from : str
+        What Train starts from: a new network (``''``), or a model shipped with the plugin (nuclei:
         trained on 2D fluorescence nuclei) that it fine-tunes on your annotation, which learns
         much more in the same minutes when your cells look alike. The bundled model keeps its
-        own architecture (the preset is not used).
+        own architecture (the preset is not used). Fine-tuning (this, and Train again) has its
+        own defaults, which the advanced settings then show: a lower learning rate and frozen
+        batch-norm statistics; the model as it was competes for the best checkpoint.
     status : str
         What training is doing now.
     """
@@ -170,8 +174,8 @@ class TrainWidget(ViewerWidget):
         self._fine_tune = self._stopped_by_user = False
         self._last_event: Any = None
         self._result: Any = None
-        # the preset and mode whose defaults the controls show
-        self._preset = (TrainSettings().preset, TrainSettings().mode)
+        # the preset, mode and fine-tuning whose defaults the controls show
+        self._preset = (TrainSettings().preset, TrainSettings().mode, False)
         self._run_settings: Any = None
         self._annotation_name = ""
         self._export: Job | None = None
@@ -187,10 +191,9 @@ class TrainWidget(ViewerWidget):
         self.region = layer_picker(
             viewer, "region", (Shapes, Labels), label="annotated region", nullable=True
         )
-        starts = [("a new network", None)] + [(f"bundled model: {n}", n) for n in BUNDLED_MODELS]
-        self.start_from = ComboBox(
-            name="start_from", label="start from", choices=starts, value=None
-        )
+        # '' rather than None for a new network: magicgui emits no change to a None value
+        starts = [("a new network", NEW)] + [(f"bundled model: {n}", n) for n in BUNDLED_MODELS]
+        self.start_from = ComboBox(name="start_from", label="start from", choices=starts, value=NEW)
         self.device, self.device_readout = device_picker()
         self.main_form = SettingsForm(TrainSettings, MAIN, replace={"device": self.device})
         self.advanced_form = SettingsForm(TrainSettings, ADVANCED)
@@ -233,6 +236,7 @@ class TrainWidget(ViewerWidget):
         set_tooltips(self, type(self))
         self.preset.changed.connect(self._on_preset)
         self.mode.changed.connect(self._on_preset)
+        self.start_from.changed.connect(self._on_preset)
         self.image.changed.connect(lambda layer: setattr(self.dims, "value", default_dims(layer)))
         self._session.connect(self._on_session_model)
         self._on_session_model()
@@ -275,6 +279,8 @@ class TrainWidget(ViewerWidget):
         if self.busy:
             show_info("Training is already running; press Stop to end it first.")
             return False
+        # the controls show the values this run uses: fine-tuning has its own defaults
+        self._show_defaults(fine_tune or self.start_from.value != NEW)
         try:
             inputs = self._inputs(fine_tune)
         except ValueError as exc:
@@ -491,7 +497,7 @@ class TrainWidget(ViewerWidget):
                     "There is no model to train again yet: press Train first, or load a model."
                 )
             return self._session.model.copy()
-        if self.start_from.value is None:
+        if self.start_from.value == NEW:
             return None
         return bundled_model(self.start_from.value)
 
@@ -626,13 +632,19 @@ class TrainWidget(ViewerWidget):
 
     # -- controls ------------------------------------------------------------------------------
     def _on_preset(self, *_args: Any) -> None:
-        """Show the new preset's (and mode's) training settings where they differ from the old
-        ones' and the user has not changed them."""
+        """Preset, mode or start changed: show their defaults (:meth:`_show_defaults`)."""
+        self._show_defaults(self.start_from.value != NEW)
+
+    def _show_defaults(self, fine_tune: bool) -> None:
+        """Show the training settings of the chosen preset and mode (of fine-tuning a model
+        when ``fine_tune``: a lower learning rate, frozen batch norm) where they differ from
+        the ones shown before and the user has not changed them."""
         from napari_unet.core.training import TrainSettings
 
-        (preset, mode), now = self._preset, (self.preset.value, self.mode.value)
-        before = TrainSettings.for_preset(preset, mode=mode).to_dict()
-        after = TrainSettings.for_preset(now[0], mode=now[1]).to_dict()
+        (preset, mode, tuned) = self._preset
+        now = (self.preset.value, self.mode.value, bool(fine_tune))
+        before = TrainSettings.for_preset(preset, mode=mode, fine_tune=tuned).to_dict()
+        after = TrainSettings.for_preset(now[0], mode=now[1], fine_tune=now[2]).to_dict()
         self._preset = now
         for form_ in (self.main_form, self.advanced_form):
             shown = form_.values()

@@ -81,6 +81,7 @@ __all__ = [
     "METRIC_LABELS",
     "TrainEvent",
     "describe_run",
+    "freeze_batch_norm",
     "metric_label",
     "run_metric",
     "run_training",
@@ -282,6 +283,36 @@ def _new_net(config: UNetConfig, seed: int = 0) -> UNet:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return UNet(config)
+
+
+def freeze_batch_norm(net: torch.nn.Module) -> int:
+    """Put the batch-norm layers of a network in evaluation mode (fine-tuning).
+
+    Their running mean and variance then stay as the model learnt them on its own data, and
+    normalise the batches too: a small annotation does not rewrite them (their scale and shift
+    are still trained). The rest of the network keeps its mode.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The network, in training mode.
+
+    Returns
+    -------
+    int
+        The number of batch-norm layers frozen.
+
+    Examples
+    --------
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)).train()
+    >>> freeze_batch_norm(net), net[0].training, net[1].training
+    (1, True, False)
+    """
+    kinds = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+    norms = [m for m in net.modules() if isinstance(m, kinds)]
+    for module in norms:
+        module.eval()
+    return len(norms)
 
 
 def _state_cpu(net: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -616,6 +647,8 @@ class _Optimisation:
         if self.channels_last:
             self.net.to(memory_format=self.memory_format)
         self.net.train()
+        if model is not None and settings.freeze_batch_norm:
+            freeze_batch_norm(self.net)
         self.forward: Callable[[torch.Tensor], torch.Tensor] = plan.dist.wrap(self.net, plan.device)
         if settings.compile:
             self.forward = torch.compile(self.forward)
@@ -875,6 +908,10 @@ class _TrainingRun:
         self.train_start = time.perf_counter()
         self.keeper = CheckpointKeeper(checkpoint, model)
         self.keeper.restore(self)
+        if model is not None and self.iteration == 0 and data.tiles is not None:
+            # the starting weights compete for the best checkpoint: a fine-tuning run that
+            # never beats them on the held-out part returns them unchanged
+            self.best.offer(self.score(), self.opt.net, 0)
 
     def finished(self, stop: threading.Event | None) -> bool:
         """Whether the run ends before its next step (stop request, iterations, minutes)."""

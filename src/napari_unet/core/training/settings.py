@@ -36,10 +36,21 @@ from ..model import MODES, PRESETS
 from ..voxels import check_voxel_size
 from .augment import AugmentSettings
 
-__all__ = ["ADVANCED", "CLASSES_DEFAULTS", "HIDDEN", "MAIN", "TrainSettings", "setting"]
+__all__ = [
+    "ADVANCED",
+    "CLASSES_DEFAULTS",
+    "FINE_TUNE_DEFAULTS",
+    "HIDDEN",
+    "MAIN",
+    "TrainSettings",
+    "setting",
+]
 
 #: Settings of the ``'fast'`` preset in the classes mode (see :meth:`TrainSettings.for_preset`)
 CLASSES_DEFAULTS: dict[str, Any] = {"patch_size": 64, "batch_size": 8}
+#: Settings where a model is fine-tuned rather than trained afresh (see
+#: :meth:`TrainSettings.for_preset`)
+FINE_TUNE_DEFAULTS: dict[str, Any] = {"learning_rate": 1e-4, "freeze_batch_norm": True}
 
 #: ``show`` values of :func:`setting`
 MAIN, ADVANCED, HIDDEN = "main", "advanced", "hidden"
@@ -127,7 +138,8 @@ class TrainSettings:
     batch_size : int
         Patches per step.
     learning_rate : float
-        Peak learning rate; it follows a cosine decay over the planned run.
+        Peak learning rate; it follows a cosine decay over the planned run. Fine-tuning a
+        model starts lower (:data:`FINE_TUNE_DEFAULTS`, :meth:`for_preset`).
     optimizer : {'adam', 'sgd'}
         Adam, or SGD with the paper's momentum of 0.99.
     elastic, flips, affine, intensity : bool
@@ -191,6 +203,12 @@ class TrainSettings:
         The smallest object kept at inference, as a share of the area of the small annotated
         cells (5th percentile of the completely annotated ones); 0: not learnt (inference's
         default).
+    freeze_batch_norm : bool
+        When fine-tuning a model: keep its batch-norm layers in evaluation mode, so that their
+        running statistics stay those of the data the model was trained on and a small
+        annotation does not rewrite them (their scale and shift are still trained). Ignored
+        for a new network. On by default where a model is fine-tuned
+        (:data:`FINE_TUNE_DEFAULTS`).
     spatial_dims : {2, 3}
         2: a 2D network (stacks are sets of 2D slices); 3: a 3D network trained on volumes
         ``(Z, Y, X)``, from their labelled slices (or their regions) only.
@@ -248,12 +266,13 @@ class TrainSettings:
     min_size_fraction: float = setting(
         0.25, label="min size (x cell area)", min=0.0, max=1.0, step=0.05
     )
+    freeze_batch_norm: bool = setting(False, label="freeze batch norm (fine-tuning)")
     spatial_dims: int = setting(2, show=HIDDEN, label="dimensions")
     voxel_size: tuple[float, ...] | None = setting(None, show=HIDDEN, label="voxel size")
 
     @classmethod
-    def for_preset(cls, preset: str, **overrides: Any) -> TrainSettings:
-        """Settings for a preset: ``'fast'`` (the defaults) or ``'paper'``.
+    def for_preset(cls, preset: str, fine_tune: bool = False, **overrides: Any) -> TrainSettings:
+        """Settings for a preset: ``'fast'`` (the defaults) or ``'paper'``; for fine-tuning.
 
         ``'paper'`` follows Ronneberger et al. (2015): SGD with momentum 0.99, one 572 x 572
         input tile per step (388 x 388 output), learning rate 1e-3.
@@ -264,10 +283,17 @@ class TrainSettings:
         busy 2-core CPU: mean class IoU 0.57 with 64 px patches in batches of 8, 0.38 with the
         128 px patches in batches of 4 of the cells mode).
 
+        ``fine_tune=True`` (a model given to :func:`~napari_unet.core.training.train`, e.g. a
+        bundled one) takes :data:`FINE_TUNE_DEFAULTS`: a lower learning rate and frozen
+        batch-norm statistics, so that the few cells of a small annotation adapt the model
+        rather than rewrite it (``bench/bench_real.py --split train``: see docs/benchmarks.md).
+
         Parameters
         ----------
         preset : {'fast', 'paper'}
             The preset.
+        fine_tune : bool
+            The settings fine-tune a model.
         **overrides
             Any field to change.
 
@@ -283,6 +309,8 @@ class TrainSettings:
             base.update(optimizer="sgd", batch_size=1, patch_size=388, learning_rate=1e-3)
         elif overrides.get("mode") == "classes":
             base.update(CLASSES_DEFAULTS)
+        if fine_tune:
+            base.update(FINE_TUNE_DEFAULTS)
         return cls(**{**base, **overrides})
 
     def validate(self) -> None:

@@ -432,7 +432,8 @@ def predict_tiles(
     Parameters
     ----------
     net : torch.nn.Module
-        The network (put in evaluation mode for the pass, then back).
+        The network (put in evaluation mode for the pass, then each layer back in the mode it
+        was in: a fine-tuned network's frozen batch norm stays in evaluation mode).
     tiles : ValidationTiles
         The inputs.
     device : torch.device
@@ -449,7 +450,7 @@ def predict_tiles(
     numpy.ndarray
         float32 ``(M, O, O)``, the whole output of each tile.
     """
-    was_training = net.training
+    modes = [(module, module.training) for module in net.modules()]
     net.eval()
     out = []
     try:
@@ -462,7 +463,8 @@ def predict_tiles(
             prob = torch.softmax(logits.float(), dim=1)
             out.append((prob if classes else prob[:, FOREGROUND]).cpu().numpy())
     finally:
-        net.train(was_training)
+        for module, mode in modes:
+            module.training = mode
     return np.concatenate(out)
 
 
