@@ -20,31 +20,20 @@ from napari_unet.bioimageio.architecture import architecture_source
 from napari_unet.bioimageio.check import check_package
 from napari_unet.bioimageio.export import UNET_DOI, package_test_input
 from napari_unet.core.inference import predict_whole
-from napari_unet.core.model import TrainedModel, UNet, UNetConfig
+from napari_unet.core.model import TrainedModel
 from napari_unet.core.model_files import ModelFileError, save_model
 from napari_unet.sample_data import make_touching_cells
+from tiny_models import file_model
 
 FORMATS = ("onnx", "pytorch_state_dict", "torchscript")
 
 
 def _model(seed: int = 0, **config) -> TrainedModel:
-    torch.manual_seed(seed)
-    cfg = UNetConfig(**{"depth": 2, "base_channels": 4, **config})
-    net = UNet(cfg)
-    if cfg.batch_norm:  # non-trivial running statistics
-        net.train()
-        with torch.no_grad():
-            net(torch.randn(2, cfg.in_channels, 32, 32) * 3 + 1)
-    net.eval()
-    return TrainedModel(
-        net,
-        normalization={"method": "percentile", "low": 2.0, "high": 99.5},
-        gap=2,
-        training={
-            "settings": {"preset": "fast", "rgb": False, "channel_axis": None},
-            "summary": {"validation": 0.75, "best_iteration": 40, "iterations_done": 50},
-        },
-    )
+    training = {
+        "settings": {"preset": "fast", "rgb": False, "channel_axis": None},
+        "summary": {"validation": 0.75, "best_iteration": 40, "iterations_done": 50},
+    }
+    return file_model(training, seed, **config)
 
 
 @pytest.fixture(scope="module")

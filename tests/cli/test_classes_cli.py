@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import tifffile
 import torch
 
-from napari_unet import cli
 from napari_unet.cli import main
 from napari_unet.core.inference import predict_probabilities
 from napari_unet.core.model import TrainedModel, UNet, UNetConfig
@@ -17,26 +14,8 @@ from napari_unet.core.model_files import load_model, save_model
 from napari_unet.core.progress import run_to_end
 
 
-@pytest.fixture(autouse=True)
-def _existing_commands(monkeypatch):
-    present = {
-        name: module
-        for name, module in cli.COMMANDS.items()
-        if importlib.util.find_spec(f"napari_unet.cli.{module}") is not None
-    }
-    monkeypatch.setattr(cli, "COMMANDS", present)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
-def files(tmp_path):
+def files(tmp_path, tiny_file):
     """An image of three bands with scribbles of three classes, and tiny models of each mode."""
     rng = np.random.default_rng(0)
     image = rng.normal(100, 10, (48, 48)).astype(np.float32)
@@ -52,7 +31,7 @@ def files(tmp_path):
         UNet(UNetConfig(depth=2, base_channels=4, n_classes=3)).eval(), mode="classes"
     )
     save_model(classes, tmp_path / "tiny_classes.pt")
-    save_model(TrainedModel(UNet(UNetConfig(depth=2, base_channels=4))), tmp_path / "cells.pt")
+    tiny_file("cells.pt")
     return tmp_path, image
 
 

@@ -2,39 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import tifffile
 import torch
 import zarr
 
-from napari_unet import cli
 from napari_unet.cli import main
 from napari_unet.core.inference import segment
-from napari_unet.core.model import TrainedModel, UNet, UNetConfig
+from napari_unet.core.model import TrainedModel
 from napari_unet.core.model_files import save_model
 from napari_unet.core.progress import run_to_end
 
 VOXEL = (3.0, 1.0, 1.0)
 
 
-@pytest.fixture(autouse=True)
-def _existing_commands(monkeypatch):
-    present = {
-        name: module
-        for name, module in cli.COMMANDS.items()
-        if importlib.util.find_spec(f"napari_unet.cli.{module}") is not None
-    }
-    monkeypatch.setattr(cli, "COMMANDS", present)
-
-
 @pytest.fixture
-def model_3d(tmp_path):
-    torch.manual_seed(0)
-    config = UNetConfig(depth=2, base_channels=4, spatial_dims=3, voxel_size=VOXEL)
-    net = UNet(config).eval()
+def model_3d(tmp_path, tiny_model):
+    net = tiny_model(spatial_dims=3, voxel_size=VOXEL).net.eval()
     with torch.no_grad():
         net.head.bias[1] += 0.3  # some foreground from an untrained network
     model = TrainedModel(net, gap=1, training={"min_size": 2, "threshold": 0.5})

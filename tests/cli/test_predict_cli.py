@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import tifffile
 import torch
 import zarr
 
-from napari_unet import cli
 from napari_unet.cli import batch, main
 from napari_unet.core.inference import predict_probabilities, segment
 from napari_unet.core.model import TrainedModel, UNet, UNetConfig
@@ -19,26 +16,6 @@ from napari_unet.core.progress import run_to_end
 from napari_unet.sample_data import make_touching_cells
 
 TILE = 64  # several tiles per slice of the test images
-
-
-@pytest.fixture(autouse=True)
-def _existing_commands(monkeypatch):
-    """Build the parser from the sub-command modules present (others may be in the works)."""
-    present = {
-        name: module
-        for name, module in cli.COMMANDS.items()
-        if importlib.util.find_spec(f"napari_unet.cli.{module}") is not None
-    }
-    assert "predict" in present
-    monkeypatch.setattr(cli, "COMMANDS", present)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only add waiting on a busy machine
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import tifffile
-import torch
 
-from napari_unet import cli
 from napari_unet.cli import main
-from napari_unet.core.model import TrainedModel, UNet, UNetConfig
-from napari_unet.core.model_files import load_model, save_model
+from napari_unet.core.model_files import load_model
 from napari_unet.sample_data import make_touching_nuclei_3d
 
 VOXEL = (2.5, 1.0, 1.0)
 
 
-@pytest.fixture(autouse=True)
-def _existing_commands(monkeypatch):
-    present = {
-        name: module
-        for name, module in cli.COMMANDS.items()
-        if importlib.util.find_spec(f"napari_unet.cli.{module}") is not None
-    }
-    monkeypatch.setattr(cli, "COMMANDS", present)
-
-
 @pytest.fixture
-def files(tmp_path):
+def files(tmp_path, tiny_file):
     image, labels = make_touching_nuclei_3d(
         (10, 32, 32), n_nuclei=4, spacing=VOXEL, radius=(6.0, 8.0), seed=2
     )
@@ -37,9 +22,7 @@ def files(tmp_path):
     sparse[[2, 6]] = labels[[2, 6]]
     tifffile.imwrite(tmp_path / "vol.tif", image)
     tifffile.imwrite(tmp_path / "lab.tif", sparse)
-    torch.manual_seed(0)
-    tiny = UNetConfig(depth=2, base_channels=4, spatial_dims=3, voxel_size=VOXEL)
-    save_model(TrainedModel(UNet(tiny)), tmp_path / "tiny.pt")
+    tiny_file(spatial_dims=3, voxel_size=VOXEL)
     return tmp_path
 
 

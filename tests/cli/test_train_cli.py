@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import signal
 
@@ -11,7 +10,6 @@ import pytest
 import tifffile
 import torch
 
-from napari_unet import cli
 from napari_unet.cli import main
 from napari_unet.cli import train as train_cli
 from napari_unet.core.model import TrainedModel, UNet, UNetConfig
@@ -20,37 +18,14 @@ from napari_unet.core.training import TrainEvent
 from napari_unet.sample_data import make_touching_cells
 
 
-@pytest.fixture(autouse=True)
-def _existing_commands(monkeypatch):
-    """Build the parser from the sub-command modules present (others may be in the works)."""
-    present = {
-        name: module
-        for name, module in cli.COMMANDS.items()
-        if importlib.util.find_spec(f"napari_unet.cli.{module}") is not None
-    }
-    assert "train" in present
-    monkeypatch.setattr(cli, "COMMANDS", present)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny nets: one thread is faster and immune to a shared, oversubscribed CI machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def cells():
     return make_touching_cells((64, 64), n_cells=8, seed=3)
 
 
 @pytest.fixture
-def tiny(tmp_path):
-    torch.manual_seed(0)
-    model = TrainedModel(UNet(UNetConfig(depth=2, base_channels=4)))
-    return save_model(model, tmp_path / "tiny.pt")
+def tiny(tiny_file):
+    return tiny_file()
 
 
 def _fast_args(tiny):
@@ -160,18 +135,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, cells, tiny, capsys):
     assert exc.value.code == 2
 
 
-def test_ctrl_c_stops_after_the_step_and_saves(tmp_path, cells, tiny, monkeypatch, capsys):
+def test_ctrl_c_stops_after_the_step_and_saves(tmp_path, cells, tiny, ctrl_c_at, capsys):
     image, labels = cells
     np.save(tmp_path / "img.npy", image)
     np.save(tmp_path / "lab.npy", labels)
-    original = train_cli.ProgressLine.update
-
-    def update(self, event):
-        original(self, event)
-        if event.iteration == 2:
-            signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C
-
-    monkeypatch.setattr(train_cli.ProgressLine, "update", update)
+    ctrl_c_at(2)
     out = tmp_path / "m.pt"
     argv = ["train", str(tmp_path / "img.npy"), "--labels", str(tmp_path / "lab.npy")]
     argv += ["--out", str(out), "--iterations", "50"]

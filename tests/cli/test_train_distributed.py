@@ -8,20 +8,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import napari_unet
-from napari_unet.core.model import TrainedModel, UNet, UNetConfig
-from napari_unet.core.model_files import load_model, save_model
+from napari_unet.core.model import UNetConfig
+from napari_unet.core.model_files import load_model
 from napari_unet.sample_data import make_touching_cells
 
 
-def test_torchrun_two_processes_write_one_model(tmp_path):
+def test_torchrun_two_processes_write_one_model(tmp_path, tiny_file):
     image, labels = make_touching_cells((64, 64), n_cells=8, seed=3)
     np.save(tmp_path / "image.npy", image)
     np.save(tmp_path / "labels.npy", labels)
-    torch.manual_seed(0)
-    save_model(TrainedModel(UNet(UNetConfig(depth=2, base_channels=4))), tmp_path / "tiny.pt")
+    tiny_file()
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "napari_unet", "train", "image.npy", "--labels", "labels.npy", "--out", "model.pt",

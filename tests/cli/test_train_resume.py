@@ -2,47 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
-import signal
-
 import numpy as np
 import pytest
 import torch
 
-from napari_unet import cli
 from napari_unet.cli import main
-from napari_unet.cli import train as train_cli
-from napari_unet.core.model import TrainedModel, UNet, UNetConfig
-from napari_unet.core.model_files import load_model, save_model
+from napari_unet.core.model_files import load_model
 from napari_unet.core.training.checkpoint import load_checkpoint
 from napari_unet.sample_data import make_touching_cells
 
 
-@pytest.fixture(autouse=True)
-def _existing_commands(monkeypatch):
-    present = {
-        name: module
-        for name, module in cli.COMMANDS.items()
-        if importlib.util.find_spec(f"napari_unet.cli.{module}") is not None
-    }
-    monkeypatch.setattr(cli, "COMMANDS", present)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
-def files(tmp_path):
+def files(tmp_path, tiny_file):
     image, labels = make_touching_cells((64, 64), n_cells=8, seed=3)
     np.save(tmp_path / "img.npy", image)
     np.save(tmp_path / "lab.npy", labels)
-    torch.manual_seed(0)
-    save_model(TrainedModel(UNet(UNetConfig(depth=2, base_channels=4))), tmp_path / "tiny.pt")
+    tiny_file()
     return tmp_path
 
 
@@ -54,21 +29,14 @@ def _argv(folder, out, *more):
     ]  # fmt: skip
 
 
-def test_ctrl_c_then_resume_gives_the_uninterrupted_model(files, monkeypatch):
+def test_ctrl_c_then_resume_gives_the_uninterrupted_model(files, ctrl_c_at):
     init = ["--init", str(files / "tiny.pt")]
     assert main(_argv(files, "full.pt", "--iterations", "5", "--quiet", *init)) == 0
     assert not (files / "full.ckpt").exists()  # a short run that was not stopped
 
-    original = train_cli.ProgressLine.update
-
-    def update(self, event):
-        original(self, event)
-        if event.iteration == 2:
-            signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C
-
-    monkeypatch.setattr(train_cli.ProgressLine, "update", update)
+    ctrl_c_at(2)
     assert main(_argv(files, "part.pt", "--iterations", "5", *init)) == 0
-    monkeypatch.setattr(train_cli.ProgressLine, "update", original)
+    ctrl_c_at(None)
     assert load_checkpoint(files / "part.ckpt").iteration == 2
 
     resume = ["--resume", str(files / "part.ckpt"), "--quiet"]

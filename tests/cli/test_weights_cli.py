@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 
 import numpy as np
 import pytest
 import tifffile
 
-from napari_unet import cli
 from napari_unet.cli import main
 from napari_unet.core.targets import border_weight_map
 from napari_unet.sample_data import make_touching_cells
-
-
-@pytest.fixture(autouse=True)
-def _existing_commands(monkeypatch):
-    """Build the parser from the sub-command modules present (others may be in the works)."""
-    present = {
-        name: module
-        for name, module in cli.COMMANDS.items()
-        if importlib.util.find_spec(f"napari_unet.cli.{module}") is not None
-    }
-    assert "weights" in present
-    monkeypatch.setattr(cli, "COMMANDS", present)
 
 
 @pytest.fixture

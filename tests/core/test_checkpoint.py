@@ -13,13 +13,7 @@ from napari_unet.core.training import TrainSettings, run_training
 from napari_unet.core.training.checkpoint import Checkpointing, load_checkpoint
 from napari_unet.sample_data import make_touching_cells
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

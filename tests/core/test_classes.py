@@ -14,13 +14,7 @@ from napari_unet.core.training.data import TargetSpec
 from napari_unet.core.training.metrics import class_iou
 from napari_unet.core.training.validation import hold_out
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_classes(n_classes: int = 3, names=("bg", "a", "b")) -> TrainedModel:

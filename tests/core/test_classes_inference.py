@@ -17,16 +17,11 @@ from napari_unet.core.inference import (
 from napari_unet.core.model import TrainedModel, UNet, UNetConfig
 from napari_unet.core.progress import run_to_end
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 ATOL = 1e-4
 K = 3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _model(padding: str) -> TrainedModel:

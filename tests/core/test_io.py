@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from napari_unet import __version__
-from napari_unet.core.model import TrainedModel, UNet, UNetConfig
+from napari_unet.core.model import TrainedModel
 from napari_unet.core.model_files import (
     FORMAT,
     FORMAT_VERSION,
@@ -17,24 +17,12 @@ from napari_unet.core.model_files import (
     load_model,
     save_model,
 )
+from tiny_models import file_model
 
 
 def _model(seed: int = 0, **config) -> TrainedModel:
-    torch.manual_seed(seed)
-    cfg = UNetConfig(**{"depth": 2, "base_channels": 4, **config})
-    net = UNet(cfg)
-    # Non-trivial batch-norm statistics, so that buffers are checked as well as weights.
-    if cfg.batch_norm:
-        net.train()
-        with torch.no_grad():
-            net(torch.randn(2, cfg.in_channels, 32, 32) * 3 + 1)
-    net.eval()
-    return TrainedModel(
-        net,
-        normalization={"method": "percentile", "low": 2.0, "high": 99.5},
-        gap=2,
-        training={"iterations": 7, "loss": [0.5, np.float32(0.25)], "preset": "fast"},
-    )
+    training = {"iterations": 7, "loss": [0.5, np.float32(0.25)], "preset": "fast"}
+    return file_model(training, seed, **config)
 
 
 def test_round_trip_gives_identical_outputs(tmp_path):

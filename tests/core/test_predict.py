@@ -25,40 +25,17 @@ from napari_unet.core.inference import (
 )
 from napari_unet.core.model import TrainedModel, UNet, UNetConfig
 from napari_unet.core.progress import Step, run_to_end
+from tiny_models import tiled_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 ATOL = 1e-4
 
 
-def _model(padding: str = "same", in_channels: int = 1, seed: int = 0, depth: int = 2):
-    torch.manual_seed(seed)
-    config = UNetConfig(
-        in_channels=in_channels,
-        depth=depth,
-        base_channels=4,
-        padding=padding,
-        batch_norm=padding == "same",
-    )
-    net = UNet(config)
-    if config.batch_norm:  # non-trivial running statistics, used in eval mode
-        net.train()
-        with torch.no_grad():
-            net(torch.randn(2, in_channels, 64, 64) * 2 + 1)
-    return TrainedModel(net.eval())
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors gain nothing from threads, and on a busy machine OpenMP's barriers make them
-    # a hundred times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module", params=["same", "valid"])
 def model(request: pytest.FixtureRequest) -> TrainedModel:
-    return _model(request.param)
+    return tiled_model(request.param)
 
 
 def _tile(model: TrainedModel, stride: int) -> int:
@@ -143,18 +120,18 @@ def test_tiles_cover_image_with_one_shape_on_the_grid(model: TrainedModel) -> No
 
 
 def test_multichannel_rgb_and_stack() -> None:
-    two = _model("same", in_channels=2)
+    two = tiled_model("same", in_channels=2)
     image = _image((2, 30, 41))
     tiled = run_to_end(predict_probabilities(two, image, channel_axis=0, tile=60, device="cpu"))
     whole = predict_whole(two, image, channel_axis=0, device="cpu")
     np.testing.assert_allclose(tiled, whole, atol=ATOL, rtol=0)
 
-    three = _model("valid", in_channels=3)
+    three = tiled_model("valid", in_channels=3)
     rgb = _image((33, 29, 3))
     tiled = run_to_end(predict_probabilities(three, rgb, rgb=True, tile=70, device="cpu"))
     np.testing.assert_allclose(tiled, predict_whole(three, rgb, rgb=True, device="cpu"), atol=ATOL)
 
-    one = _model("same")
+    one = tiled_model("same")
     base = _image((25, 31)).astype(np.float32)
     stack = np.stack([base, _image((25, 31), seed=5), base * 10 + 7])
     prob = run_to_end(predict_probabilities(one, stack, tile=56, batch_size=4, device="cpu"))
@@ -206,7 +183,7 @@ class CountingArray:
 
 
 def test_lazy_inputs_are_read_tile_by_tile(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = _model("same")
+    model = tiled_model("same")
     monkeypatch.setattr(predict_module, "PERCENTILE_MAX_PIXELS", 300)  # force subsampling
     image = _image((2, 90, 80))
     lazy = CountingArray(image)
@@ -224,7 +201,7 @@ def test_lazy_inputs_are_read_tile_by_tile(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_strided_percentiles_for_big_slices(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = _model("same")
+    model = tiled_model("same")
     image = _image((60, 50))
     exact = slice_normalization(model, image)
     monkeypatch.setattr(predict_module, "PERCENTILE_MAX_PIXELS", 800)
@@ -238,7 +215,7 @@ def test_strided_percentiles_for_big_slices(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_zarr_in_and_out(tmp_path) -> None:
-    model = _model("valid")
+    model = tiled_model("valid")
     image = _image((2, 45, 38))
     src = zarr.open_array(
         str(tmp_path / "in.zarr"),
@@ -347,7 +324,7 @@ def test_segment_reports_each_slice_outside_inference_mode(model: TrainedModel) 
 
 
 def test_out_of_memory_halves_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
-    base = _model("same")
+    base = tiled_model("same")
     image = _image((2, 60, 70))
     whole = [predict_whole(base, image[z], device="cpu") for z in range(2)]
     wrapped = OOMNet(base.net, max_pixels=100 * 100)
@@ -378,14 +355,14 @@ def test_out_of_memory_halves_and_goes_on(caplog: pytest.LogCaptureFixture) -> N
 
 
 def test_out_of_memory_at_the_smallest_tile_is_an_error() -> None:
-    base = _model("same")
+    base = tiled_model("same")
     model = TrainedModel(OOMNet(base.net, max_pixels=10))
     with pytest.raises(MemoryError, match="smallest tile"):
         run_to_end(predict_probabilities(model, _image((30, 30)), device="cpu"))
 
 
 def test_model_is_left_as_it_was() -> None:
-    model = _model("same")
+    model = tiled_model("same")
     model.net.train()
     before = {k: v.clone() for k, v in model.net.state_dict().items()}
     run_to_end(predict_probabilities(model, _image((20, 20)), device="cpu"))
@@ -399,7 +376,7 @@ def test_model_is_left_as_it_was() -> None:
 
 
 def test_bad_input_gives_clear_errors() -> None:
-    model = _model("same")
+    model = tiled_model("same")
     with pytest.raises(ValueError, match=r"1 channel.*has 3"):
         run_to_end(predict_probabilities(model, _image((20, 20, 3)), rgb=True, device="cpu"))
     with pytest.raises(ValueError, match="empty"):

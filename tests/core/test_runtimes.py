@@ -12,8 +12,12 @@ from torch import nn
 from napari_unet.core.inference import predict_probabilities, predict_whole, segment
 from napari_unet.core.inference import runtimes as rt
 from napari_unet.core.inference.runner import NetworkRunner, is_out_of_memory, make_runner
-from napari_unet.core.model import TrainedModel, UNet, UNetConfig
+from napari_unet.core.model import TrainedModel, UNetConfig
 from napari_unet.core.progress import run_to_end
+from tiny_models import tiled_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 ATOL = 1e-4
 CPU = torch.device("cpu")
@@ -21,29 +25,7 @@ INSTALLED = [r for r in rt.GRAPH_RUNTIMES if r in rt.available_runtimes()]
 
 
 def _model(padding: str = "same", in_channels: int = 1, n_classes: int = 2, seed: int = 0):
-    torch.manual_seed(seed)
-    config = UNetConfig(
-        in_channels=in_channels,
-        n_classes=n_classes,
-        depth=2,
-        base_channels=4,
-        padding=padding,
-        batch_norm=padding == "same",
-    )
-    net = UNet(config)
-    if config.batch_norm:  # non-trivial running statistics, used in eval mode
-        net.train()
-        with torch.no_grad():
-            net(torch.randn(2, in_channels, 64, 64) * 2 + 1)
-    return TrainedModel(net.eval())
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    return tiled_model(padding, in_channels, seed, n_classes=n_classes)
 
 
 @pytest.fixture(autouse=True)

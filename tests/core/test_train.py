@@ -15,15 +15,7 @@ from napari_unet.core.training.loop import weighted_cross_entropy
 from napari_unet.core.training.settings import FINE_TUNE_DEFAULTS
 from napari_unet.sample_data import make_touching_cells
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The nets here are tiny: one thread is faster than two and immune to oversubscription
-    # when the CI machine is shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(seed: int = 0, **config) -> TrainedModel:

@@ -64,21 +64,6 @@ def cells() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture
-def tiny_model() -> Any:
-    """Factory of untrained depth-2 U-Nets with 4 base channels: ``tiny_model(in_channels)``."""
-    import torch
-
-    from napari_unet.core.model import TrainedModel, UNet, UNetConfig
-
-    def make(in_channels: int = 1, seed: int = 0) -> Any:
-        torch.manual_seed(seed)
-        config = UNetConfig(in_channels=in_channels, depth=2, base_channels=4)
-        return TrainedModel(UNet(config))
-
-    return make
-
-
-@pytest.fixture
 def viewer(make_napari_viewer: Any) -> Any:
     """A napari viewer."""
     return make_napari_viewer()
