@@ -214,6 +214,27 @@ def test_release_memory_keeps_results(runtime, padding):
     assert torch.equal(before, after)
 
 
+@pytest.mark.parametrize("runtime", INSTALLED)
+def test_release_memory_waits_for_a_pause(runtime, monkeypatch):
+    model = _model("same")
+    network = rt.exported_network(model, runtime)
+    released = []
+    monkeypatch.setattr(network._backend, "release", lambda: released.append(True))
+    x = torch.randn(1, 1, model.config.admissible_size(40), model.config.admissible_size(40))
+    with torch.inference_mode():
+        network(x)
+        network.release_memory(delay=60.0)  # a prediction in a row cancels it
+        assert network.release_pending
+        network(x)
+        assert not network.release_pending and released == []
+        network.release_memory(delay=0.01)  # a pause: the timer gives the memory back
+        timer = network._timer
+        timer.join()
+        assert released == [True] and not network.release_pending
+        network.release_memory(delay=0)  # now
+    assert released == [True, True]
+
+
 # -- behind the tile engine -------------------------------------------------------------------
 
 

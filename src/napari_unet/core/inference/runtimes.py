@@ -37,6 +37,7 @@ from ..model import TrainedModel, UNet, UNetConfig
 __all__ = [
     "CPU_DEFAULT_RUNTIME",
     "GRAPH_RUNTIMES",
+    "RELEASE_AFTER_S",
     "RUNTIMES",
     "RUNTIME_NAMES",
     "ExportedNetwork",
@@ -66,6 +67,9 @@ OPSET = 17
 EXPORT_TOLERANCE = 1e-4
 #: Exported networks kept for the session (least recently used dropped first).
 CACHE_SIZE = 4
+#: Seconds an exported network keeps its working memory after a prediction before giving it
+#: back (a next prediction within that time reuses it: 0.06 s at 1248², 0.2 s at 2272² saved).
+RELEASE_AFTER_S = 10.0
 
 _MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 _cache: OrderedDict[tuple[str, str, int], ExportedNetwork] = OrderedDict()
@@ -256,7 +260,8 @@ class ExportedNetwork:
     Called like the torch network: a float32 batch ``(N, C, H, W)`` (any admissible ``H``,
     ``W``) gives the class logits ``(N, n_classes, H', W')`` as a CPU tensor. The runtime keeps
     its working memory between calls (ONNX Runtime ran a third slower allocating it afresh); call
-    :meth:`release_memory` when a prediction is over.
+    :meth:`release_memory` when a prediction is over: the memory goes back
+    :data:`RELEASE_AFTER_S` seconds later unless the network runs again before.
 
     Parameters
     ----------
@@ -278,6 +283,7 @@ class ExportedNetwork:
             raise ValueError(f"runtime must be one of {', '.join(GRAPH_RUNTIMES)}; got {runtime!r}")
         self.runtime, self.threads = runtime, int(threads)
         self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
         backend = _OrtBackend if runtime == "onnxruntime" else _OpenVinoBackend
         self._backend = backend(graph, self.threads, smallest_input)
 
@@ -285,6 +291,7 @@ class ExportedNetwork:
         array = np.ascontiguousarray(x.detach().cpu().float().numpy())
         try:
             with self._lock:
+                self._cancel_release()
                 out = self._backend.run(array)
         except Exception as exc:
             if "alloc" in str(exc).lower():  # the tile engine's out-of-memory test reads this
@@ -292,10 +299,41 @@ class ExportedNetwork:
             raise
         return torch.from_numpy(out)
 
-    def release_memory(self) -> None:
-        """Give the runtime's working memory back (the next call allocates it again)."""
+    def release_memory(self, delay: float | None = None) -> None:
+        """Give the runtime's working memory back (the next call allocates it again).
+
+        Parameters
+        ----------
+        delay : float, optional
+            Seconds to wait first (default :data:`RELEASE_AFTER_S`); a call of the network
+            meanwhile cancels the release, so that predictions in a row keep the memory. 0:
+            release now.
+        """
+        delay = RELEASE_AFTER_S if delay is None else float(delay)
         with self._lock:
-            self._backend.release()
+            self._cancel_release()
+            if delay <= 0:
+                self._backend.release()
+                return
+            self._timer = threading.Timer(delay, self._release_now)
+            self._timer.daemon = True
+            self._timer.start()
+
+    @property
+    def release_pending(self) -> bool:
+        """Whether a delayed :meth:`release_memory` is waiting."""
+        return self._timer is not None
+
+    def _release_now(self) -> None:
+        with self._lock:
+            if self._timer is not None and self._timer is threading.current_thread():
+                self._timer = None
+                self._backend.release()
+
+    def _cancel_release(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def __repr__(self) -> str:
         return f"ExportedNetwork({self.runtime!r}, threads={self.threads})"
