@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from dataclasses import replace
 
@@ -444,3 +446,17 @@ def test_fine_tuning_defaults_freeze_batch_norm(many_cells):
     # a new network is never frozen (its statistics are learnt from the data)
     fresh = _state(run_training(image, labels, settings=tuned_settings))
     assert not all(torch.equal(fresh[k], torch.zeros_like(fresh[k])) for k in fresh if "mean" in k)
+
+
+def test_preload_imports_what_the_first_optimiser_needs():
+    # a fresh process: after the preload, creating the first optimiser imports nothing more
+    code = (
+        "import sys, torch\n"
+        "from napari_unet.core.training import preload_training_modules\n"
+        "preload_training_modules()\n"
+        "before = set(sys.modules)\n"
+        "torch.optim.Adam(torch.nn.Conv2d(1, 2, 3).parameters())\n"
+        "print(sorted(set(sys.modules) - before))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -165,7 +166,7 @@ class TrainWidget(ViewerWidget):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer)
         from napari_unet.core.bundled_models import BUNDLED_MODELS
-        from napari_unet.core.training import TrainSettings
+        from napari_unet.core.training import TrainSettings, preload_training_modules
         from napari_unet.core.training.settings import ADVANCED, MAIN
 
         self.extra_settings: dict[str, Any] = {}
@@ -234,6 +235,12 @@ class TrainWidget(ViewerWidget):
             ]
         )
         set_tooltips(self, type(self))
+        self._connect()
+        # the first optimiser imports torch._dynamo: do it now, not while the live plot runs
+        preload = threading.Thread(target=preload_training_modules, name="preload", daemon=True)
+        preload.start()
+
+    def _connect(self) -> None:
         self.preset.changed.connect(self._on_preset)
         self.mode.changed.connect(self._on_preset)
         self.start_from.changed.connect(self._on_preset)

@@ -18,7 +18,7 @@
 
 from .augment import AugmentSettings, augment_batch
 from .data import AnnotatedImage, PatchSampler, prepare_samples
-from .loop import TrainEvent, describe_run, run_training, train
+from .loop import TrainEvent, describe_run, preload_training_modules, run_training, train
 from .metrics import Matching, average_precision, iou, match_instances
 from .settings import TrainSettings
 from .validation import NoValidationWarning, ValidationScore, score_network
@@ -37,6 +37,7 @@ __all__ = [
     "describe_run",
     "iou",
     "match_instances",
+    "preload_training_modules",
     "prepare_samples",
     "run_training",
     "score_network",

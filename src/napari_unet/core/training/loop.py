@@ -83,6 +83,7 @@ __all__ = [
     "describe_run",
     "freeze_batch_norm",
     "metric_label",
+    "preload_training_modules",
     "run_metric",
     "run_training",
     "train",
@@ -1158,3 +1159,14 @@ def describe_run(model: TrainedModel) -> str:
     if summary.get("stopped"):
         text += " (stopped)"
     return text
+
+
+def preload_training_modules() -> None:
+    """Import now what the first training step would import (torch's optimiser machinery).
+
+    Creating the first torch optimiser of a process imports ``torch._dynamo`` (1-2 s on a
+    laptop CPU, much of it holding the GIL). A GUI calls this from a background thread when it
+    opens, so that its event loop does not stall for hundreds of milliseconds when training
+    starts; a second call costs nothing.
+    """
+    torch.optim.Adam(torch.nn.Linear(1, 1).parameters())
