@@ -28,17 +28,22 @@ def bundle(tmp_path, monkeypatch, tiny_model) -> Any:
     return model
 
 
-def test_train_starts_from_the_bundled_model(viewer, dock, cells, bundle, wait_idle) -> None:
+def _fine_tune_bundle(viewer, dock, cells, wait_idle, iterations: int) -> Any:
+    """Train from the bundled model on the cells sample; the session's model after."""
     image, labels = cells
     viewer.add_image(image, name="cells")
     viewer.add_labels(labels.copy(), name="annotation")
     widget = dock("Train")
     widget.extra_settings = dict(TINY)
-    widget.iterations.value = 3
+    widget.iterations.value = iterations
     widget.start_from.value = "nuclei"
     widget.train_button.native.click()
     wait_idle(widget)
-    model = session_for(viewer).model
+    return session_for(viewer).model
+
+
+def test_train_starts_from_the_bundled_model(viewer, dock, cells, bundle, wait_idle) -> None:
+    model = _fine_tune_bundle(viewer, dock, cells, wait_idle, 3)
     assert model.config == bundle.config  # its architecture, not the preset's
     assert model.training["fine_tuned_from"]["bundled"] == "nuclei"
     assert model.training["summary"]["iterations_done"] == 3
@@ -110,15 +115,7 @@ def test_train_and_segment_share_one_read_of_the_file(
     reads: list[Any] = []
     real = bundled_models.load_model
     monkeypatch.setattr(bundled_models, "load_model", lambda *a: reads.append(a) or real(*a))
-    image, labels = cells
-    viewer.add_image(image, name="cells")
-    viewer.add_labels(labels.copy(), name="annotation")
-    train = dock("Train")
-    train.extra_settings = dict(TINY)
-    train.iterations.value = 2
-    train.start_from.value = "nuclei"
-    train.train_button.native.click()
-    wait_idle(train)
+    _fine_tune_bundle(viewer, dock, cells, wait_idle, 2)
     segment_widget = dock("Segment")
     segment_widget.device.value = "cpu"
     segment_widget.model_source.value = "bundled:nuclei"
@@ -128,5 +125,5 @@ def test_train_and_segment_share_one_read_of_the_file(
     wait_idle(segment_widget)
     assert len(reads) == 1
     # fine-tuning changed Train's copy, not the model Segment gets
-    expected = run_to_end(segment(bundle, image, device="cpu"))
+    expected = run_to_end(segment(bundle, cells[0], device="cpu"))
     np.testing.assert_array_equal(done[0].data, expected)

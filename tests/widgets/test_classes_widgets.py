@@ -36,6 +36,16 @@ def _scribbles_layer(viewer: Any, scribbles: np.ndarray) -> Any:
     return viewer.add_labels(scribbles.copy(), name="scribbles", features=features)
 
 
+def _classes_train(viewer: Any, dock: Any, sample: Any) -> Any:
+    """The Train widget on the sample's image, its annotation the scribbles layer."""
+    image, scribbles, _ = sample
+    viewer.add_image(image, name="cells")
+    _scribbles_layer(viewer, scribbles)
+    widget = dock("Train")
+    widget.annotation_layer.value = viewer.layers["scribbles"]
+    return widget
+
+
 def test_class_names_come_from_the_features(viewer, sample) -> None:
     _, scribbles, _ = sample
     layer = _scribbles_layer(viewer, scribbles)
@@ -50,11 +60,8 @@ def test_class_names_come_from_the_features(viewer, sample) -> None:
 def test_train_again_in_classes_mode_keeps_the_names(
     viewer, dock, sample, wait_idle, notes
 ) -> None:
-    image, scribbles, _ = sample
-    viewer.add_image(image, name="cells")
-    _scribbles_layer(viewer, scribbles)
-    widget = dock("Train")
-    widget.annotation_layer.value = viewer.layers["scribbles"]
+    _, scribbles, _ = sample
+    widget = _classes_train(viewer, dock, sample)
     widget.extra_settings = dict(TINY)
     widget.mode.value = "classes"
     widget.iterations.value = 2
@@ -73,11 +80,7 @@ def test_train_again_in_classes_mode_keeps_the_names(
 def test_train_again_with_a_model_of_the_other_mode_is_refused(
     viewer, dock, sample, tiny_model, notes
 ) -> None:
-    image, scribbles, _ = sample
-    viewer.add_image(image, name="cells")
-    _scribbles_layer(viewer, scribbles)
-    widget = dock("Train")
-    widget.annotation_layer.value = viewer.layers["scribbles"]
+    widget = _classes_train(viewer, dock, sample)
     widget.mode.value = "classes"
     session_for(viewer).set_model(tiny_model(), "file", "tiny cells model")
     assert widget.train(fine_tune=True) is False
