@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_unet.cli import UsageError
-from napari_unet.cli.options import check_output_path
+from napari_unet.cli.options import add_output, check_output_path
 
 __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
@@ -42,9 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "model", type=Path, metavar="MODEL", help="model file (.pt) or bundled model name (nuclei)"
     )
-    parser.add_argument(
-        "--out", "-o", type=Path, required=True, metavar="NAME.zip", help="package to write"
-    )
+    add_output(parser, metavar="NAME.zip", help="package to write")
     parser.add_argument("--name", help="package name (default: 'napari-unet U-Net (PRESET)')")
     parser.add_argument("--description", help="one or two sentences on what the model segments")
     parser.add_argument(

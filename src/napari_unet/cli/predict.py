@@ -533,10 +533,9 @@ def _run_distributed(address: str, job: Any) -> int:
 
     from napari_unet.cli.batch import link_objects
     from napari_unet.cli.files import is_zarr_path
-    from napari_unet.core.inference import StackLabeller, class_ids, probability_shape
+    from napari_unet.core.inference import model_labeller, probability_shape
 
-    labeller = StackLabeller(threshold=job.threshold, gap=job.model.gap, min_size=job.min_size)
-    label = class_ids if job.classes else labeller
+    label = model_labeller(job.model, job.threshold, job.min_size)
     shape = probability_shape(job.model, (job.plan.layout.y.size, job.plan.layout.x.size))
     source = job.target.source
     client = Client(address)
@@ -564,7 +563,7 @@ def _run_distributed(address: str, job: Any) -> int:
     if job.classes:
         return len(np.unique(job.labels[...]))
     linked = link_objects(job)
-    return labeller.n_objects if linked is None else linked
+    return label.n_objects if linked is None else linked  # a StackLabeller (cells mode)
 
 
 def _cluster_runner(address: str) -> Any:

@@ -30,6 +30,7 @@ from .postprocess import (
     StackLabeller,
     class_ids,
     class_objects,
+    model_labeller,
     postprocessing_defaults,
     probabilities_to_labels,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "describe_runtime",
     "foreground_probability",
     "link_slices",
+    "model_labeller",
     "postprocessing_defaults",
     "predict_probabilities",
     "predict_region",

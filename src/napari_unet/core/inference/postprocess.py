@@ -19,7 +19,8 @@ stitched probabilities alone, so tiled inference stays exact.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -27,12 +28,16 @@ from skimage.segmentation import watershed
 
 from ..targets import grow_instances
 
+if TYPE_CHECKING:
+    from ..model import TrainedModel
+
 __all__ = [
     "DEFAULT_MIN_SIZE",
     "DEFAULT_THRESHOLD",
     "StackLabeller",
     "class_ids",
     "class_objects",
+    "model_labeller",
     "postprocessing_defaults",
     "probabilities_to_labels",
     "seeded_instances",
@@ -413,3 +418,34 @@ def class_objects(
             out[comp > 0] = table[comp[comp > 0]]
             owners.extend([c] * keep.size)
     return labels, np.asarray(owners, np.uint8)
+
+
+def model_labeller(
+    model: TrainedModel, threshold: float | None = None, min_size: int | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """What makes a finished slice's probabilities into the model's labels.
+
+    A model of the classes mode gets :func:`class_ids`; any other a :class:`StackLabeller` with
+    the model's post-processing: the caller's threshold and minimum size, else the model's
+    (:func:`postprocessing_defaults`), its training gap, and for a 3D model its voxel size.
+
+    Parameters
+    ----------
+    model : TrainedModel
+        The model whose probabilities are labelled.
+    threshold : float, optional
+        The caller's threshold, if any.
+    min_size : int, optional
+        The caller's minimum object size, if any.
+
+    Returns
+    -------
+    callable
+        Probabilities of one slice (or volume) -> its labels; a :class:`StackLabeller` numbers
+        the slices of a stack on from each other and counts the objects (``n_objects``).
+    """
+    if model.mode == "classes":
+        return class_ids
+    threshold, min_size = postprocessing_defaults(model.training, threshold, min_size)
+    sampling = model.config.voxel_size if model.config.spatial_dims == 3 else None
+    return StackLabeller(threshold=threshold, gap=model.gap, min_size=min_size, sampling=sampling)

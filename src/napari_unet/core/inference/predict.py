@@ -56,7 +56,7 @@ from ..normalize import check_finite, intensity_range, normalize_image
 from ..progress import Step, run_to_end
 from .engine import TileEngine
 from .plan import Plan, make_plan
-from .postprocess import StackLabeller, class_ids, postprocessing_defaults
+from .postprocess import model_labeller
 from .runner import (
     NetworkRunner,
     cudnn_benchmark,
@@ -612,7 +612,7 @@ def segment(
     out = _output(out, plan.shape, np.uint8 if runner.classes else np.int32, "out")
     if probabilities_out is not None:
         _check_out(probabilities_out, probability_shape(model, plan.shape), "probabilities_out")
-    labeller = _labeller(model, threshold, min_size)
+    labeller = model_labeller(model, threshold, min_size)
     slices = _SliceLabelling(src, labeller, out, probabilities_out, model)
     engine = TileEngine(model, src, plan, runner, _normalizer(src, model), stop=stop)
     with closing(engine.run(range(src.n), slices.write)) as events:
@@ -624,18 +624,6 @@ def segment(
 # ----------------------------------------------------------------------------------------------
 # Steps shared by the entry points
 # ----------------------------------------------------------------------------------------------
-
-
-def _labeller(
-    model: TrainedModel, threshold: float | None, min_size: int | None
-) -> Callable[[np.ndarray], np.ndarray]:
-    """What makes a finished slice's probabilities into labels: class ids for a model of the
-    classes mode, else instances (:class:`StackLabeller`, the model's post-processing)."""
-    if model.mode == "classes":
-        return class_ids
-    threshold, min_size = postprocessing_defaults(model.training, threshold, min_size)
-    sampling = model.config.voxel_size if model.config.spatial_dims == 3 else None
-    return StackLabeller(threshold=threshold, gap=model.gap, min_size=min_size, sampling=sampling)
 
 
 def _output(out: Any, shape: tuple[int, ...], dtype: type, what: str) -> Any:

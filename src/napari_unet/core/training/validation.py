@@ -172,10 +172,8 @@ def hold_out(
         raise ValueError(f"validation_fraction must be in [0, 0.5), got {fraction!r}")
     if fraction == 0 or not samples:
         return list(samples), []
-    if targets is not None and targets.mode == "classes":
-        chosen = _choose_scribble_blocks(samples, fraction, block, rng, max_blocks)
-    else:
-        chosen = _choose_blocks(samples, fraction, block, rng, max_blocks)
+    scribbles = targets is not None and targets.mode == "classes"
+    chosen = _choose_blocks(samples, fraction, block, rng, max_blocks, scribbles=scribbles)
     if not chosen:
         return list(samples), []
     out = []
@@ -210,41 +208,25 @@ def _choose_blocks(
     block: int,
     rng: np.random.Generator,
     max_blocks: int,
+    *,
+    scribbles: bool = False,
 ) -> list[tuple[int, int, int]]:
-    """Random blocks holding about ``fraction`` of the annotation; none if that fails."""
-    total = sum(s.n_annotated for s in samples)
-    total_fg = sum(int(np.count_nonzero(s.classes == FOREGROUND)) for s in samples)
-    candidates = _candidate_blocks(samples, block, lambda ann: ann.sum() >= block * block / 2)
-    chosen, held, held_fg = [], 0, 0
-    for j in rng.permutation(len(candidates)) if candidates else []:
-        if held >= fraction * total or len(chosen) >= max_blocks:
-            break
-        k, y0, x0 = candidates[j]
-        box = (slice(y0, y0 + block), slice(x0, x0 + block))
-        held += int(samples[k].annotated[box].sum())
-        held_fg += int(np.count_nonzero(samples[k].classes[box] == FOREGROUND))
-        chosen.append((k, y0, x0))
-    if held > 2 * fraction * total or held_fg == 0 or held_fg == total_fg:
-        return []
-    return chosen
+    """Random blocks holding about ``fraction`` of the annotation; none if that fails.
 
-
-def _choose_scribble_blocks(
-    samples: Sequence[AnnotatedImage],
-    fraction: float,
-    block: int,
-    rng: np.random.Generator,
-    max_blocks: int,
-) -> list[tuple[int, int, int]]:
-    """Classes mode: random blocks touched by scribbles holding about ``fraction`` of them.
-
-    Scribbles are sparse, so a block is a candidate when it holds any painted pixels; a block
-    that would take the held-out part over twice ``fraction`` is passed over. None when the
+    Candidates are drawn in random order until they hold ``fraction`` of the annotated pixels
+    or ``max_blocks`` are chosen. Cells: a candidate is at least half annotated, and the draw
+    fails if it holds over twice ``fraction``, no foreground or all of it. Classes mode
+    (``scribbles``, sparse): a block with any painted pixels is a candidate, one that would take
+    the held-out part over twice ``fraction`` is passed over, and the draw fails if the
     training part would lose a class entirely.
     """
-    n_classes = 1 + max(int(s.classes[s.annotated].max(initial=0)) for s in samples)
+    if scribbles:
+        candidates = _candidate_blocks(samples, block, np.any)
+    else:
+        candidates = _candidate_blocks(samples, block, lambda a: a.sum() >= block * block / 2)
+    # annotated pixels per target class (at least background and foreground)
+    n_classes = max(2, 1 + max(int(s.classes[s.annotated].max(initial=0)) for s in samples))
     total = sum(np.bincount(s.classes[s.annotated], minlength=n_classes) for s in samples)
-    candidates = _candidate_blocks(samples, block, np.any)
     held = np.zeros(n_classes, np.int64)
     chosen: list[tuple[int, int, int]] = []
     for j in rng.permutation(len(candidates)) if candidates else []:
@@ -252,15 +234,19 @@ def _choose_scribble_blocks(
             break
         k, y0, x0 = candidates[j]
         box = (slice(y0, y0 + block), slice(x0, x0 + block))
-        ann = samples[k].annotated[box]
-        counts = np.bincount(samples[k].classes[box][ann], minlength=n_classes)
-        if (held + counts).sum() > 2 * fraction * total.sum():
+        counts = np.bincount(
+            samples[k].classes[box][samples[k].annotated[box]], minlength=n_classes
+        )
+        if scribbles and (held + counts).sum() > 2 * fraction * total.sum():
             continue
         held += counts
         chosen.append((k, y0, x0))
-    if held.sum() == 0 or np.any((total > 0) & (held == total)):
-        return []
-    return chosen
+    if scribbles:
+        failed = held.sum() == 0 or np.any((total > 0) & (held == total))
+    else:
+        fg = held[FOREGROUND]
+        failed = held.sum() > 2 * fraction * total.sum() or fg == 0 or fg == total[FOREGROUND]
+    return [] if failed else chosen
 
 
 def _without(s: AnnotatedImage, held: np.ndarray, targets: TargetSpec | None) -> AnnotatedImage:
