@@ -107,3 +107,25 @@ def test_postprocessing_defaults_come_from_the_model() -> None:
     assert postprocessing_defaults({"threshold": 0.3, "min_size": 7}) == (0.3, 7)
     assert postprocessing_defaults({"threshold": 0.3}, 0.55, 3) == (0.55, 3)
     assert postprocessing_defaults({}) == (0.5, DEFAULT_MIN_SIZE)
+
+
+def test_model_labeller_applies_the_model_post_processing(tiny_model) -> None:
+    from dataclasses import replace
+
+    from napari_unet.core.inference import StackLabeller, class_ids, model_labeller
+
+    model = replace(tiny_model(), gap=2, training={"threshold": 0.3, "min_size": 7})
+    labeller = model_labeller(model)
+    assert isinstance(labeller, StackLabeller)
+    chosen = (labeller.threshold, labeller.min_size, labeller.gap, labeller.sampling)
+    assert chosen == (0.3, 7, 2, None)
+    labeller = model_labeller(model, threshold=0.6, min_size=3)  # the caller's win
+    assert (labeller.threshold, labeller.min_size) == (0.6, 3)
+    volume = tiny_model(spatial_dims=3, voxel_size=(2.0, 1.0, 1.0))
+    assert model_labeller(volume).sampling == (2.0, 1.0, 1.0)
+    classes = replace(tiny_model(n_classes=3), mode="classes")
+    assert model_labeller(classes) is class_ids
+    prob = np.zeros((5, 9), np.float32)
+    prob[1:4, 1:4] = prob[1:4, 5:8] = 0.4  # above the model's 0.3, below the default 0.5
+    small = replace(model, gap=0, training={"threshold": 0.3, "min_size": 1})
+    assert model_labeller(small)(prob).max() == 2
