@@ -73,3 +73,17 @@ def test_ndim_3_on_a_2d_image_exits_2(files, capsys) -> None:
     tifffile.imwrite(files / "lab.tif", lab)
     assert main(_argv(files, "--ndim", "3", "--scale", "2.5", "1", "1")) == 2
     assert "3D training needs volumes" in capsys.readouterr().err
+
+
+def test_ndim_3_takes_the_volume_defaults(files) -> None:
+    argv = [
+        "train", str(files / "vol.tif"), "--labels", str(files / "lab.tif"),
+        "--out", str(files / "m.pt"), "--init", str(files / "tiny.pt"), "--device", "cpu",
+        "--iterations", "1", "--quiet", "--ndim", "3", "--scale", "2.5", "1", "1",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    settings = load_model(files / "m.pt").training["settings"]
+    assert (settings["patch_size"], settings["context"], settings["batch_size"]) == (48, 8, 2)
+    assert main([*argv, "--patch", "16", "--context", "4"]) == 0
+    settings = load_model(files / "m.pt").training["settings"]
+    assert (settings["patch_size"], settings["context"], settings["batch_size"]) == (16, 4, 2)

@@ -98,7 +98,7 @@ def test_3d_centre_does_not_see_beyond_the_halo() -> None:
 
 def test_presets_in_3d() -> None:
     fast = preset_config("fast", spatial_dims=3, voxel_size=(2.0, 1.0, 1.0))
-    assert (fast.depth, fast.base_channels, fast.padding) == (3, 16, "same")
+    assert (fast.depth, fast.base_channels, fast.padding) == (3, 8, "same")
     assert fast.pools[0] == (1, 2, 2)
     paper = preset_config("paper", spatial_dims=3)  # the 3D U-Net of Cicek et al. (2016)
     assert paper.output_size(132) == 44
@@ -149,3 +149,15 @@ def test_file_of_the_first_format_loads_as_2d(tmp_path) -> None:
     loaded = load_model(tmp_path / "old.pt")
     assert loaded.config.spatial_dims == 2 and loaded.config.voxel_size is None
     assert set(loaded.config.to_dict()) == set(old)
+
+
+def test_3d_model_of_the_former_fast_preset_loads(tmp_path) -> None:
+    # 3D fast models made before base 8 (base 16) load with the configuration they stored
+    config = preset_config("fast", spatial_dims=3, voxel_size=(2.5, 1.0, 1.0), base_channels=16)
+    torch.manual_seed(0)
+    model = TrainedModel(UNet(config), gap=1)
+    loaded = load_model(save_model(model, tmp_path / "m.pt"))
+    assert loaded.config == config and loaded.config.base_channels == 16
+    x = torch.rand(1, 1, 8, 16, 16)
+    with torch.inference_mode():
+        assert torch.equal(loaded.net(x), model.net.eval()(x))

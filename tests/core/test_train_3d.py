@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.model import TrainedModel, UNet, UNetConfig
+from napari_unet.core.model import TrainedModel, UNet, UNetConfig, preset_config
 from napari_unet.core.model_files import load_model, save_model
 from napari_unet.core.training import TrainSettings, run_training
 from napari_unet.core.training.augment import AugmentSettings, augment_batch, elastic_field
 from napari_unet.core.training.data import PatchSampler, patch_shape, prepare_samples
+from napari_unet.core.training.settings import VOLUME_DEFAULTS
 from napari_unet.sample_data import make_touching_nuclei_3d
 
 VOXEL = (2.5, 1.0, 1.0)
@@ -142,3 +143,22 @@ def test_channels_last_3d_trains_the_same(volume) -> None:
         model = run_training(image, sparse, settings=settings, model=_tiny())
         losses.append(model.training["summary"]["final_loss"])
     assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+
+
+def test_fast_preset_settings_for_volumes() -> None:
+    volume = TrainSettings.for_preset("fast", spatial_dims=3, voxel_size=VOXEL)
+    assert (volume.patch_size, volume.context, volume.batch_size) == (48, 8, 2)
+    assert {k: getattr(volume, k) for k in VOLUME_DEFAULTS} == VOLUME_DEFAULTS
+    config = preset_config("fast", spatial_dims=3, voxel_size=VOXEL)
+    assert (config.depth, config.base_channels) == (3, 8)
+    # 28 x 64 x 64 voxels in, the loss on 22 x 48 x 48 (z: 2.5x fewer voxels)
+    shapes = patch_shape(config, volume.patch_size, volume.context, (32, 128, 128))
+    assert shapes == ((28, 64, 64), (22, 48, 48))
+    # what the caller gives wins; 2D, the paper preset and fine-tuning's rate are as before
+    assert TrainSettings.for_preset("fast", spatial_dims=3, patch_size=64).patch_size == 64
+    assert TrainSettings.for_preset("fast", spatial_dims=2) == TrainSettings()
+    assert TrainSettings.for_preset("paper", spatial_dims=3).patch_size == 388
+    tuned = TrainSettings.for_preset("fast", fine_tune=True, spatial_dims=3)
+    assert (tuned.patch_size, tuned.learning_rate) == (48, 1e-4)
+    classes = TrainSettings.for_preset("fast", mode="classes", spatial_dims=3)
+    assert (classes.patch_size, classes.batch_size) == (48, 2)

@@ -59,6 +59,22 @@ def test_train_as_3d_from_the_layer_scale(viewer, dock, wait_idle, notes, nuclei
     assert any("'3D' trains a 3D network on a volume" in m for m in notes.messages("error"))
 
 
+def test_train_as_3d_shows_the_volume_defaults(viewer, dock, nuclei) -> None:
+    image, _ = nuclei
+    viewer.add_image(image, name="volume", scale=VOXEL)
+    widget = dock("Train")
+    assert widget.dims.value == "3D"
+    shown = (widget.patch_size.value, widget.context.value, widget.batch_size.value)
+    assert shown == (48, 8, 2)  # VOLUME_DEFAULTS
+    widget.batch_size.value = 3  # the user's own value stays
+    widget.dims.value = "2D slices"
+    shown = (widget.patch_size.value, widget.context.value, widget.batch_size.value)
+    assert shown == (128, 16, 3)
+    widget.dims.value = "3D"
+    assert (widget.patch_size.value, widget.batch_size.value) == (48, 3)
+    assert widget.settings().patch_size == 48
+
+
 def test_segment_volume_into_one_3d_labels_layer(viewer, dock, wait_idle, nuclei) -> None:
     image, _ = nuclei
     model = _tiny_3d()

@@ -175,8 +175,8 @@ class TrainWidget(ViewerWidget):
         self._fine_tune = self._stopped_by_user = False
         self._last_event: Any = None
         self._result: Any = None
-        # the preset, mode and fine-tuning whose defaults the controls show
-        self._preset = (TrainSettings().preset, TrainSettings().mode, False)
+        # the preset, mode, fine-tuning and dimensions whose defaults the controls show
+        self._preset = (TrainSettings().preset, TrainSettings().mode, False, 2)
         self._run_settings: Any = None
         self._annotation_name = ""
         self._export: Job | None = None
@@ -244,7 +244,9 @@ class TrainWidget(ViewerWidget):
         self.preset.changed.connect(self._on_preset)
         self.mode.changed.connect(self._on_preset)
         self.start_from.changed.connect(self._on_preset)
+        self.dims.changed.connect(self._on_preset)
         self.image.changed.connect(lambda layer: setattr(self.dims, "value", default_dims(layer)))
+        self._on_preset()  # a volume shown at the start: the 3D defaults
         self._session.connect(self._on_session_model)
         self._on_session_model()
 
@@ -639,19 +641,26 @@ class TrainWidget(ViewerWidget):
 
     # -- controls ------------------------------------------------------------------------------
     def _on_preset(self, *_args: Any) -> None:
-        """Preset, mode or start changed: show their defaults (:meth:`_show_defaults`)."""
+        """Preset, mode, start or dimensions changed: show their defaults
+        (:meth:`_show_defaults`)."""
         self._show_defaults(self.start_from.value != NEW)
 
     def _show_defaults(self, fine_tune: bool) -> None:
-        """Show the training settings of the chosen preset and mode (of fine-tuning a model
-        when ``fine_tune``: a lower learning rate, frozen batch norm) where they differ from
-        the ones shown before and the user has not changed them."""
+        """Show the training settings of the chosen preset, mode and dimensions (of fine-tuning
+        a model when ``fine_tune``: a lower learning rate, frozen batch norm; of a 3D network:
+        smaller patches) where they differ from the ones shown before and the user has not
+        changed them."""
         from napari_unet.core.training import TrainSettings
 
-        (preset, mode, tuned) = self._preset
-        now = (self.preset.value, self.mode.value, bool(fine_tune))
-        before = TrainSettings.for_preset(preset, mode=mode, fine_tune=tuned).to_dict()
-        after = TrainSettings.for_preset(now[0], mode=now[1], fine_tune=now[2]).to_dict()
+        (preset, mode, tuned, dims) = self._preset
+        ndim = 3 if self.dims.value == DIMS_CHOICES[1] else 2
+        now = (self.preset.value, self.mode.value, bool(fine_tune), ndim)
+        before = TrainSettings.for_preset(
+            preset, mode=mode, fine_tune=tuned, spatial_dims=dims
+        ).to_dict()
+        after = TrainSettings.for_preset(
+            now[0], mode=now[1], fine_tune=now[2], spatial_dims=now[3]
+        ).to_dict()
         self._preset = now
         for form_ in (self.main_form, self.advanced_form):
             shown = form_.values()

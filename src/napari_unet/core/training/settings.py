@@ -42,12 +42,17 @@ __all__ = [
     "FINE_TUNE_DEFAULTS",
     "HIDDEN",
     "MAIN",
+    "VOLUME_DEFAULTS",
     "TrainSettings",
     "setting",
 ]
 
 #: Settings of the ``'fast'`` preset in the classes mode (see :meth:`TrainSettings.for_preset`)
 CLASSES_DEFAULTS: dict[str, Any] = {"patch_size": 64, "batch_size": 8}
+#: Settings of the ``'fast'`` preset for a 3D network (``spatial_dims=3``, see
+#: :meth:`TrainSettings.for_preset`): smaller patches with less context, so that a CPU makes
+#: enough steps in minutes (``bench/bench_3d.py``; see docs/benchmarks.md)
+VOLUME_DEFAULTS: dict[str, Any] = {"patch_size": 48, "context": 8, "batch_size": 2}
 #: Settings where a model is fine-tuned rather than trained afresh (see
 #: :meth:`TrainSettings.for_preset`)
 FINE_TUNE_DEFAULTS: dict[str, Any] = {"learning_rate": 1e-4, "freeze_batch_norm": True}
@@ -283,6 +288,12 @@ class TrainSettings:
         busy 2-core CPU: mean class IoU 0.57 with 64 px patches in batches of 8, 0.38 with the
         128 px patches in batches of 4 of the cells mode).
 
+        With ``spatial_dims=3`` the ``'fast'`` preset takes :data:`VOLUME_DEFAULTS` (in any
+        mode): a 3D patch costs its in-plane edge cubed, so a 48 px patch with 8 px of context
+        (an input of 28 x 64 x 64 voxels at a z spacing of 2.5) in batches of 2 makes a step
+        about 10x cheaper than a 64 px patch with 16 px of context (40 x 96 x 96), and a 6
+        minute CPU run a few hundred steps (``bench/bench_3d.py``, docs/benchmarks.md).
+
         ``fine_tune=True`` (a model given to :func:`~napari_unet.core.training.train`, e.g. a
         bundled one) takes :data:`FINE_TUNE_DEFAULTS`: a lower learning rate and frozen
         batch-norm statistics, so that the few cells of a small annotation adapt the model
@@ -309,6 +320,8 @@ class TrainSettings:
             base.update(optimizer="sgd", batch_size=1, patch_size=388, learning_rate=1e-3)
         elif overrides.get("mode") == "classes":
             base.update(CLASSES_DEFAULTS)
+        if preset == "fast" and overrides.get("spatial_dims") == 3:
+            base.update(VOLUME_DEFAULTS)
         if fine_tune:
             base.update(FINE_TUNE_DEFAULTS)
         return cls(**{**base, **overrides})
