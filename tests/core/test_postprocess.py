@@ -129,3 +129,24 @@ def test_model_labeller_applies_the_model_post_processing(tiny_model) -> None:
     prob[1:4, 1:4] = prob[1:4, 5:8] = 0.4  # above the model's 0.3, below the default 0.5
     small = replace(model, gap=0, training={"threshold": 0.3, "min_size": 1})
     assert model_labeller(small)(prob).max() == 2
+
+
+def test_model_labeller_uses_the_model_seed_threshold(tiny_model) -> None:
+    from dataclasses import replace
+
+    from napari_unet.core.inference import model_labeller
+
+    # two confident cores (0.99) joined by a bridge at 0.9: seeds at 0.75 make one object
+    prob = np.zeros((5, 13), np.float32)
+    prob[1:4, 1:5] = prob[1:4, 8:12] = 0.99
+    prob[2, 5:8] = 0.9
+    training = {"threshold": 0.5, "min_size": 1}
+    plain = replace(tiny_model(), gap=0, training=training)
+    assert model_labeller(plain).seed_threshold is None
+    assert model_labeller(plain)(prob).max() == 1
+    seeded = replace(plain, training={**training, "seed_threshold": 0.95})
+    assert model_labeller(seeded).seed_threshold == 0.95
+    labels = model_labeller(seeded)(prob)
+    assert labels.max() == 2 and labels[2, 2] != labels[2, 10]
+    # a caller's threshold above the model's seed threshold: the default seeds
+    assert model_labeller(seeded, threshold=0.96).seed_threshold is None

@@ -287,6 +287,7 @@ def test_trained_model_saves_and_loads(cells, tmp_path):
     model = run_training(image, labels, settings=_settings(), model=_tiny())
     loaded = load_model(save_model(model, tmp_path / "m.pt"))
     assert loaded.training == model.training
+    assert "seed_threshold" not in model.training  # 2D: seeds halfway between threshold and 1
     x = torch.randn(1, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded.net(x), model.net(x))

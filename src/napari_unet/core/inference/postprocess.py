@@ -268,7 +268,7 @@ class StackLabeller:
 
     Parameters
     ----------
-    threshold, gap, min_size, sampling
+    threshold, gap, min_size, sampling, seed_threshold
         As for :func:`probabilities_to_labels`.
 
     Attributes
@@ -292,11 +292,16 @@ class StackLabeller:
         gap: int = 1,
         min_size: int = DEFAULT_MIN_SIZE,
         sampling: tuple[float, ...] | None = None,
+        seed_threshold: float | None = None,
     ) -> None:
         self.threshold, self.gap, self.min_size = threshold, gap, min_size
-        self.sampling = sampling
+        self.sampling, self.seed_threshold = sampling, seed_threshold
         probabilities_to_labels(
-            np.zeros((1, 1), np.float32), threshold=threshold, gap=gap, min_size=min_size
+            np.zeros((1, 1), np.float32),
+            threshold=threshold,
+            gap=gap,
+            min_size=min_size,
+            seed_threshold=seed_threshold,
         )
         self.next_label = 1
 
@@ -320,6 +325,7 @@ class StackLabeller:
             min_size=self.min_size,
             start_label=self.next_label,
             sampling=self.sampling,
+            seed_threshold=self.seed_threshold,
         )
         if labels.size and labels.max() >= self.next_label:
             self.next_label = int(labels.max()) + 1
@@ -427,7 +433,9 @@ def model_labeller(
 
     A model of the classes mode gets :func:`class_ids`; any other a :class:`StackLabeller` with
     the model's post-processing: the caller's threshold and minimum size, else the model's
-    (:func:`postprocessing_defaults`), its training gap, and for a 3D model its voxel size.
+    (:func:`postprocessing_defaults`), its training gap, and for a 3D model its voxel size; the
+    model's seed threshold (``model.training['seed_threshold']``, which 3D training records)
+    where it is at least the threshold, else the default halfway between threshold and 1.
 
     Parameters
     ----------
@@ -448,4 +456,12 @@ def model_labeller(
         return class_ids
     threshold, min_size = postprocessing_defaults(model.training, threshold, min_size)
     sampling = model.config.voxel_size if model.config.spatial_dims == 3 else None
-    return StackLabeller(threshold=threshold, gap=model.gap, min_size=min_size, sampling=sampling)
+    seed = model.training.get("seed_threshold")
+    seed = float(seed) if seed is not None and float(seed) >= threshold else None
+    return StackLabeller(
+        threshold=threshold,
+        gap=model.gap,
+        min_size=min_size,
+        sampling=sampling,
+        seed_threshold=seed,
+    )

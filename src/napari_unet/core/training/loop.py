@@ -79,6 +79,7 @@ from .validation import (
 
 __all__ = [
     "METRIC_LABELS",
+    "VOLUME_SEED_THRESHOLD",
     "TrainEvent",
     "describe_run",
     "freeze_batch_norm",
@@ -96,6 +97,14 @@ logger = logging.getLogger(__name__)
 LR_FLOOR = 0.05
 #: Linear warm-up over this many first iterations.
 WARMUP = 10
+#: Seed threshold a 3D model records for its post-processing
+#: (:func:`~napari_unet.core.inference.probabilities_to_labels`; 2D models keep the default
+#: halfway between threshold and 1). Annotated slices teach no gap along z, so the network's
+#: probability stays high where nuclei touch across slices and seeds at 0.75 join them: on the
+#: synthetic sample of ``bench/bench_3d.py`` a model of 300 steps went from 3D AP@0.5 0.44 (35
+#: objects of 60) to 0.66 (53) with seeds at 0.95, chosen on a volume other than the scored one
+#: (0.99 split nuclei apart).
+VOLUME_SEED_THRESHOLD = 0.95
 #: What the validation score means, by ``TrainSettings.validation_metric``.
 METRICS = {
     "ap": "instance AP@0.5 on held-out annotations",
@@ -821,7 +830,8 @@ def train(
         CPU in evaluation mode. Its ``training`` holds ``'settings'``, a ``'summary'`` of the
         run, and the post-processing inference uses by default: ``'threshold'`` (probability,
         chosen on the held-out part; 0.5 without one) and ``'min_size'`` (pixels, chosen there
-        among sizes learnt from the annotated cells).
+        among sizes learnt from the annotated cells); a 3D model also ``'seed_threshold'``
+        (:data:`VOLUME_SEED_THRESHOLD`).
 
     Raises
     ------
@@ -1016,6 +1026,8 @@ class _TrainingRun:
         }
         if not self.classes:
             record.update(threshold=threshold, min_size=min_size)
+            if self.data.config.spatial_dims == 3:
+                record.update(seed_threshold=VOLUME_SEED_THRESHOLD)
         if model is not None:
             record["fine_tuned_from"] = dict(model.training)
         value = best.value(best.score)
