@@ -234,7 +234,13 @@ def sparse_one(args, sample: rd.Sample, box: rd.Box, method: Method, budget: flo
     model, seconds = train_model(sample.image, painted, region, settings, method.init)
     pred = _segment(model, sample.image, device=args.device)
     counts = rd.score_outside(sample.labels, pred, box, THRESHOLDS)
-    return counts, seconds, int(model.training["summary"]["iterations_done"])
+    summary = model.training["summary"]
+    _log(
+        f"sparse {sample.name} {method.name}: {summary['iterations_done']} iterations, "
+        f"{summary['validation_cells']} held-out cells, checkpoint {summary['checkpoint']} "
+        f"(iteration {summary['best_iteration']}, validation {summary['validation']})"
+    )
+    return counts, seconds, int(summary["iterations_done"])
 
 
 def run_sparse(args: argparse.Namespace, methods: list[Method]):

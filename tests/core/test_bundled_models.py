@@ -16,7 +16,7 @@ from napari_unet.core.inference import segment
 from napari_unet.core.model import TrainedModel, UNet, UNetConfig
 from napari_unet.core.model_files import save_model
 from napari_unet.core.progress import run_to_end
-from napari_unet.core.training.settings import FINE_TUNE_DEFAULTS
+from napari_unet.core.training import settings as training_settings
 
 
 @pytest.fixture
@@ -61,7 +61,9 @@ def test_load_by_name_predicts_like_the_file(tiny_bundle, tmp_path):
     np.testing.assert_array_equal(ours, ref)
 
 
-def test_cli_predict_and_init_by_name(tiny_bundle, tmp_path):
+def test_cli_predict_and_init_by_name(tiny_bundle, tmp_path, monkeypatch):
+    tuning = {"learning_rate": 1e-4, "freeze_batch_norm": True}
+    monkeypatch.setattr(training_settings, "FINE_TUNE_DEFAULTS", tuning)
     image = np.random.default_rng(1).integers(0, 255, (40, 36), dtype=np.uint8)
     labels = np.zeros((40, 36), np.int32)
     labels[5:15, 5:15], labels[20:30, 18:30] = 1, 2
@@ -82,8 +84,7 @@ def test_cli_predict_and_init_by_name(tiny_bundle, tmp_path):
         settings = load_model_or_package(tmp_path / name).training["settings"]
         return settings["learning_rate"], settings["freeze_batch_norm"]
 
-    tuning = FINE_TUNE_DEFAULTS["learning_rate"]
-    assert tuned.training["settings"]["learning_rate"] == tuning < 1e-3
+    assert tuned.training["settings"]["learning_rate"] == 1e-4
     assert tuned.training["settings"]["freeze_batch_norm"] is True
     assert used("m2.pt", "--lr", "0.002", "--no-freeze-batch-norm") == (0.002, False)
     # a new network keeps the usual defaults

@@ -13,8 +13,8 @@ from napari_unet.core.model import TrainedModel, UNet, UNetConfig
 from napari_unet.core.model_files import load_model, save_model
 from napari_unet.core.targets import IGNORE
 from napari_unet.core.training import TrainEvent, TrainSettings, run_training, train
+from napari_unet.core.training import settings as settings_module
 from napari_unet.core.training.loop import weighted_cross_entropy
-from napari_unet.core.training.settings import FINE_TUNE_DEFAULTS
 from napari_unet.sample_data import make_touching_cells
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -422,13 +422,15 @@ def test_fine_tuning_that_cannot_help_returns_the_starting_weights(many_cells):
     assert all(torch.equal(before[k], v) for k, v in _state(start).items())  # left as it was
 
 
-def test_fine_tuning_defaults_freeze_batch_norm(many_cells):
+def test_fine_tuning_defaults_and_frozen_batch_norm(many_cells, monkeypatch):
     image, labels, start = many_cells
     before = _state(start)
     small = {"iterations": 6, "patch_size": 32, "batch_size": 2, "device": "cpu", "seed": 0}
+    assert TrainSettings.for_preset("fast", fine_tune=True, **small) == TrainSettings(**small)
+    tuning = {"learning_rate": 1e-4, "freeze_batch_norm": True}
+    monkeypatch.setattr(settings_module, "FINE_TUNE_DEFAULTS", tuning)
     tuned_settings = TrainSettings.for_preset("fast", fine_tune=True, **small)
-    assert tuned_settings.learning_rate == FINE_TUNE_DEFAULTS["learning_rate"] < 1e-3
-    assert tuned_settings.freeze_batch_norm is True
+    assert (tuned_settings.learning_rate, tuned_settings.freeze_batch_norm) == (1e-4, True)
     assert TrainSettings.for_preset("fast", fine_tune=True, learning_rate=0.0).learning_rate == 0
     # learning rate 0 with frozen statistics: the starting model, whatever the checkpoint
     frozen = run_training(

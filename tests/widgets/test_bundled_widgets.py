@@ -51,14 +51,18 @@ def test_train_starts_from_the_bundled_model(viewer, dock, cells, bundle, wait_i
     assert any(not torch.equal(before[k], v) for k, v in model.net.state_dict().items())
 
 
-def test_fine_tuning_shows_its_own_defaults(viewer, dock, cells, bundle, wait_idle) -> None:
-    from napari_unet.core.training.settings import FINE_TUNE_DEFAULTS
+def test_fine_tuning_shows_its_own_defaults(
+    viewer, dock, cells, bundle, wait_idle, monkeypatch
+) -> None:
+    from napari_unet.core.training import settings as training_settings
 
+    tuning = {"learning_rate": 1e-4, "freeze_batch_norm": True}
+    monkeypatch.setattr(training_settings, "FINE_TUNE_DEFAULTS", tuning)
     image, labels = cells
     viewer.add_image(image, name="cells")
     viewer.add_labels(labels.copy(), name="annotation")
     widget = dock("Train")
-    rate = FINE_TUNE_DEFAULTS["learning_rate"]
+    rate = tuning["learning_rate"]
     assert (widget.learning_rate.value, widget.freeze_batch_norm.value) == (1e-3, False)
     widget.start_from.value = "nuclei"
     assert (widget.learning_rate.value, widget.freeze_batch_norm.value) == (rate, True)

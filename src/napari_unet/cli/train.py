@@ -88,8 +88,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MODEL",
         help="continue training this model file (.pt, or a bioimage.io .zip this project "
         "exported) or bundled model ('nuclei': 2D fluorescence nuclei) instead of starting "
-        "afresh, with the fine-tuning defaults (--lr 0.0001, --freeze-batch-norm); the model "
-        "as given competes for the best checkpoint on the held-out part",
+        "afresh (with the fine-tuning defaults of TrainSettings.for_preset); the model as given "
+        "competes for the best checkpoint on the held-out part",
     )
     parser.add_argument(
         "--class-names",
@@ -142,8 +142,6 @@ _BY_PRESET = {
     "patch_size": "128; --mode classes: 64; paper: 388",
     "batch_size": "4; --mode classes: 8; paper: 1",
     "optimizer": "adam; paper: sgd",
-    "learning_rate": "0.001; with --init: 0.0001",
-    "freeze_batch_norm": "off; with --init: on",
 }
 
 
@@ -205,7 +203,7 @@ def _settings(args: argparse.Namespace) -> Any:
     if args.no_augment:
         overrides.update(elastic=False, flips=False, affine=False, intensity=False)
     overrides.pop("preset", None)
-    # fine-tuning (--init) starts from its own defaults: a lower rate, frozen batch norm
+    # fine-tuning (--init) starts from its own defaults (FINE_TUNE_DEFAULTS)
     settings = TrainSettings.for_preset(args.preset, fine_tune=args.init is not None, **overrides)
     settings.validate()
     return settings

@@ -151,9 +151,9 @@ class TrainWidget(ViewerWidget):
         What Train starts from: a new network (``''``), or a model shipped with the plugin (nuclei:
         trained on 2D fluorescence nuclei) that it fine-tunes on your annotation, which learns
         much more in the same minutes when your cells look alike. The bundled model keeps its
-        own architecture (the preset is not used). Fine-tuning (this, and Train again) has its
-        own defaults, which the advanced settings then show: a lower learning rate and frozen
-        batch-norm statistics; the model as it was competes for the best checkpoint.
+        own architecture (the preset is not used). Fine-tuning (this, and Train again) takes
+        the fine-tuning defaults where there are any, which the controls then show; the model
+        as it was competes for the best checkpoint on the held-out part.
     status : str
         What training is doing now.
     """
@@ -647,9 +647,8 @@ class TrainWidget(ViewerWidget):
 
     def _show_defaults(self, fine_tune: bool) -> None:
         """Show the training settings of the chosen preset, mode and dimensions (of fine-tuning
-        a model when ``fine_tune``: a lower learning rate, frozen batch norm; of a 3D network:
-        smaller patches) where they differ from the ones shown before and the user has not
-        changed them."""
+        a model when ``fine_tune``: ``FINE_TUNE_DEFAULTS``; of a 3D network: smaller patches)
+        where they differ from the ones shown before and the user has not changed them."""
         from napari_unet.core.training import TrainSettings
 
         (preset, mode, tuned, dims) = self._preset
