@@ -150,6 +150,7 @@ def test_channels_last_3d_trains_the_same(volume) -> None:
 def test_fast_preset_settings_for_volumes() -> None:
     volume = TrainSettings.for_preset("fast", spatial_dims=3, voxel_size=VOXEL)
     assert (volume.patch_size, volume.context, volume.batch_size) == (48, 8, 2)
+    assert volume.learning_rate == 3e-3
     assert {k: getattr(volume, k) for k in VOLUME_DEFAULTS} == VOLUME_DEFAULTS
     config = preset_config("fast", spatial_dims=3, voxel_size=VOXEL)
     assert (config.depth, config.base_channels) == (3, 8)
