@@ -113,7 +113,7 @@ def test_3d_training_gives_a_3d_model_with_its_voxel_size(volume, tmp_path) -> N
     assert model.config.spatial_dims == 3 and model.config.voxel_size == VOXEL
     assert model.training["summary"]["iterations_done"] == 2
     assert model.training["min_size"] >= 1 and model.training["threshold"] == 0.5
-    assert model.training["seed_threshold"] == VOLUME_SEED_THRESHOLD == 0.95
+    assert model.training["seed_threshold"] == VOLUME_SEED_THRESHOLD == 0.98
     loaded = load_model(save_model(model, tmp_path / "m.pt"))
     assert loaded.config.voxel_size == VOXEL
     assert TrainSettings.from_dict(loaded.training["settings"]).spatial_dims == 3
