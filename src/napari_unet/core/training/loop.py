@@ -827,11 +827,10 @@ def train(
     -------
     TrainedModel
         The model with the best validation score (the last one without validation), on the
-        CPU in evaluation mode. Its ``training`` holds ``'settings'``, a ``'summary'`` of the
-        run, and the post-processing inference uses by default: ``'threshold'`` (probability,
-        chosen on the held-out part; 0.5 without one) and ``'min_size'`` (pixels, chosen there
-        among sizes learnt from the annotated cells); a 3D model also ``'seed_threshold'``
-        (:data:`VOLUME_SEED_THRESHOLD`).
+        CPU in evaluation mode. Its ``training`` holds ``'settings'``, a ``'summary'``, and the
+        post-processing inference uses by default: ``'threshold'`` (chosen on the held-out
+        part; 0.5 without one), ``'min_size'`` (pixels, chosen there among sizes learnt from
+        the annotated cells) and, in 3D, ``'seed_threshold'`` (:data:`VOLUME_SEED_THRESHOLD`).
 
     Raises
     ------
