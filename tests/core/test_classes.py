@@ -119,7 +119,7 @@ def test_inputs_are_not_modified():
 def test_samples_keep_the_scribbles_and_the_class_count_is_the_largest_value():
     image, labels = _scribbled()
     labels[labels == 2] = 0  # classes 1 and 3 painted: K = 3
-    (sample,) = prepare_samples(image, labels, mode="classes")
+    (sample,) = prepare_samples(image, labels, targets=TargetSpec(mode="classes"))
     np.testing.assert_array_equal(sample.labels, labels)
     assert set(np.unique(sample.classes)) == {0, 2, IGNORE}
     assert sample.n_annotated == np.count_nonzero(labels)
@@ -127,7 +127,7 @@ def test_samples_keep_the_scribbles_and_the_class_count_is_the_largest_value():
 
 def test_scribble_hold_out_keeps_every_class_for_training():
     image, labels = _scribbled(128)
-    samples = prepare_samples(image, labels, mode="classes")
+    samples = prepare_samples(image, labels, targets=TargetSpec(mode="classes"))
     spec = TargetSpec(mode="classes", n_classes=3)
     training, blocks = hold_out(samples, 0.2, 32, np.random.default_rng(1), targets=spec)
     assert blocks

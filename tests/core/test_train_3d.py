@@ -10,12 +10,13 @@ from napari_unet.core.model import TrainedModel, UNet, UNetConfig, preset_config
 from napari_unet.core.model_files import load_model, save_model
 from napari_unet.core.training import TrainSettings, run_training
 from napari_unet.core.training.augment import AugmentSettings, augment_batch, elastic_field
-from napari_unet.core.training.data import PatchSampler, patch_shape, prepare_samples
+from napari_unet.core.training.data import PatchSampler, TargetSpec, patch_shape, prepare_samples
 from napari_unet.core.training.loop import VOLUME_SEED_THRESHOLD
 from napari_unet.core.training.settings import FINE_TUNE_DEFAULTS, VOLUME_DEFAULTS
 from napari_unet.sample_data import make_touching_nuclei_3d
 
 VOXEL = (2.5, 1.0, 1.0)
+TARGETS = TargetSpec(sampling=VOXEL)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def _tiny(**config) -> TrainedModel:
 
 def test_only_the_annotated_slices_carry_loss(volume) -> None:
     image, sparse = volume
-    (sample,) = prepare_samples(image, sparse, spatial_dims=3, sampling=VOXEL)
+    (sample,) = prepare_samples(image, sparse, spatial_dims=3, targets=TARGETS)
     assert sample.image.shape == (1, *image.shape) and sample.weights.shape == image.shape
     carrying = np.flatnonzero(sample.weights.reshape(image.shape[0], -1).max(axis=1) > 0)
     assert carrying.tolist() == [3, 8]
@@ -44,13 +45,13 @@ def test_only_the_annotated_slices_carry_loss(volume) -> None:
     assert np.allclose(sample.image[0], (image - lo) / (hi - lo), atol=1e-5)
     region = np.zeros(image.shape, bool)
     region[2:5, 5:30, 5:30] = True  # a region: everything annotated inside it counts
-    (boxed,) = prepare_samples(image, sparse, region, spatial_dims=3, sampling=VOXEL)
+    (boxed,) = prepare_samples(image, sparse, region, spatial_dims=3, targets=TARGETS)
     assert not boxed.weights[~region].any() and boxed.weights[region].all()
 
 
 def test_3d_patches_are_centred_on_annotated_voxels(volume) -> None:
     image, sparse = volume
-    samples = prepare_samples(image, sparse, spatial_dims=3, sampling=VOXEL)
+    samples = prepare_samples(image, sparse, spatial_dims=3, targets=TARGETS)
     sampler = PatchSampler(samples, (5, 16, 16), "cpu", np.random.default_rng(0))
     assert {c[1] for c in sampler.centres(50)} <= {3, 8}
     x, _, w = sampler.sample(3)

@@ -1,8 +1,9 @@
 """Training a U-Net from images and annotations.
 
 - :mod:`.settings`: :class:`TrainSettings`, every option of a run.
-- :mod:`.data`: images, labels and regions -> normalised samples, patch sampling, the minimum
-  object size learnt from the annotated cells.
+- :mod:`.data`: images, labels and regions -> normalised samples (targets made as a
+  :class:`TargetSpec` says), patch sampling, the minimum object size learnt from the annotated
+  cells.
 - :mod:`.augment`: batched augmentation on the training device (one sampling grid).
 - :mod:`.validation`: the held-out part, and the network scored on it by instance AP, with the
   post-processing (threshold, minimum size) chosen there.
@@ -17,7 +18,7 @@
 """
 
 from .augment import AugmentSettings, augment_batch
-from .data import AnnotatedImage, PatchSampler, prepare_samples
+from .data import AnnotatedImage, PatchSampler, TargetSpec, prepare_samples
 from .loop import TrainEvent, describe_run, preload_training_modules, run_training, train
 from .metrics import Matching, average_precision, iou, match_instances
 from .settings import TrainSettings
@@ -29,6 +30,7 @@ __all__ = [
     "Matching",
     "NoValidationWarning",
     "PatchSampler",
+    "TargetSpec",
     "TrainEvent",
     "TrainSettings",
     "ValidationScore",

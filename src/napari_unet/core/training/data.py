@@ -229,16 +229,9 @@ def prepare_samples(
     rgb: bool = False,
     normalization: dict[str, Any] | None = None,
     in_channels: int | None = None,
-    gap: int = 1,
-    w0: float = 10.0,
-    sigma: float = 5.0,
-    class_balance: bool = True,
-    border_weights: bool = True,
-    mode: str = "cells",
-    n_classes: int | None = None,
+    targets: TargetSpec | None = None,
     store: SampleStore | None = None,
     spatial_dims: int = 2,
-    sampling: tuple[float, ...] | None = None,
 ) -> list[AnnotatedImage]:
     """Check and prepare training data.
 
@@ -260,12 +253,13 @@ def prepare_samples(
         From :func:`napari_unet.core.normalize.normalization_spec` (default percentiles 1, 99.8).
     in_channels : int, optional
         Number of channels the images must have (a model's input channels).
-    gap, w0, sigma, class_balance, border_weights
-        Passed to :func:`napari_unet.core.targets.training_targets`.
-    mode, n_classes
-        ``'classes'``: the labels are scribbles (0 = not painted, k = class k <= 255, targets
-        by :func:`~napari_unet.core.targets.class_targets`) of ``n_classes`` classes (default:
-        the largest value painted, :func:`class_count`). The samples' ``labels`` hold them.
+    targets : TargetSpec, optional
+        How the targets are made (default ``TargetSpec()``: cells, the paper's weights). Its
+        mode ``'classes'``: the labels are scribbles (0 = not painted, k = class k <= 255,
+        targets by :func:`~napari_unet.core.targets.class_targets`) of ``targets.n_classes``
+        classes (``None``: the largest value painted, :func:`class_count`); the samples'
+        ``labels`` hold them. Its ``sampling``: the voxel size of volumes (distances of the
+        border weights and the gap in 3D).
     store : SampleStore, optional
         Where the prepared samples are kept; default: in memory, or memory-mapped files in
         the temporary folder when they would take more than
@@ -273,8 +267,6 @@ def prepare_samples(
     spatial_dims : {2, 3}
         3: every image is one volume ``(Z, Y, X)`` (or with channels), normalised by its own
         percentiles, its targets made in 3D; without a region only its labelled slices count.
-    sampling : tuple of float, optional
-        Voxel size of the volumes (distances of the border weights and the gap in 3D).
 
     Returns
     -------
@@ -288,15 +280,15 @@ def prepare_samples(
         non-numeric images, NaN or infinity in an annotated image, channel counts that differ,
         an image side below :data:`MIN_SIDE`, or annotations without any foreground pixel.
     """
-    inputs = _check_inputs(images, labels, regions, channel_axis, rgb, in_channels, mode)
+    targets = targets or TargetSpec()
+    inputs = _check_inputs(images, labels, regions, channel_axis, rgb, in_channels, targets.mode)
     stack = {item.index: item.nchw.shape[0] > 1 for item in inputs}
     spec = normalization or normalization_spec()
-    options = (gap, w0, sigma, class_balance, border_weights)
-    make = replace(_target_spec(inputs, mode, n_classes, *options), sampling=sampling)
+    make = _with_classes(targets, inputs)
     if store is None:
         shapes = [item.nchw.shape[1:] for item in inputs for _ in item.used]
         store = default_store(prepared_bytes(shapes, any(it.region is not None for it in inputs)))
-    reads = _read_volumes(inputs, mode) if spatial_dims == 3 else _read_slices(inputs)
+    reads = _read_volumes(inputs, make.mode) if spatial_dims == 3 else _read_slices(inputs)
     samples = _prepare_reads(reads, spec, stack, make, store)
     logger.info("prepared %d annotated %dD image(s)", len(samples), spatial_dims)
     return samples
@@ -344,15 +336,12 @@ def _warn_split(values: int, cells: int) -> None:
         warnings.warn(warning, stacklevel=4)
 
 
-def _target_spec(
-    inputs: list[_Input], mode: str, n_classes: int | None, *options: Any
-) -> TargetSpec:
-    """How the targets are made: the cells mode's options, or the classes painted (checked)."""
-    if mode not in ("cells", "classes"):
-        raise ValueError(f"mode must be 'cells' or 'classes', got {mode!r}")
-    if mode == "classes":
-        n_classes = class_count(_painted(inputs), n_classes)
-    return TargetSpec(*options, mode=mode, n_classes=n_classes or 2)
+def _with_classes(targets: TargetSpec, inputs: list[_Input]) -> TargetSpec:
+    """``targets`` with its number of classes: in the classes mode the classes painted,
+    checked against ``targets.n_classes`` (:func:`class_count`); 2 otherwise."""
+    if targets.mode == "classes":
+        return replace(targets, n_classes=class_count(_painted(inputs), targets.n_classes))
+    return replace(targets, n_classes=targets.n_classes or 2)
 
 
 def _split_in_slices(labels: np.ndarray) -> tuple[int, int]:
@@ -428,8 +417,16 @@ class TargetSpec:
         Balance the classes; add the border term.
     mode : {'cells', 'classes'}
         ``'classes'``: the labels are scribbles (:func:`~.targets.class_targets`).
-    n_classes : int
-        Number of classes (classes mode).
+    n_classes : int, optional
+        Number of classes (classes mode); ``None``: :func:`prepare_samples` takes the largest
+        value painted.
+    sampling : tuple of float, optional
+        Voxel size of 3D labels (distances of the border weights and the gap per axis).
+
+    Raises
+    ------
+    ValueError
+        If ``mode`` is neither ``'cells'`` nor ``'classes'``.
     """
 
     gap: int = 1
@@ -438,12 +435,18 @@ class TargetSpec:
     class_balance: bool = True
     border_weights: bool = True
     mode: str = "cells"
-    n_classes: int = 2
+    n_classes: int | None = None
     sampling: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("cells", "classes"):
+            raise ValueError(f"mode must be 'cells' or 'classes', got {self.mode!r}")
 
     def targets(self, labels: np.ndarray, region: np.ndarray | None) -> TrainingTargets:
         """Classes and weights of ``labels`` inside ``region``."""
         if self.mode == "classes":
+            if self.n_classes is None:
+                raise ValueError("TargetSpec.n_classes is needed to make classes-mode targets")
             return class_targets(
                 labels, self.n_classes, region=region, class_balance=self.class_balance
             )

@@ -376,6 +376,22 @@ class _RunPlan:
     spatial_dims: int = 2
     voxel_size: tuple[float, ...] | None = None
 
+    @property
+    def targets(self) -> TargetSpec:
+        """How the run makes its targets: the settings' options with the resolved gap, number
+        of classes and voxel size."""
+        s = self.settings
+        return TargetSpec(
+            gap=self.gap,
+            w0=s.w0,
+            sigma=s.sigma,
+            class_balance=s.class_balance,
+            border_weights=s.border_weights,
+            mode=s.mode,
+            n_classes=self.n_classes,
+            sampling=self.voxel_size,
+        )
+
 
 def _resolve_plan(settings: TrainSettings | None, model: TrainedModel | None) -> _RunPlan:
     """Check the settings and work out device, seed and what a fine-tuned model fixes.
@@ -516,15 +532,8 @@ def _prepare_run_data(
         rgb=settings.rgb,
         normalization=plan.normalization,
         in_channels=plan.in_channels,
-        gap=plan.gap,
-        w0=settings.w0,
-        sigma=settings.sigma,
-        class_balance=settings.class_balance,
-        border_weights=settings.border_weights,
-        mode=settings.mode,
-        n_classes=plan.n_classes,
+        targets=plan.targets,
         spatial_dims=plan.spatial_dims,
-        sampling=plan.voxel_size,
     )
     classes_mode = settings.mode == "classes"
     config = model.config if model is not None else _new_config(samples, plan)
@@ -540,10 +549,7 @@ def _prepare_run_data(
             samples, config, in_size, out_size, [], 0, None, sampler, min_size, in_shape, out_shape
         )
     block = validation_block(out_size, config.grid)
-    spec = TargetSpec(
-        plan.gap, settings.w0, settings.sigma, settings.class_balance, settings.border_weights
-    )
-    spec = replace(spec, mode=settings.mode, n_classes=config.n_classes)
+    spec = replace(plan.targets, n_classes=config.n_classes)
     train_samples, blocks = hold_out(
         samples, settings.validation_fraction, block, rng, targets=spec
     )
