@@ -381,16 +381,8 @@ class _RunPlan:
         """How the run makes its targets: the settings' options with the resolved gap, number
         of classes and voxel size."""
         s = self.settings
-        return TargetSpec(
-            gap=self.gap,
-            w0=s.w0,
-            sigma=s.sigma,
-            class_balance=s.class_balance,
-            border_weights=s.border_weights,
-            mode=s.mode,
-            n_classes=self.n_classes,
-            sampling=self.voxel_size,
-        )
+        options = (self.gap, s.w0, s.sigma, s.class_balance, s.border_weights, s.mode)
+        return TargetSpec(*options, n_classes=self.n_classes, sampling=self.voxel_size)
 
 
 def _resolve_plan(settings: TrainSettings | None, model: TrainedModel | None) -> _RunPlan:
