@@ -11,8 +11,9 @@ from torch import nn
 
 from napari_unet.core.inference import predict_probabilities, predict_whole, segment
 from napari_unet.core.inference import runtimes as rt
+from napari_unet.core.inference.interior import interior_trim
 from napari_unet.core.inference.runner import NetworkRunner, is_out_of_memory, make_runner
-from napari_unet.core.model import TrainedModel, UNetConfig
+from napari_unet.core.model import TrainedModel, UNet, UNetConfig
 from napari_unet.core.progress import run_to_end
 from tiny_models import tiled_model
 
@@ -107,6 +108,50 @@ def test_exported_network_matches_torch(runtime, padding, in_channels, n_classes
 
 
 @pytest.mark.parametrize("runtime", INSTALLED)
+def test_interior_export_matches_the_cropped_torch_network(runtime):
+    model = _model("same", in_channels=2, n_classes=3)
+    config = model.config
+    trim = interior_trim(config)
+    network = rt.exported_network(model, runtime, trim=trim)
+    assert network.trim == trim == config.halos
+    assert rt.exported_network(model, runtime) is not network  # the whole network: another graph
+    for batch, steps in ((1, (1, 1)), (3, (3, 5))):  # the smallest tile, and a larger one
+        shape = tuple(2 * t + s * config.grid for t, s in zip(trim, steps, strict=True))
+        x = torch.randn(batch, 2, *shape)
+        with torch.inference_mode():
+            expected = model.net(x)[..., trim[0] : -trim[0], trim[1] : -trim[1]]
+            got = network(x)
+        assert got.shape == expected.shape == (batch, 3, *(s * config.grid for s in steps))
+        assert torch.allclose(got, expected, atol=ATOL)
+
+
+@pytest.mark.parametrize("runtime", INSTALLED)
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_the_tile_engine_runs_the_interior(runtime, padding):
+    model = _model(padding)
+    runner = make_runner(model, CPU, False, "float32", runtime)
+    assert runner.trim == (model.config.halos if padding == "same" else None)
+    assert make_runner(model, CPU, False, "float32", "torch").trim is None
+
+
+@pytest.mark.parametrize("runtime", INSTALLED)
+def test_tiled_volume_with_a_graph_equals_one_torch_pass(runtime):
+    torch.manual_seed(0)
+    config = UNetConfig(depth=2, base_channels=2, spatial_dims=3, voxel_size=(2.5, 1.0, 1.0))
+    model = TrainedModel(UNet(config).eval())
+    volume = _image((11, 30, 27))
+    halos = config.halos
+    tile = config.admissible_shape((2 * halos[0] + 4, 2 * halos[1] + 12, 2 * halos[2] + 8))
+    assert make_runner(model, CPU, False, "float32", runtime).trim == halos  # an interior
+    for tta in (False, True):
+        whole = predict_whole(model, volume, device="cpu", tta=tta, runtime="torch")
+        tiled = run_to_end(
+            predict_probabilities(model, volume, tile=tile, device="cpu", tta=tta, runtime=runtime)
+        )
+        np.testing.assert_allclose(tiled, whole, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("runtime", INSTALLED)
 @pytest.mark.parametrize("padding", ["same", "valid"])
 def test_runner_with_exported_network_keeps_tta(runtime, padding):
     model = _model(padding)
@@ -114,7 +159,7 @@ def test_runner_with_exported_network_keeps_tta(runtime, padding):
     x = torch.randn(2, 1, size, size)
     graph = NetworkRunner(rt.exported_network(model, runtime), CPU, None, False, True)
     with torch.inference_mode():
-        expected = make_runner(model, CPU, True, "float32")(x)
+        expected = make_runner(model, CPU, True, "float32", "torch")(x)
         got = graph(x)
     assert got.dtype == torch.float32
     assert got.shape == expected.shape
@@ -125,7 +170,7 @@ def test_runner_with_exported_network_keeps_tta(runtime, padding):
 def test_exported_network_is_cached_by_content(runtime, monkeypatch):
     calls = []
     export = rt.export_onnx
-    monkeypatch.setattr(rt, "export_onnx", lambda model: calls.append(1) or export(model))
+    monkeypatch.setattr(rt, "export_onnx", lambda model, *a: calls.append(1) or export(model, *a))
     model = _model()
     first = rt.exported_network(model, runtime)
     assert rt.exported_network(model.copy(), runtime) is first
@@ -143,7 +188,7 @@ def test_exported_network_is_cached_by_content(runtime, monkeypatch):
 def test_failed_export_falls_back_with_one_warning(monkeypatch, caplog):
     calls = []
 
-    def broken(model):
+    def broken(model, *args):
         calls.append(1)
         raise RuntimeError("exporter exploded\nwith a second line")
 
@@ -314,7 +359,7 @@ def test_auto_runs_other_networks_in_torch():
 
 @pytest.mark.parametrize("padding", ["same", "valid"])
 def test_predict_falls_back_to_torch_when_export_fails(padding, monkeypatch, caplog):
-    def broken(model):
+    def broken(model, *args):
         raise RuntimeError("no exporter here")
 
     monkeypatch.setattr(rt, "export_onnx", broken)
@@ -340,7 +385,7 @@ def test_predict_falls_back_to_torch_when_export_fails(padding, monkeypatch, cap
 def test_one_export_for_two_predictions(runtime, monkeypatch):
     calls = []
     export = rt.export_onnx
-    monkeypatch.setattr(rt, "export_onnx", lambda model: calls.append(1) or export(model))
+    monkeypatch.setattr(rt, "export_onnx", lambda model, *a: calls.append(1) or export(model, *a))
     model = _model("valid")
     first = run_to_end(
         predict_probabilities(model, _image((30, 41)), device="cpu", runtime=runtime)

@@ -327,13 +327,14 @@ class TileEngine:
 
     def _write_tile(self, z: int, index: list[int], prob: np.ndarray, write: Writer) -> None:
         lay = self.plan.layout
+        trim = self.runner.trim or (0,) * len(lay.axes)  # an interior: the halo is not there
         extents, crop = [], []
         for a, (i, axis) in enumerate(zip(index, lay.axes, strict=True)):
             start, stop = axis.extent(i)
             limit = self.bounds[a] if a < len(self.bounds) else None
             if limit is not None:
                 start, stop = max(start, limit[0]), min(stop, limit[1])
-            offset = start - i * axis.stride + lay.crop[a]
+            offset = start - i * axis.stride + lay.crop[a] - trim[a]
             extents.append((start, stop))
             crop.append(slice(offset, offset + stop - start))
         write(z, tuple(extents), prob[(..., *crop)])

@@ -277,6 +277,7 @@ def predict_whole(
         prob = run(torch.from_numpy(x)[None].to(dev))[0]
     run.release_memory()
     crop = halos if config.padding == "same" else (0,) * len(halos)
+    crop = tuple(c - t for c, t in zip(crop, run.trim or (0,) * len(crop), strict=True))
     box = tuple(slice(c, c + n) for c, n in zip(crop, src.spatial, strict=True))
     return prob[(..., *box)].cpu().numpy()
 

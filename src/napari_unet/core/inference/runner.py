@@ -2,7 +2,8 @@
 
 :func:`make_runner` makes a private eval-mode copy of a model's network on a device (channels-last
 on CPU and CUDA, bfloat16 autocast on CUDA by default), or on the CPU by default the network
-exported to ONNX Runtime or OpenVINO (:mod:`.runtimes`); calling the :class:`NetworkRunner` on a
+exported to ONNX Runtime or OpenVINO (:mod:`.runtimes`; a same-padding network as the interior
+of its output, :attr:`NetworkRunner.trim`); calling the :class:`NetworkRunner` on a
 batch ``(N, C, H, W)`` gives the foreground probability ``(N, H, W)``
 (:func:`foreground_probability`), or for a model of the classes mode the probability of every
 class ``(N, K, H, W)`` (:func:`class_probabilities`), optionally as the mean over the 8 flips and
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model import TrainedModel
+from ..model import TrainedModel, UNet
+from .interior import interior_trim
 from .runtimes import ExportedNetwork, exported_network_or_none, resolve_runtime
 
 __all__ = [
@@ -112,6 +114,12 @@ class NetworkRunner:
             logits = self.net(x)
         return class_probabilities(logits) if self.classes else foreground_probability(logits)
 
+    @property
+    def trim(self) -> tuple[int, ...] | None:
+        """Pixels the output lacks on each side of each spatial axis, against the torch network's
+        (an exported interior, :mod:`.interior`); None: the whole output."""
+        return self.net.trim if isinstance(self.net, ExportedNetwork) else None
+
     def release_memory(self) -> None:
         """Let an exported graph's runtime give its working memory back (after a prediction)."""
         if isinstance(self.net, ExportedNetwork):
@@ -173,13 +181,17 @@ def make_runner(
     Returns
     -------
     NetworkRunner
-        An exported graph, or a private eval-mode copy of the torch network; class
-        probabilities for a model of the classes mode.
+        An exported graph (for a same-padding U-Net the interior of its output without the
+        halo, :attr:`NetworkRunner.trim`), or a private eval-mode copy of the torch network;
+        class probabilities for a model of the classes mode.
     """
     classes = model.mode == "classes"
     autocast = resolve_precision(precision, device)
     used = resolve_runtime(runtime, device, autocast, model.net)
-    graph = exported_network_or_none(model, used) if used != "torch" else None
+    graph = None
+    if used != "torch":
+        trim = interior_trim(model.config) if isinstance(model.net, UNet) else None
+        graph = exported_network_or_none(model, used, trim=trim)
     if graph is not None:
         return NetworkRunner(graph, device, None, False, bool(tta), used, classes)
     net = copy.deepcopy(model.net).to(device).eval()

@@ -6,10 +6,15 @@ bench/bench_runtimes.py); on CUDA and MPS torch stays. The graph is exported onc
 session with dynamic batch and spatial axes (so one export serves every tile shape of the model)
 and cached under a content hash of the model's weights and configuration
 (:func:`model_fingerprint`): a model changed by training gets a new export, never a stale one.
+For the tile engine a same-padding network is exported as its interior
+(:class:`~napari_unet.core.inference.interior.InteriorUNet`): the output without the halo the
+engine throws away, computed without the border (0.76x the arithmetic of the whole network for
+the fast preset on a 1248² tile).
 
 An :class:`ExportedNetwork` maps an input batch ``(N, C, H, W)`` to class logits as the torch
-network does, so the tile engine's runner (precision, test-time augmentation, foreground
-probability) stays the same whichever runtime is behind it. Each export is checked once against
+network does (without :attr:`ExportedNetwork.trim` pixels per side for an interior export), so
+the tile engine's runner (precision, test-time augmentation, foreground probability) stays the
+same whichever runtime is behind it. Each export is checked once against
 the torch network on a small input; if export, the runtime or that check fails,
 :func:`exported_network_or_none` logs one warning saying why and the caller goes on in torch.
 
@@ -33,6 +38,7 @@ import torch
 
 from ..device import describe_device, select_device
 from ..model import TrainedModel, UNet, UNetConfig
+from .interior import InteriorUNet
 
 __all__ = [
     "CPU_DEFAULT_RUNTIME",
@@ -72,8 +78,10 @@ CACHE_SIZE = 4
 RELEASE_AFTER_S = 10.0
 
 _MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
-_cache: OrderedDict[tuple[str, str, int], ExportedNetwork] = OrderedDict()
-_failed: dict[tuple[str, str, int], str] = {}
+Trim = tuple[int, ...] | None
+_Key = tuple[str, str, int, Trim]
+_cache: OrderedDict[_Key, ExportedNetwork] = OrderedDict()
+_failed: dict[_Key, str] = {}
 _cache_lock = threading.Lock()
 
 
@@ -207,15 +215,20 @@ def model_fingerprint(model: TrainedModel) -> str:
     return digest.hexdigest()
 
 
-def _example_input(config: UNetConfig, batch: int = 1, extra: int = 0) -> torch.Tensor:
-    """A small admissible input; ``extra`` lengthens the first spatial axis."""
-    sizes = [config.admissible_size(2 * g, a) for a, g in enumerate(config.grids)]
-    sizes[0] = config.admissible_size(2 * config.grids[0] + extra, 0)
+def _example_input(
+    config: UNetConfig, batch: int = 1, extra: int = 0, trim: Trim = None
+) -> torch.Tensor:
+    """A small admissible input (with ``trim``: at least twice the trim larger); ``extra``
+    lengthens the first spatial axis."""
+    border = [2 * t for t in trim] if trim else [0] * config.spatial_dims
+    pairs = enumerate(zip(border, config.grids, strict=True))
+    sizes = [config.admissible_size(b + 2 * g, a) for a, (b, g) in pairs]
+    sizes[0] = config.admissible_size(border[0] + 2 * config.grids[0] + extra, 0)
     generator = torch.Generator().manual_seed(0)
     return torch.randn(batch, config.in_channels, *sizes, generator=generator)
 
 
-def export_onnx(model: TrainedModel) -> bytes:
+def export_onnx(model: TrainedModel, trim: Trim = None) -> bytes:
     """The model's network as an ONNX graph with dynamic batch and spatial axes.
 
     The network is exported in eval mode, in float32, from a private CPU copy (the model is left
@@ -225,6 +238,10 @@ def export_onnx(model: TrainedModel) -> bytes:
     ----------
     model : TrainedModel
         The model to export; it is left untouched.
+    trim : tuple of int, optional
+        Export the interior of a same-padding U-Net's output: without ``trim[a]`` pixels on
+        each side of spatial axis ``a``, computed without the border
+        (:class:`~napari_unet.core.inference.interior.InteriorUNet`). Default: the whole output.
 
     Returns
     -------
@@ -232,7 +249,10 @@ def export_onnx(model: TrainedModel) -> bytes:
         The serialised ONNX model: input ``'image'`` ``(N, C, H, W)``, output ``'logits'``
         ``(N, n_classes, H', W')``.
     """
-    net = copy.deepcopy(model.net).cpu().float().eval()
+    if trim is not None and any(trim):
+        net = InteriorUNet(model.net, trim)
+    else:
+        net = copy.deepcopy(model.net).cpu().float().eval()
     names = ("depth", "height", "width")[-model.config.spatial_dims :]
     axes = {0: "batch", **{2 + a: name for a, name in enumerate(names)}}
     buffer = io.BytesIO()
@@ -242,7 +262,7 @@ def export_onnx(model: TrainedModel) -> bytes:
         warnings.simplefilter("ignore")
         torch.onnx.export(
             net,
-            (_example_input(model.config),),
+            (_example_input(model.config, trim=trim),),
             buffer,
             dynamo=False,
             input_names=["image"],
@@ -274,14 +294,28 @@ class ExportedNetwork:
     smallest_input : tuple of int
         The smallest input ``(1, C, H, W)`` the network takes (ONNX Runtime gives its memory
         back at the end of a run on it).
+    trim : tuple of int, optional
+        For a graph exported with a trim (:func:`export_onnx`): the output pixels it leaves out
+        on each side of each spatial axis.
+
+    Attributes
+    ----------
+    trim : tuple of int or None
+        As given.
     """
 
     def __init__(
-        self, graph: bytes, runtime: str, threads: int, smallest_input: tuple[int, ...]
+        self,
+        graph: bytes,
+        runtime: str,
+        threads: int,
+        smallest_input: tuple[int, ...],
+        trim: Trim = None,
     ) -> None:
         if runtime not in GRAPH_RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(GRAPH_RUNTIMES)}; got {runtime!r}")
         self.runtime, self.threads = runtime, int(threads)
+        self.trim = tuple(int(t) for t in trim) if trim is not None and any(trim) else None
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
         backend = _OrtBackend if runtime == "onnxruntime" else _OpenVinoBackend
@@ -336,7 +370,8 @@ class ExportedNetwork:
             self._timer = None
 
     def __repr__(self) -> str:
-        return f"ExportedNetwork({self.runtime!r}, threads={self.threads})"
+        trim = f", trim={self.trim}" if self.trim else ""
+        return f"ExportedNetwork({self.runtime!r}, threads={self.threads}{trim})"
 
 
 class _OrtBackend:
@@ -388,10 +423,15 @@ class _OpenVinoBackend:
 
 def _check_export(model: TrainedModel, network: ExportedNetwork) -> None:
     """Raise RuntimeError unless the graph gives the torch network's class probabilities."""
-    x = _example_input(model.config, batch=2, extra=model.config.grid + 1)
+    x = _example_input(model.config, batch=2, extra=model.config.grid + 1, trim=network.trim)
     net = copy.deepcopy(model.net).cpu().float().eval()
     with torch.inference_mode():
         expected = torch.softmax(net(x), dim=1)
+        if network.trim:
+            box = tuple(
+                slice(t, n - t) for t, n in zip(network.trim, expected.shape[2:], strict=True)
+            )
+            expected = expected[(..., *box)]
         got = torch.softmax(network(x), dim=1)
     if got.shape != expected.shape:
         raise RuntimeError(f"the graph gives shape {tuple(got.shape)}, torch {expected.shape}")
@@ -401,12 +441,12 @@ def _check_export(model: TrainedModel, network: ExportedNetwork) -> None:
 
 
 def exported_network(
-    model: TrainedModel, runtime: str, threads: int | None = None
+    model: TrainedModel, runtime: str, threads: int | None = None, trim: Trim = None
 ) -> ExportedNetwork:
     """The model's network exported and loaded in a graph runtime, cached for the session.
 
-    The cache is keyed by :func:`model_fingerprint`, the runtime and the thread count; a fresh
-    export is checked once against the torch network (class probabilities within
+    The cache is keyed by :func:`model_fingerprint`, the runtime, the thread count and the
+    trim; a fresh export is checked once against the torch network (class probabilities within
     :data:`EXPORT_TOLERANCE` on a small batch of another shape than the export's).
 
     Parameters
@@ -417,6 +457,9 @@ def exported_network(
         The graph runtime.
     threads : int, optional
         Default: :func:`torch.get_num_threads`.
+    trim : tuple of int, optional
+        Export the interior of a same-padding U-Net's output (see :func:`export_onnx`); what
+        the tile engine runs is :func:`~napari_unet.core.inference.interior.interior_trim`.
 
     Returns
     -------
@@ -432,21 +475,30 @@ def exported_network(
         installed, RuntimeError when the check fails).
     """
     threads = int(threads or torch.get_num_threads())
-    return _load(model, runtime, threads, (model_fingerprint(model), runtime, threads))
+    return _load(model, runtime, threads, _key(model, runtime, threads, trim))
 
 
-def _load(
-    model: TrainedModel, runtime: str, threads: int, key: tuple[str, str, int]
-) -> ExportedNetwork:
+def _key(model: TrainedModel, runtime: str, threads: int, trim: Trim) -> _Key:
+    trim = tuple(int(t) for t in trim) if trim is not None and any(trim) else None
+    return (model_fingerprint(model), runtime, threads, trim)
+
+
+def _load(model: TrainedModel, runtime: str, threads: int, key: _Key) -> ExportedNetwork:
     if runtime not in GRAPH_RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(GRAPH_RUNTIMES)}; got {runtime!r}")
     with _cache_lock:  # one export at a time: a second caller waits and finds it cached
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-        config = model.config
-        smallest = (1, config.in_channels, *config.admissible_shape((1,) * config.spatial_dims))
-        network = ExportedNetwork(export_onnx(model), runtime, threads, smallest)
+        config, trim = model.config, key[3]
+        border = trim or (0,) * config.spatial_dims
+        smallest = (
+            1,
+            config.in_channels,
+            *config.admissible_shape(tuple(2 * t + 1 for t in border)),
+        )
+        graph = export_onnx(model, trim) if trim else export_onnx(model)
+        network = ExportedNetwork(graph, runtime, threads, smallest, trim)
         _check_export(model, network)
         _cache[key] = network
         while len(_cache) > CACHE_SIZE:
@@ -455,7 +507,7 @@ def _load(
 
 
 def exported_network_or_none(
-    model: TrainedModel, runtime: str, threads: int | None = None
+    model: TrainedModel, runtime: str, threads: int | None = None, trim: Trim = None
 ) -> ExportedNetwork | None:
     """:func:`exported_network`, or None after one logged warning when it fails.
 
@@ -464,7 +516,7 @@ def exported_network_or_none(
 
     Parameters
     ----------
-    model, runtime, threads
+    model, runtime, threads, trim
         As for :func:`exported_network`.
 
     Returns
@@ -473,7 +525,7 @@ def exported_network_or_none(
         None means: run the network in torch.
     """
     threads = int(threads or torch.get_num_threads())
-    key = (model_fingerprint(model), runtime, threads)
+    key = _key(model, runtime, threads, trim)
     if key in _failed:
         logger.debug("running in torch: %s failed earlier (%s)", runtime, _failed[key])
         return None
