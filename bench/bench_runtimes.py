@@ -5,11 +5,14 @@ exactness do not depend on training):
 
 1. one forward pass (foreground probability) of one input of 512², 1248² and 2272² pixels in
    torch (channels-last, ``torch.inference_mode``, as the tile engine runs it) and in each
-   exported graph (:mod:`napari_unet.core.inference.runtimes`); every size and runtime is warmed
-   up once, then the runs go round by round, interleaved, and each figure is the best of the
-   rounds; the largest difference in probability to torch beside;
+   exported graph (:mod:`napari_unet.core.inference.runtimes`): the whole network, and its
+   interior without the halo (:mod:`napari_unet.core.inference.interior`, what the tile engine
+   runs); every size and runtime is warmed up once, then the runs go round by round,
+   interleaved, and each figure is the best of the rounds; the largest difference in
+   probability to torch (on the interior for the interior graph) beside;
 2. what the export costs on a model's first use: export to ONNX, loading into each runtime and
-   the check against torch (paid once per model and session), for both presets;
+   the check against torch (paid once per model and session), for both presets (the interior
+   for the fast preset, as the tile engine exports it; the paper preset has valid padding);
 3. the whole tiled prediction (:func:`~napari_unet.core.inference.predict_probabilities`,
    automatic tile) of a 1024² and a 2048² image in each runtime, against one raw torch
    channels-last forward of the same padded input (the target is <= 0.5x); one runtime after the
@@ -29,11 +32,13 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
 from napari_unet.core.inference import predict_probabilities, prediction_plan
 from napari_unet.core.inference import runtimes as rt
+from napari_unet.core.inference.interior import interior_trim
 from napari_unet.core.inference.runner import NetworkRunner, make_runner
 from napari_unet.core.model import TrainedModel, UNet, preset_config
 from napari_unet.core.progress import run_to_end
@@ -65,15 +70,28 @@ def _best(job: Callable[[], object], rounds: int) -> float:
         return min(_seconds(job) for _ in range(rounds))
 
 
-def _runners(model: TrainedModel) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    runners: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-        "torch": make_runner(model, CPU, False, "float32", "torch")
-    }
+def _runners(model: TrainedModel) -> dict[str, NetworkRunner]:
+    """torch, then each installed graph runtime: its whole network and its interior."""
+    runners = {"torch": make_runner(model, CPU, False, "float32", "torch")}
     for name in rt.GRAPH_RUNTIMES:
         if name in rt.available_runtimes():
-            net = rt.exported_network(model, name)
-            runners[name] = NetworkRunner(net, CPU, None, False, False)
+            for trim, label in ((None, name), (interior_trim(model.config), f"{name} interior")):
+                net = rt.exported_network(model, name, trim=trim)
+                runners[label] = NetworkRunner(net, CPU, None, False, False)
     return runners
+
+
+def _label(name: str) -> str:
+    """``'OpenVINO interior'`` for ``'openvino interior'``."""
+    runtime, _, rest = name.partition(" ")
+    return " ".join([rt.RUNTIME_NAMES[runtime], *([rest] if rest else [])])
+
+
+def _crop(prob: torch.Tensor, trim: tuple[int, ...] | None) -> torch.Tensor:
+    """``prob`` ``(N, H, W)`` without ``trim`` pixels per side (None: all of it)."""
+    if not trim:
+        return prob
+    return prob[(..., *(slice(t, n - t) for t, n in zip(trim, prob.shape[1:], strict=True)))]
 
 
 def _forward_table(model: TrainedModel, sizes: list[int], rounds: int) -> list[str]:
@@ -85,7 +103,7 @@ def _forward_table(model: TrainedModel, sizes: list[int], rounds: int) -> list[s
         for s in sizes:  # warm-up: kernel choice, memory plans; and the differences
             ref = runners["torch"](inputs[s])
             for name, run in runners.items():
-                diff[s, name] = float((run(inputs[s]) - ref).abs().max())
+                diff[s, name] = float((run(inputs[s]) - _crop(ref, run.trim)).abs().max())
         for _ in range(rounds):
             for s in sizes:
                 for name, run in runners.items():
@@ -93,7 +111,7 @@ def _forward_table(model: TrainedModel, sizes: list[int], rounds: int) -> list[s
                     best[s, name] = min(best[s, name], t)
     names = [r for r in runners if r != "torch"]
     head = "| input | torch (s) | " + " | ".join(
-        f"{rt.RUNTIME_NAMES[r]} (s) | torch / {rt.RUNTIME_NAMES[r]} | max abs diff" for r in names
+        f"{_label(r)} (s) | torch / {_label(r)} | max abs diff" for r in names
     )
     rows = [head + " |", "| --- " * (2 + 3 * len(names)) + "|"]
     for s in sizes:
@@ -114,19 +132,20 @@ def _export_table() -> list[str]:
     ]
     for preset in ("fast", "paper"):
         model = _model(preset)
+        trim = interior_trim(model.config)  # what the tile engine exports (None: valid padding)
         rt.clear_runtime_cache()
         t_hash = _seconds(lambda model=model: rt.model_fingerprint(model))
         t0 = time.perf_counter()
-        graph = rt.export_onnx(model)
+        graph = rt.export_onnx(model, trim) if trim else rt.export_onnx(model)
         t_export = time.perf_counter() - t0
         cells = [preset, f"{len(graph) / 1e6:.1f}", f"{t_hash:.2f}", f"{t_export:.2f}"]
         for name in rt.GRAPH_RUNTIMES:
             if name not in rt.available_runtimes():
                 cells.append("not installed")
                 continue
-            total = _seconds(lambda model=model, name=name: rt.exported_network(model, name))
-            cells.append(f"{max(total - t_export, 0.0):.2f}")
-        t_cached = _seconds(lambda model=model: rt.exported_network(model, rt.CPU_DEFAULT_RUNTIME))
+            load = partial(rt.exported_network, model, name, trim=trim)
+            cells.append(f"{max(_seconds(load) - t_export, 0.0):.2f}")
+        t_cached = _seconds(partial(rt.exported_network, model, rt.CPU_DEFAULT_RUNTIME, trim=trim))
         cells.append(f"{t_cached:.2f}")
         rows.append("| " + " | ".join(cells) + " |")
     rt.clear_runtime_cache()
@@ -160,7 +179,8 @@ def _predict_table(model: TrainedModel, sizes: list[int], rounds: int) -> list[s
             jobs[r]()  # inside another's timing; warm-up first, export included
             best[r] = _best(jobs[r], rounds)
             if r in rt.GRAPH_RUNTIMES:
-                rt.exported_network(model, r).release_memory(delay=0)
+                trim = interior_trim(model.config)
+                rt.exported_network(model, r, trim=trim).release_memory(delay=0)
         best["raw"] = min(best["raw"], _best(jobs["raw"], rounds))
         cells = [f"{size}²", f"{plan.n_tiles} x {plan.tile[0]}x{plan.tile[1]}"]
         cells.append(f"{best['raw']:.2f} ({padded}²)")
@@ -188,7 +208,8 @@ def run(quick: bool = False) -> str:
             f"of {rounds} round(s) after one warm-up run (interleaved for the forward pass).",
             "",
             "One forward pass (foreground probability), torch channels-last under "
-            "`inference_mode` against each exported graph:",
+            "`inference_mode` against each exported graph, whole and its interior (without "
+            "the halo the tile engine crops, computed without the border; what it runs):",
             "",
             *forward,
             "",

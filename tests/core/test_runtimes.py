@@ -209,6 +209,8 @@ def test_failed_export_falls_back_with_one_warning(monkeypatch, caplog):
 def test_export_that_differs_from_torch_is_refused(runtime, monkeypatch):
     monkeypatch.setattr(rt, "EXPORT_TOLERANCE", -1.0)
     assert rt.exported_network_or_none(_model(), runtime) is None
+    trim = interior_trim(_model().config)
+    assert rt.exported_network_or_none(_model(), runtime, trim=trim) is None
     monkeypatch.setattr(rt, "EXPORT_TOLERANCE", 1e-4)
     rt.clear_runtime_cache()
     assert rt.exported_network_or_none(_model(), runtime) is not None
