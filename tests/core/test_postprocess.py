@@ -150,3 +150,77 @@ def test_model_labeller_uses_the_model_seed_threshold(tiny_model) -> None:
     assert labels.max() == 2 and labels[2, 2] != labels[2, 10]
     # a caller's threshold above the model's seed threshold: the default seeds
     assert model_labeller(seeded, threshold=0.96).seed_threshold is None
+
+
+def _ellipsoid(shape: tuple[int, int, int], centre: tuple[float, ...], radii: tuple[float, ...]):
+    """bool mask of an axis-aligned ellipsoid in a volume."""
+    grid = np.indices(shape, dtype=np.float64)
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True)) <= 1.0
+
+
+def test_seed_split_parts_objects_joined_by_a_confident_bridge() -> None:
+    from napari_unet.core.inference import seed_levels, split_seeds
+
+    # two nuclei stacked in z, touching: confident (0.99) everywhere but near their centres
+    # (0.999), with a contact at 0.985 -- above any fixed seed threshold up to 0.98
+    shape = (16, 12, 20)
+    upper = _ellipsoid(shape, (4.0, 5.5, 5.5), (3.6, 4.5, 4.5))
+    lower = _ellipsoid(shape, (11.0, 5.5, 5.5), (3.6, 4.5, 4.5)) & ~upper
+    prob = np.where(upper | lower, 0.99, 0.02).astype(np.float32)
+    prob[_ellipsoid(shape, (4.0, 5.5, 5.5), (2.8, 3.8, 3.8))] = 0.999
+    prob[_ellipsoid(shape, (11.0, 5.5, 5.5), (2.8, 3.8, 3.8))] = 0.999
+    contact = (upper | lower) & (np.abs(np.indices(shape)[0] - 7.5) < 1)
+    prob[contact] = 0.985
+    # a weak object beside them: foreground at 0.9, a single voxel above 0.99
+    weak = _ellipsoid(shape, (8.0, 5.5, 16.0), (3.0, 2.0, 2.0))
+    assert weak.sum() > 10 and not (weak & (upper | lower)).any()
+    prob[weak] = 0.9
+    prob[tuple(np.argwhere(weak)[len(np.argwhere(weak)) // 2])] = 0.995
+    kwargs = {"gap": 0, "min_size": 1, "sampling": (2.0, 1.0, 1.0)}
+    for seeds in (None, 0.98):  # a fixed seed threshold joins the two nuclei
+        joined = probabilities_to_labels(prob, seed_threshold=seeds, **kwargs)
+        assert joined[4, 5, 5] == joined[11, 5, 5] > 0
+    labels = probabilities_to_labels(prob, seed_split=0.15, **kwargs)
+    assert labels.max() == 3
+    assert 0 < labels[4, 5, 5] != labels[11, 5, 5] > 0
+    assert np.array_equal(labels[upper] == labels[4, 5, 5], np.ones(upper.sum(), bool))
+    assert len(np.unique(labels[weak])) == 1 and labels[weak][0] > 0  # the weak one is whole
+    # split_seeds itself: the one seed at 0.75 becomes two at 0.99875; the input unchanged
+    seeds = (prob > 0.75) & (upper | lower)
+    parts, n = split_seeds(prob, seeds.astype(np.int32), seed_levels(0.75)[1:], 0.15)
+    assert seeds.dtype == bool and len(np.unique(parts[parts > 0])) == 2 and n >= 3
+    assert seed_levels(0.75)[:4] == (0.75, 0.875, 0.9375, 0.96875)
+    assert len(seed_levels(0.75)) == 8 and seed_levels(0.75)[-1] == 1 - 0.25 / 2**7
+
+
+def test_seed_split_is_checked() -> None:
+    from napari_unet.core.inference import StackLabeller, seed_levels
+
+    prob = np.zeros((4, 4), np.float32)
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"seed_split must be in \(0, 1\]"):
+            probabilities_to_labels(prob, seed_split=bad)
+        with pytest.raises(ValueError, match="seed_split"):
+            StackLabeller(seed_split=bad)
+    with pytest.raises(ValueError, match="seed_threshold must be in"):
+        seed_levels(1.0)
+
+
+def test_model_labeller_uses_the_model_seed_split(tiny_model) -> None:
+    from dataclasses import replace
+
+    from napari_unet.core.inference import model_labeller
+
+    # two cores (0.999) joined by a confident bridge at 0.99: one object with any seed
+    # threshold below 0.99, two where the model records a seed split
+    prob = np.zeros((5, 13), np.float32)
+    prob[1:4, 1:5] = prob[1:4, 8:12] = 0.999
+    prob[2, 5:8] = 0.99
+    training = {"threshold": 0.5, "min_size": 1, "seed_threshold": 0.98}
+    plain = replace(tiny_model(), gap=0, training=training)
+    assert model_labeller(plain).seed_split is None
+    assert model_labeller(plain)(prob).max() == 1
+    split = replace(plain, training={**training, "seed_split": 0.15})
+    assert model_labeller(split).seed_split == 0.15
+    labels = model_labeller(split)(prob)
+    assert labels.max() == 2 and labels[2, 2] != labels[2, 10]

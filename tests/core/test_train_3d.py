@@ -11,7 +11,7 @@ from napari_unet.core.model_files import load_model, save_model
 from napari_unet.core.training import TrainSettings, run_training
 from napari_unet.core.training.augment import AugmentSettings, augment_batch, elastic_field
 from napari_unet.core.training.data import PatchSampler, TargetSpec, patch_shape, prepare_samples
-from napari_unet.core.training.loop import VOLUME_SEED_THRESHOLD
+from napari_unet.core.training.loop import VOLUME_SEED_SPLIT
 from napari_unet.core.training.settings import FINE_TUNE_DEFAULTS, VOLUME_DEFAULTS
 from napari_unet.sample_data import make_touching_nuclei_3d
 
@@ -114,7 +114,8 @@ def test_3d_training_gives_a_3d_model_with_its_voxel_size(volume, tmp_path) -> N
     assert model.config.spatial_dims == 3 and model.config.voxel_size == VOXEL
     assert model.training["summary"]["iterations_done"] == 2
     assert model.training["min_size"] >= 1 and model.training["threshold"] == 0.5
-    assert model.training["seed_threshold"] == VOLUME_SEED_THRESHOLD == 0.98
+    assert model.training["seed_split"] == VOLUME_SEED_SPLIT == 0.15
+    assert "seed_threshold" not in model.training  # default seeds, split by split_seeds
     loaded = load_model(save_model(model, tmp_path / "m.pt"))
     assert loaded.config.voxel_size == VOXEL
     assert TrainSettings.from_dict(loaded.training["settings"]).spatial_dims == 3

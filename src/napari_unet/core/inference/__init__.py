@@ -33,6 +33,8 @@ from .postprocess import (
     model_labeller,
     postprocessing_defaults,
     probabilities_to_labels,
+    seed_levels,
+    split_seeds,
 )
 from .predict import (
     SliceLabels,
@@ -74,6 +76,8 @@ __all__ = [
     "prediction_plan",
     "probabilities_to_labels",
     "probability_shape",
+    "seed_levels",
     "segment",
     "slice_normalization",
+    "split_seeds",
 ]

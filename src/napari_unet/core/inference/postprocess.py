@@ -13,8 +13,12 @@ For a model of the classes mode: :func:`class_ids` (the most probable class of e
 Instances do not depend on a perfectly predicted gap: the seeds are the connected cores where the
 network is confident (``prob > seed_threshold``), which a thin or broken gap still separates, and
 a watershed on the probability grows each seed over the foreground (``prob > threshold``).
-Foreground without a confident core stays an object of its own. Labels are a function of the
-stitched probabilities alone, so tiled inference stays exact.
+Foreground without a confident core stays an object of its own. With ``seed_split`` (3D models
+record it) a seed whose probability holds two or more substantial cores at higher levels
+(:func:`seed_levels`) is split into them, so that objects joined by a confident bridge (nuclei
+touching across slices) come apart without a seed threshold so high that it breaks weaker
+objects into fragments. Labels are a function of the stitched probabilities alone, so tiled
+inference stays exact.
 """
 
 from __future__ import annotations
@@ -40,13 +44,17 @@ __all__ = [
     "model_labeller",
     "postprocessing_defaults",
     "probabilities_to_labels",
+    "seed_levels",
     "seeded_instances",
+    "split_seeds",
 ]
 
 #: Objects of fewer pixels than this are dropped unless the caller or the model says otherwise.
 DEFAULT_MIN_SIZE = 16
 #: Foreground threshold for models that did not choose one on validation.
 DEFAULT_THRESHOLD = 0.5
+#: The highest level :func:`seed_levels` goes to: ``1 - p`` no smaller than this.
+FINEST_SEED_LEVEL = 1e-3
 
 
 def postprocessing_defaults(
@@ -99,6 +107,7 @@ def probabilities_to_labels(
     connectivity: int = 1,
     seed_threshold: float | None = None,
     sampling: tuple[float, ...] | None = None,
+    seed_split: float | None = None,
 ) -> np.ndarray:
     """Instance labels of one 2D (or 3D) foreground-probability map.
 
@@ -133,6 +142,8 @@ def probabilities_to_labels(
     sampling : tuple of float, optional
         Voxel size of a 3D map (the gap is grown back in physical units, as training cut it);
         None: isotropic.
+    seed_split : float, optional
+        Share in (0, 1] of :func:`split_seeds` (3D models record it); ``None``: no splitting.
 
     Returns
     -------
@@ -142,7 +153,7 @@ def probabilities_to_labels(
     Raises
     ------
     ValueError
-        On a probability map that is not 2D or holds NaN, or an argument out of range.
+        On a probability map that is not 2D or 3D or holds NaN, or an argument out of range.
 
     Examples
     --------
@@ -158,7 +169,9 @@ def probabilities_to_labels(
         raise ValueError(
             f"seed_threshold must be in [threshold, 1) = [{threshold}, 1), got {seed_threshold!r}"
         )
-    labels, n = seeded_instances(prob, threshold, seed_threshold, connectivity)
+    if seed_split is not None and not 0.0 < float(seed_split) <= 1.0:
+        raise ValueError(f"seed_split must be in (0, 1] or None, got {seed_split!r}")
+    labels, n = seeded_instances(prob, threshold, seed_threshold, connectivity, seed_split)
     if n == 0:
         return labels
     if gap:
@@ -185,7 +198,11 @@ def _renumber(labels: np.ndarray, n: int, min_size: int, start_label: int) -> np
 
 
 def seeded_instances(
-    prob: np.ndarray, threshold: float, seed_threshold: float, connectivity: int = 1
+    prob: np.ndarray,
+    threshold: float,
+    seed_threshold: float,
+    connectivity: int = 1,
+    seed_split: float | None = None,
 ) -> tuple[np.ndarray, int]:
     """Instances of ``prob > threshold`` grown from the confident cores ``prob > seed_threshold``.
 
@@ -199,6 +216,9 @@ def seeded_instances(
         Seed threshold (``>= threshold``); equal to ``threshold`` gives connected components.
     connectivity : {1, 2}
         Pixel connectivity of seeds, components and the watershed.
+    seed_split : float, optional
+        Split the seeds at the levels above ``seed_threshold`` (:func:`split_seeds`) with this
+        share of the median seed's size; ``None``: no splitting.
 
     Returns
     -------
@@ -221,6 +241,8 @@ def seeded_instances(
         labels, n = ndi.label(foreground, structure=structure)
         return labels.astype(np.int32, copy=False), int(n)
     seeds, n = ndi.label(prob > seed_threshold, structure=structure)
+    if seed_split is not None and n > 0:
+        seeds, n = split_seeds(prob, seeds, seed_levels(seed_threshold)[1:], seed_split, structure)
     labels = watershed(
         -np.asarray(prob, np.float32), seeds, mask=foreground, connectivity=connectivity
     )
@@ -229,6 +251,113 @@ def seeded_instances(
     if m:
         labels[rest > 0] = rest[rest > 0] + n
     return labels, int(n + m)
+
+
+def seed_levels(seed_threshold: float, finest: float = FINEST_SEED_LEVEL) -> tuple[float, ...]:
+    """Probability levels from ``seed_threshold`` up, halving the distance to 1 at each step.
+
+    Parameters
+    ----------
+    seed_threshold : float
+        The first level, in [0, 1).
+    finest : float
+        The last level is the highest with ``1 - level >= finest``.
+
+    Returns
+    -------
+    tuple of float
+        ``seed_threshold, 1 - (1 - seed_threshold) / 2, 1 - (1 - seed_threshold) / 4, ...``
+
+    Examples
+    --------
+    >>> seed_levels(0.75, finest=0.02)
+    (0.75, 0.875, 0.9375, 0.96875)
+    """
+    if not 0.0 <= float(seed_threshold) < 1.0 or not finest > 0:
+        raise ValueError(
+            f"seed_threshold must be in [0, 1) and finest > 0, got {seed_threshold!r}, {finest!r}"
+        )
+    levels = [float(seed_threshold)]
+    while (1.0 - levels[-1]) / 2 >= finest:
+        levels.append(1.0 - (1.0 - levels[-1]) / 2)
+    return tuple(levels)
+
+
+def split_seeds(
+    prob: np.ndarray,
+    seeds: np.ndarray,
+    levels: Sequence[float],
+    share: float,
+    structure: np.ndarray | None = None,
+) -> tuple[np.ndarray, int]:
+    """Split seeds that hold two or more substantial cores at higher probability levels.
+
+    Level by level, each seed is replaced by the connected components of ``prob > level``
+    inside it ("cores") when at least two of them hold ``share`` times the median size of the
+    given seeds or more; its small cores and the rest of it are dropped from the seeds (the
+    watershed gives them to the nearest core). A split seed's cores are split again at the
+    next levels by the same rule. One confident bridge between two objects (nuclei touching
+    across slices, which sparse slice annotations never taught apart) joins their seeds at the
+    first level but not at a higher one, while the fragments of a weak object at a high level
+    are too small to count: the split needs no global seed threshold.
+
+    Parameters
+    ----------
+    prob : numpy.ndarray
+        Foreground probability, 2D or 3D.
+    seeds : numpy.ndarray
+        Integer seeds (components of ``prob > levels[0]`` or lower), 0 elsewhere; not modified.
+    levels : sequence of float
+        Increasing probability levels above the seeds' threshold (:func:`seed_levels`).
+    share : float
+        The smallest core that counts, as a share of the median seed size (pixels).
+    structure : numpy.ndarray, optional
+        Connectivity of the cores (``scipy.ndimage.label``); default: through faces.
+
+    Returns
+    -------
+    seeds : numpy.ndarray
+        int32 seeds numbered 1..n (some numbers may be unused).
+    n : int
+        The largest seed number.
+
+    Examples
+    --------
+    >>> prob = np.array([[0.9, 0.99, 0.95, 0.99, 0.99, 0.9, 0.99]])
+    >>> seeds = (prob > 0.8).astype(np.int32)  # one seed
+    >>> split_seeds(prob, seeds, [0.98], share=0.2)[0]
+    array([[0, 2, 0, 3, 3, 0, 4]], dtype=int32)
+    >>> split_seeds(prob, seeds, [0.98], share=0.3)[0]  # cores of >= 2 pixels count: one
+    array([[1, 1, 1, 1, 1, 1, 1]], dtype=int32)
+    """
+    seeds = np.asarray(seeds).astype(np.int32, copy=True)
+    sizes = np.bincount(seeds.ravel())[1:]
+    sizes = sizes[sizes > 0]
+    n = int(seeds.max(initial=0))
+    if sizes.size == 0:
+        return seeds, n
+    smallest = max(1, round(float(share) * float(np.median(sizes))))
+    for level in levels:
+        cores, m = ndi.label(prob > level, structure=structure)
+        if m == 0:
+            break
+        inside = cores > 0
+        parent = np.zeros(m + 1, np.int64)  # the seed each core lies in (0: none)
+        parent[cores[inside]] = seeds[inside]
+        big = np.flatnonzero(np.bincount(cores.ravel(), minlength=m + 1) >= smallest)
+        big = big[(big > 0) & (parent[big] > 0)]
+        count = np.bincount(parent[big], minlength=n + 1)
+        split = np.flatnonzero(count >= 2)
+        if split.size == 0:
+            continue
+        seeds[np.isin(seeds, split)] = 0
+        kept = big[np.isin(parent[big], split)]
+        number = np.zeros(m + 1, np.int32)
+        number[kept] = np.arange(n + 1, n + 1 + kept.size, dtype=np.int32)
+        new = number[cores]
+        seeds[new > 0] = new[new > 0]
+        n += int(kept.size)
+    return seeds, n
 
 
 def _check_arguments(
@@ -268,7 +397,7 @@ class StackLabeller:
 
     Parameters
     ----------
-    threshold, gap, min_size, sampling, seed_threshold
+    threshold, gap, min_size, sampling, seed_threshold, seed_split
         As for :func:`probabilities_to_labels`.
 
     Attributes
@@ -293,15 +422,18 @@ class StackLabeller:
         min_size: int = DEFAULT_MIN_SIZE,
         sampling: tuple[float, ...] | None = None,
         seed_threshold: float | None = None,
+        seed_split: float | None = None,
     ) -> None:
         self.threshold, self.gap, self.min_size = threshold, gap, min_size
         self.sampling, self.seed_threshold = sampling, seed_threshold
+        self.seed_split = seed_split
         probabilities_to_labels(
             np.zeros((1, 1), np.float32),
             threshold=threshold,
             gap=gap,
             min_size=min_size,
             seed_threshold=seed_threshold,
+            seed_split=seed_split,
         )
         self.next_label = 1
 
@@ -326,6 +458,7 @@ class StackLabeller:
             start_label=self.next_label,
             sampling=self.sampling,
             seed_threshold=self.seed_threshold,
+            seed_split=self.seed_split,
         )
         if labels.size and labels.max() >= self.next_label:
             self.next_label = int(labels.max()) + 1
@@ -434,8 +567,10 @@ def model_labeller(
     A model of the classes mode gets :func:`class_ids`; any other a :class:`StackLabeller` with
     the model's post-processing: the caller's threshold and minimum size, else the model's
     (:func:`postprocessing_defaults`), its training gap, and for a 3D model its voxel size; the
-    model's seed threshold (``model.training['seed_threshold']``, which 3D training records)
-    where it is at least the threshold, else the default halfway between threshold and 1.
+    model's seed threshold (``model.training['seed_threshold']``, which earlier 3D models
+    recorded) where it is at least the threshold, else the default halfway between threshold
+    and 1; and the model's ``seed_split`` (``model.training['seed_split']``, which 3D training
+    records; see :func:`split_seeds`).
 
     Parameters
     ----------
@@ -458,10 +593,12 @@ def model_labeller(
     sampling = model.config.voxel_size if model.config.spatial_dims == 3 else None
     seed = model.training.get("seed_threshold")
     seed = float(seed) if seed is not None and float(seed) >= threshold else None
+    split = model.training.get("seed_split")
     return StackLabeller(
         threshold=threshold,
         gap=model.gap,
         min_size=min_size,
         sampling=sampling,
         seed_threshold=seed,
+        seed_split=None if split is None else float(split),
     )

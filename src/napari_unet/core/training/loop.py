@@ -79,7 +79,7 @@ from .validation import (
 
 __all__ = [
     "METRIC_LABELS",
-    "VOLUME_SEED_THRESHOLD",
+    "VOLUME_SEED_SPLIT",
     "TrainEvent",
     "describe_run",
     "freeze_batch_norm",
@@ -97,14 +97,15 @@ logger = logging.getLogger(__name__)
 LR_FLOOR = 0.05
 #: Linear warm-up over this many first iterations.
 WARMUP = 10
-#: Seed threshold a 3D model records for its post-processing
-#: (:func:`~napari_unet.core.inference.probabilities_to_labels`; 2D models keep the default
-#: halfway between threshold and 1). Annotated slices teach no gap along z, so the network's
-#: probability stays high where nuclei touch across slices and seeds at 0.75 join them. Chosen
-#: on a volume other than the one ``bench/bench_3d.py`` scores: 0.98 was best there for models
-#: of 300 and 700 steps (3D AP@0.5 0.44 -> 0.69 and 0.53 -> 0.90 against 0.75; 0.99 split the
-#: 300-step model's nuclei apart).
-VOLUME_SEED_THRESHOLD = 0.98
+#: Seed split a 3D model records for its post-processing
+#: (:func:`~napari_unet.core.inference.split_seeds`; 2D models do not split). Annotated slices
+#: teach no gap along z, so the network's probability stays high where nuclei touch across
+#: slices and seeds at the default 0.75 join them; a seed is split into its cores at higher
+#: probability levels where at least two of them hold this share of the median seed's voxels.
+#: Chosen on volumes other than the one ``bench/bench_3d.py`` scores (seeds 2-9, 480 nuclei):
+#: 3D AP@0.5 0.983 and 0.990 for models of 500 and 900 steps, where a fixed seed threshold of
+#: 0.98 (the former choice) scored 0.844 and 0.947 (docs/benchmarks.md).
+VOLUME_SEED_SPLIT = 0.15
 #: What the validation score means, by ``TrainSettings.validation_metric``.
 METRICS = {
     "ap": "instance AP@0.5 on held-out annotations",
@@ -828,7 +829,7 @@ def train(
         CPU in evaluation mode. Its ``training`` holds ``'settings'``, a ``'summary'``, and the
         post-processing inference uses by default: ``'threshold'`` (chosen on the held-out
         part; 0.5 without one), ``'min_size'`` (pixels, chosen there among sizes learnt from
-        the annotated cells) and, in 3D, ``'seed_threshold'`` (:data:`VOLUME_SEED_THRESHOLD`).
+        the annotated cells) and, in 3D, ``'seed_split'`` (:data:`VOLUME_SEED_SPLIT`).
 
     Raises
     ------
@@ -1024,7 +1025,7 @@ class _TrainingRun:
         if not self.classes:
             record.update(threshold=threshold, min_size=min_size)
             if self.data.config.spatial_dims == 3:
-                record.update(seed_threshold=VOLUME_SEED_THRESHOLD)
+                record.update(seed_split=VOLUME_SEED_SPLIT)
         if model is not None:
             record["fine_tuned_from"] = dict(model.training)
         value = best.value(best.score)
