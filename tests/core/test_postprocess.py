@@ -224,3 +224,20 @@ def test_model_labeller_uses_the_model_seed_split(tiny_model) -> None:
     assert model_labeller(split).seed_split == 0.15
     labels = model_labeller(split)(prob)
     assert labels.max() == 2 and labels[2, 2] != labels[2, 10]
+
+
+def test_model_labeller_grows_the_gap_along_the_model_gap_axes(tiny_model) -> None:
+    from dataclasses import replace
+
+    from napari_unet.core.inference import model_labeller
+
+    prob = np.zeros((5, 6, 7), np.float32)
+    prob[0:2, :, 0:3] = prob[3:5, :, 0:3] = 0.99  # two objects, one slice apart along z
+    volume = tiny_model(spatial_dims=3, voxel_size=(2.0, 1.0, 1.0))
+    model = replace(volume, gap=1, training={"threshold": 0.5, "min_size": 1})
+    assert model_labeller(model).grow_axes is None
+    assert model_labeller(model)(prob)[2, :, 0:3].all()  # grown across the slice (all axes)
+    sliced = replace(model, training={**model.training, "gap_axes": [1, 2]})
+    assert model_labeller(sliced).grow_axes == (1, 2)
+    labels = model_labeller(sliced)(prob)
+    assert not labels[2].any() and labels.max() == 2

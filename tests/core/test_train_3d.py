@@ -10,7 +10,13 @@ from napari_unet.core.model import TrainedModel, UNet, UNetConfig, preset_config
 from napari_unet.core.model_files import load_model, save_model
 from napari_unet.core.training import TrainSettings, run_training
 from napari_unet.core.training.augment import AugmentSettings, augment_batch, elastic_field
-from napari_unet.core.training.data import PatchSampler, TargetSpec, patch_shape, prepare_samples
+from napari_unet.core.training.data import (
+    PatchSampler,
+    TargetSpec,
+    gap_axes,
+    patch_shape,
+    prepare_samples,
+)
 from napari_unet.core.training.loop import VOLUME_SEED_SPLIT
 from napari_unet.core.training.settings import FINE_TUNE_DEFAULTS, VOLUME_DEFAULTS
 from napari_unet.sample_data import make_touching_nuclei_3d
@@ -47,6 +53,8 @@ def test_only_the_annotated_slices_carry_loss(volume) -> None:
     region[2:5, 5:30, 5:30] = True  # a region: everything annotated inside it counts
     (boxed,) = prepare_samples(image, sparse, region, spatial_dims=3, targets=TARGETS)
     assert not boxed.weights[~region].any() and boxed.weights[region].all()
+    # the gap is cut along z only in the region (slices 2-4 annotated next to each other)
+    assert gap_axes([sample]) == (1, 2) and gap_axes([boxed]) == (0, 1, 2)
 
 
 def test_3d_patches_are_centred_on_annotated_voxels(volume) -> None:
@@ -116,8 +124,10 @@ def test_3d_training_gives_a_3d_model_with_its_voxel_size(volume, tmp_path) -> N
     assert model.training["min_size"] >= 1 and model.training["threshold"] == 0.5
     assert model.training["seed_split"] == VOLUME_SEED_SPLIT == 0.15
     assert "seed_threshold" not in model.training  # default seeds, split by split_seeds
+    assert model.training["gap_axes"] == (1, 2)  # slices 3 and 8: the gap cut in-plane only
     loaded = load_model(save_model(model, tmp_path / "m.pt"))
     assert loaded.config.voxel_size == VOXEL
+    assert tuple(loaded.training["gap_axes"]) == (1, 2)
     assert TrainSettings.from_dict(loaded.training["settings"]).spatial_dims == 3
 
 

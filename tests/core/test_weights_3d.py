@@ -192,6 +192,26 @@ def test_3d_grow_instances_restores_cut_nuclei_and_grows_everywhere():
     np.testing.assert_array_equal(grow_instances(lonely, 2, sampling=sampling), lonely)
 
 
+def test_3d_grow_instances_along_chosen_axes_only():
+    sampling = (2.0, 1.0, 1.0)
+    lab = np.zeros((5, 6, 7), np.int32)
+    lab[0:2, :, 0:3] = 1
+    lab[3:5, :, 0:3] = 2  # a one-slice gap along z under nucleus 1
+    lab[0:2, :, 4:7] = 3  # a one-column gap in-plane beside nucleus 1
+    grown = grow_instances(lab, 1, sampling=sampling)
+    assert np.all(grown[2, :, 0:3] > 0) and np.all(grown[0:2, :, 3] > 0)
+    in_plane = grow_instances(lab, 1, sampling=sampling, axes=(1, 2))
+    assert not in_plane[2].any()  # nothing grew across the z gap or along a z diagonal
+    np.testing.assert_array_equal(in_plane[0:2, :, 3], grown[0:2, :, 3])  # in-plane as before
+    np.testing.assert_array_equal(in_plane[:, :, 4:], lab[:, :, 4:])  # nothing else changed
+    np.testing.assert_array_equal(in_plane[[0, 1, 3, 4], :, :3], lab[[0, 1, 3, 4], :, :3])
+    everywhere = grow_instances(lab, 1, everywhere=True, sampling=sampling, axes=(1, 2))
+    assert not everywhere[2].any() and np.all(everywhere[0:2, :, 3] > 0)
+    assert grow_instances(lab, 1, everywhere=True, sampling=sampling)[2].all()
+    with pytest.raises(ValueError, match="axes must be axes of the 3D labels"):
+        grow_instances(lab, 1, sampling=sampling, axes=(3,))
+
+
 # ----------------------------------------------------------------------------------- targets
 
 

@@ -108,6 +108,7 @@ def probabilities_to_labels(
     seed_threshold: float | None = None,
     sampling: tuple[float, ...] | None = None,
     seed_split: float | None = None,
+    grow_axes: tuple[int, ...] | None = None,
 ) -> np.ndarray:
     """Instance labels of one 2D (or 3D) foreground-probability map.
 
@@ -144,6 +145,8 @@ def probabilities_to_labels(
         None: isotropic.
     seed_split : float, optional
         Share in (0, 1] of :func:`split_seeds` (3D models record it); ``None``: no splitting.
+    grow_axes : tuple of int, optional
+        The axes the gap is grown back along (``grow_instances(axes=)``); ``None``: all.
 
     Returns
     -------
@@ -163,19 +166,14 @@ def probabilities_to_labels(
     array([0, 5, 5, 5, 0, 6, 6, 6, 0], dtype=int32)
     """
     prob = np.asarray(prob)
-    _check_arguments(prob, threshold, gap, min_size, start_label, connectivity)
     seed_threshold = (1.0 + float(threshold)) / 2 if seed_threshold is None else seed_threshold
-    if not float(threshold) <= float(seed_threshold) < 1.0:
-        raise ValueError(
-            f"seed_threshold must be in [threshold, 1) = [{threshold}, 1), got {seed_threshold!r}"
-        )
-    if seed_split is not None and not 0.0 < float(seed_split) <= 1.0:
-        raise ValueError(f"seed_split must be in (0, 1] or None, got {seed_split!r}")
+    _check_arguments(prob, threshold, gap, min_size, start_label, connectivity)
+    _check_seeds(threshold, seed_threshold, seed_split)
     labels, n = seeded_instances(prob, threshold, seed_threshold, connectivity, seed_split)
     if n == 0:
         return labels
     if gap:
-        labels = grow_instances(labels, int(gap), sampling=sampling)
+        labels = grow_instances(labels, int(gap), sampling=sampling, axes=grow_axes)
     return _renumber(labels, n, int(min_size), int(start_label))
 
 
@@ -388,6 +386,16 @@ def _check_arguments(
         raise ValueError(f"connectivity must be 1 or 2, got {connectivity!r}")
 
 
+def _check_seeds(threshold: float, seed_threshold: float, seed_split: float | None) -> None:
+    """Raise ValueError on a seed threshold or seed split out of range."""
+    if not float(threshold) <= float(seed_threshold) < 1.0:
+        raise ValueError(
+            f"seed_threshold must be in [threshold, 1) = [{threshold}, 1), got {seed_threshold!r}"
+        )
+    if seed_split is not None and not 0.0 < float(seed_split) <= 1.0:
+        raise ValueError(f"seed_split must be in (0, 1] or None, got {seed_split!r}")
+
+
 class StackLabeller:
     """Labels the 2D probability maps of a stack (or 3D volumes) one by one, unique across them.
 
@@ -397,7 +405,7 @@ class StackLabeller:
 
     Parameters
     ----------
-    threshold, gap, min_size, sampling, seed_threshold, seed_split
+    threshold, gap, min_size, sampling, seed_threshold, seed_split, grow_axes
         As for :func:`probabilities_to_labels`.
 
     Attributes
@@ -423,10 +431,11 @@ class StackLabeller:
         sampling: tuple[float, ...] | None = None,
         seed_threshold: float | None = None,
         seed_split: float | None = None,
+        grow_axes: tuple[int, ...] | None = None,
     ) -> None:
         self.threshold, self.gap, self.min_size = threshold, gap, min_size
         self.sampling, self.seed_threshold = sampling, seed_threshold
-        self.seed_split = seed_split
+        self.seed_split, self.grow_axes = seed_split, grow_axes
         probabilities_to_labels(
             np.zeros((1, 1), np.float32),
             threshold=threshold,
@@ -459,6 +468,7 @@ class StackLabeller:
             sampling=self.sampling,
             seed_threshold=self.seed_threshold,
             seed_split=self.seed_split,
+            grow_axes=self.grow_axes,
         )
         if labels.size and labels.max() >= self.next_label:
             self.next_label = int(labels.max()) + 1
@@ -569,8 +579,9 @@ def model_labeller(
     (:func:`postprocessing_defaults`), its training gap, and for a 3D model its voxel size; the
     model's seed threshold (``model.training['seed_threshold']``, which earlier 3D models
     recorded) where it is at least the threshold, else the default halfway between threshold
-    and 1; and the model's ``seed_split`` (``model.training['seed_split']``, which 3D training
-    records; see :func:`split_seeds`).
+    and 1; the model's ``seed_split`` (``model.training['seed_split']``, which 3D training
+    records; see :func:`split_seeds`) and ``gap_axes`` (the axes training cut the gap along,
+    which 3D training records; the gap is grown back along those only).
 
     Parameters
     ----------
@@ -593,7 +604,7 @@ def model_labeller(
     sampling = model.config.voxel_size if model.config.spatial_dims == 3 else None
     seed = model.training.get("seed_threshold")
     seed = float(seed) if seed is not None and float(seed) >= threshold else None
-    split = model.training.get("seed_split")
+    split, axes = model.training.get("seed_split"), model.training.get("gap_axes")
     return StackLabeller(
         threshold=threshold,
         gap=model.gap,
@@ -601,4 +612,5 @@ def model_labeller(
         sampling=sampling,
         seed_threshold=seed,
         seed_split=None if split is None else float(split),
+        grow_axes=None if axes is None else tuple(int(a) for a in axes),
     )

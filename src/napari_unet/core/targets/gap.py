@@ -152,6 +152,7 @@ def grow_instances(
     *,
     everywhere: bool = False,
     sampling: tuple[float, ...] | None = None,
+    axes: tuple[int, ...] | None = None,
 ) -> np.ndarray:
     """Grow instances back across the gaps that :func:`cut_gap` cut: the inverse of the cut.
 
@@ -185,6 +186,10 @@ def grow_instances(
         gaps.
     sampling : sequence of float, optional
         Voxel size, one spacing per axis (``(z, y, x)`` for a volume).
+    axes : tuple of int, optional
+        The axes growth moves along (lines through any other axis are not used); ``None``: all.
+        ``(1, 2)`` grows a volume in-plane only: where training cut the gap on annotated slices
+        with no annotated slice next to them, no gap was cut along z.
 
     Returns
     -------
@@ -203,6 +208,10 @@ def grow_instances(
     """
     labels, sampling = check_labels_sampling(labels, sampling)
     gaps = axis_gaps(gap, sampling, labels.ndim)
+    if axes is not None:
+        if not set(axes) <= set(range(labels.ndim)):
+            raise ValueError(f"axes must be axes of the {labels.ndim}D labels, got {axes!r}")
+        gaps = tuple(g if i in axes else 0 for i, g in enumerate(gaps))
     out = labels.copy()
     if not any(gaps) or labels.size == 0 or not labels.any():
         return out
@@ -242,7 +251,10 @@ def _grow_across(work: np.ndarray, gaps: tuple[int, ...]) -> np.ndarray:
     best = np.full(where[0].size, pad + 1, np.int32)
     winner = np.zeros(where[0].size, work.dtype)
     for line in _lines(work.ndim):
-        span = 2 * max(g for g, d in zip(gaps, line, strict=True) if d)
+        moves = [g for g, d in zip(gaps, line, strict=True) if d]
+        if min(moves) == 0:  # a line through an axis that does not grow
+            continue
+        span = 2 * max(moves)
         ends = []
         for sign in (1, -1):
             hit = np.zeros(where[0].size, work.dtype)

@@ -55,6 +55,7 @@ __all__ = [
     "annotation_min_size",
     "as_list",
     "class_count",
+    "gap_axes",
     "pad2d",
     "patch_geometry",
     "patch_shape",
@@ -879,6 +880,42 @@ def patch_shape(
             in_shape.append(n_in)
             out_shape.append(config.output_size(n_in, axis))
     return tuple(in_shape), tuple(out_shape)
+
+
+def gap_axes(samples: Sequence[AnnotatedImage]) -> tuple[int, ...]:
+    """The axes along which the targets of volumes had their gap cut.
+
+    The gap between touching cells is cut where an annotated voxel has another cell within the
+    gap, along any axis; along z only where a voxel and its neighbour in the next slice are both
+    annotated. Volumes annotated on separate slices (every third, say) get their gap cut
+    in-plane only, and inference grows it back in-plane only
+    (:func:`~napari_unet.core.targets.grow_instances` ``axes=``).
+
+    Parameters
+    ----------
+    samples : sequence of AnnotatedImage
+        Volumes from :func:`prepare_samples`.
+
+    Returns
+    -------
+    tuple of int
+        ``(0, 1, 2)`` when some annotated voxel has an annotated neighbour along z, else
+        ``(1, 2)``.
+
+    Examples
+    --------
+    >>> region = np.zeros((6, 4, 4), bool)
+    >>> region[::3] = True  # slices 0 and 3
+    >>> s = AnnotatedImage(np.zeros((1, 6, 4, 4), np.float32), np.zeros((6, 4, 4), np.uint8),
+    ...                    region.astype(np.float32), (0, 0), region=region)
+    >>> gap_axes([s])
+    (1, 2)
+    """
+    for s in samples:
+        region = s.region if s.region is not None else np.ones(s.weights.shape, bool)
+        if np.any(region[1:] & region[:-1]):
+            return (0, 1, 2)
+    return (1, 2)
 
 
 def annotated_cell_areas(samples: Sequence[AnnotatedImage]) -> np.ndarray:

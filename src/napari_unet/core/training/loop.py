@@ -57,6 +57,7 @@ from .data import (
     TargetSpec,
     annotated_cell_areas,
     annotation_min_size,
+    gap_axes,
     patch_geometry,
     patch_shape,
     prepare_samples,
@@ -829,7 +830,7 @@ def train(
         CPU in evaluation mode. Its ``training`` holds ``'settings'``, a ``'summary'``, and the
         post-processing inference uses by default: ``'threshold'`` (chosen on the held-out
         part; 0.5 without one), ``'min_size'`` (pixels, chosen there among sizes learnt from
-        the annotated cells) and, in 3D, ``'seed_split'`` (:data:`VOLUME_SEED_SPLIT`).
+        the annotated cells); 3D: ``'seed_split'`` and ``'gap_axes'`` (:func:`.gap_axes`).
 
     Raises
     ------
@@ -1025,7 +1026,7 @@ class _TrainingRun:
         if not self.classes:
             record.update(threshold=threshold, min_size=min_size)
             if self.data.config.spatial_dims == 3:
-                record.update(seed_split=VOLUME_SEED_SPLIT)
+                record.update(seed_split=VOLUME_SEED_SPLIT, gap_axes=gap_axes(self.data.samples))
         if model is not None:
             record["fine_tuned_from"] = dict(model.training)
         value = best.value(best.score)
