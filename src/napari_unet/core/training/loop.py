@@ -584,7 +584,8 @@ def _validation(
 
 
 def _new_config(samples: list[AnnotatedImage], plan: _RunPlan) -> UNetConfig:
-    """The architecture of a new network: the preset's, for the samples' channels and classes.
+    """The architecture of a new network: the preset's (its depth unless the settings give
+    one), for the samples' channels and classes.
 
     In the classes mode the network has as many classes as the largest value painted
     (:func:`~.data.prepare_samples` checked that at least two are); two otherwise.
@@ -599,6 +600,7 @@ def _new_config(samples: list[AnnotatedImage], plan: _RunPlan) -> UNetConfig:
         n_classes=k,
         spatial_dims=plan.spatial_dims,
         voxel_size=plan.voxel_size,
+        **({} if settings.depth is None else {"depth": settings.depth}),
     )
 
 

@@ -216,6 +216,12 @@ class TrainSettings:
         The smallest object kept at inference, as a share of the area of the small annotated
         cells (5th percentile of the completely annotated ones); 0: not learnt (inference's
         default).
+    depth : int, optional
+        Pooling levels of a new network; None: the preset's (4 for the fast 2D preset, 3 in
+        3D). Fewer levels see less context around each pixel (fast 2D preset: receptive radius
+        107 px at depth 4, 51 px at depth 3): with a few painted cells, a network that sees a
+        whole cell and its neighbours but not a large part of the image has less to learn by
+        heart. Ignored when fine-tuning (the model keeps its architecture).
     freeze_batch_norm : bool
         When fine-tuning a model: keep its batch-norm layers in evaluation mode, so that their
         running statistics stay those of the data the model was trained on and a small
@@ -278,6 +284,7 @@ class TrainSettings:
     min_size_fraction: float = setting(
         0.25, label="min size (x cell area)", min=0.0, max=1.0, step=0.05
     )
+    depth: int | None = setting(None, label="network depth (0: preset's)", min=0, max=6, none=0)
     freeze_batch_norm: bool = setting(False, label="freeze batch norm (fine-tuning)")
     spatial_dims: int = setting(2, show=HIDDEN, label="dimensions")
     voxel_size: tuple[float, ...] | None = setting(None, show=HIDDEN, label="voxel size")
@@ -370,6 +377,7 @@ class TrainSettings:
             raise ValueError(
                 f"min_size_fraction must be a number >= 0, got {self.min_size_fraction!r}"
             )
+        positive_int("depth", self.depth, allow_none=True)
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if not 0 <= self.momentum < 1:
