@@ -18,7 +18,8 @@ nuclei inside a box of about a third of the image are the annotation and the box
 model trained on that image alone for ``--minutes 3`` is scored on the nuclei outside the box;
 AP@0.5 is also measured after shorter runs (``--curve``) and plotted against the minutes.
 ``--split train --images-from 15`` cuts the sparse boxes from the last 5 *train* images instead:
-for tuning, with a model trained on the first 15 train images only (never on the test split). The
+for tuning, with a model trained on the first 15 train images only (never on the test split); with
+``--protocols full`` the same options train on the first 15 train images and score the other 5. The
 box and scoring rules are in bench/real_data.py. AP = TP / (TP + FP + FN) with one-to-one
 matching (:mod:`napari_unet.core.training.metrics`), counts summed over the images, and the mean
 of the per-image APs beside it.
@@ -199,10 +200,19 @@ def predict_untrained(args: argparse.Namespace, method: Method, image: np.ndarra
     return _segment(load_model_or_package(method.init), image, device=args.device)
 
 
-def run_full(args: argparse.Namespace, methods: list[Method]) -> list[Result]:
-    """Train each method on the train split and score it on the test images."""
+def full_split(args: argparse.Namespace) -> tuple[list[rd.Sample], list[rd.Sample]]:
+    """The full protocol's training and scored images: the train and test splits, or with
+    ``--split train`` the first ``--images-from`` train images and the other train images."""
     train = rd.load_split(args.data, "train")
-    test = rd.load_split(args.data, "test")[: args.images]
+    if args.split == "train":
+        return train[: args.images_from], train[args.images_from :][: args.images]
+    return train, rd.load_split(args.data, "test")[: args.images]
+
+
+def run_full(args: argparse.Namespace, methods: list[Method]) -> list[Result]:
+    """Train each method on the train split and score it on the test images (or on train
+    images it did not see, with ``--split train``)."""
+    train, test = full_split(args)
     results = []
     for method in methods:
         result = Result(method)
@@ -359,13 +369,14 @@ def _target_line(results: list[Result], target: float, what: str) -> list[str]:
 
 def full_section(args, command: str, results: list[Result]) -> list[str]:
     """The markdown of the full protocol."""
-    n_train = len(list((Path(args.data) / "train" / "images").glob("*.tif")))
+    train, test = full_split(args)
+    scored = "test images" if args.split == "test" else "other train images (tuning)"
     return [
-        "### Full protocol: train on the train split, score on the test images",
+        f"### Full protocol: train on {len(train)} train images, score on {len(test)} {scored}",
         "",
-        f"Command: `{command}`. One model per row trained on the {n_train} train images "
+        f"Command: `{command}`. One model per row trained on {len(train)} train images "
         f"(all labels, no region) for {_budget_text(args, args.full_budget)}, seed {args.seed}; "
-        f"scored on {args.images or 'all'} test images (whole objects, whole images).",
+        f"scored on {len(test)} {scored} (whole objects, whole images).",
         "",
         *results_table(results),
         *_target_line(results, FULL_TARGET, "summed"),
@@ -446,15 +457,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--split",
         choices=("test", "train"),
         default="test",
-        help="sparse protocol: the images boxes are cut from (train: for tuning with a model "
-        "trained on the other train images, see --images-from; default test)",
+        help="the images scored (train: for tuning, see --images-from; default test)",
     )
     parser.add_argument(
         "--images-from",
         type=int,
         default=0,
         metavar="K",
-        help="sparse protocol: skip the first K images of the split (sorted by name)",
+        help="skip the first K images of the split (sorted by name); full protocol with "
+        "--split train: train on them and score the others",
     )
     parser.add_argument(
         "--curve",
@@ -470,10 +481,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plot", type=Path, help=f"AP-vs-minutes plot (default {PLOT})")
     args = parser.parse_args(argv)
     args.protocols = args.protocols or ["full", "sparse"]
-    if args.split != "test" and "full" in args.protocols:
-        parser.error("--split train goes with --protocols sparse (full trains on the train split)")
     if args.images_from < 0:
         parser.error(f"--images-from must be >= 0, got {args.images_from}")
+    if args.split == "train" and "full" in args.protocols and args.images_from < 1:
+        parser.error("--split train with the full protocol trains on --images-from K >= 1 images")
     args.rows = args.rows or ["defaults", "plain", "otsu"]
     if args.quick:
         args.iterations = args.iterations or 20

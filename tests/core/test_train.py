@@ -282,6 +282,21 @@ def test_sgd_and_presets(cells):
     assert len(events) == 4
 
 
+def test_depth_setting_builds_a_shallower_new_network_and_is_checked(cells, monkeypatch):
+    image, labels = cells
+    from napari_unet.core import model as model_module
+
+    monkeypatch.setitem(model_module.PRESETS["fast"], "base_channels", 4)  # tiny and quick
+    new = run_training(image, labels, settings=_settings(iterations=1, depth=2))
+    assert (new.config.depth, new.config.base_channels) == (2, 4)
+    assert new.config.halo < model_module.preset_config("fast").halo
+    assert new.training["settings"]["depth"] == 2
+    tuned = run_training(image, labels, settings=_settings(iterations=1, depth=1), model=_tiny())
+    assert tuned.config.depth == 2  # fine-tuning keeps the model's architecture
+    with pytest.raises(ValueError, match="depth must be a positive integer, got 0"):
+        TrainSettings(depth=0).validate()
+
+
 def test_trained_model_saves_and_loads(cells, tmp_path):
     image, labels = cells
     model = run_training(image, labels, settings=_settings(), model=_tiny())
