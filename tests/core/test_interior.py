@@ -3,6 +3,8 @@ without the border (tiny networks, batch norm with non-trivial statistics)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -67,7 +69,7 @@ def test_a_larger_trim_is_exact_too():
 
 
 def test_fast_preset_margins():
-    margins = interior_margins(preset_config("fast"), (112, 112))
+    margins = interior_margins(replace(preset_config("fast"), depth=4), (112, 112))
     assert margins.input == (18, 18)
     assert margins.features == ((20, 20), (12, 12), (8, 8), (6, 6), (5, 5))
     assert margins.concat == ((110, 110), (53, 53), (24, 24), (10, 10))

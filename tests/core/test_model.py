@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -28,8 +30,11 @@ def test_paper_forward_maps_572_to_388() -> None:
 def test_fast_preset() -> None:
     config = preset_config("fast")
     assert (config.padding, config.base_channels, config.batch_norm) == ("same", 16, True)
-    assert config.receptive_radius == 107
-    assert config.halo == 112  # rounded up to the 16-pixel grid
+    assert config.depth == 3
+    assert config.receptive_radius == 51
+    assert config.halo == 56  # rounded up to the 8-pixel grid
+    deep = replace(config, depth=4)  # the bundled nuclei model's depth
+    assert (deep.receptive_radius, deep.halo) == (107, 112)  # 112: the 16-pixel grid
 
 
 @pytest.mark.parametrize("size", [16, 32, 48, 160])
@@ -65,14 +70,14 @@ def test_valid_geometry_small_config() -> None:
 def test_inadmissible_size_names_the_nearest() -> None:
     with pytest.raises(ValueError, match="556 or 572"):
         preset_config("paper").output_size(570)
-    with pytest.raises(ValueError, match="96 or 112"):
+    with pytest.raises(ValueError, match="96 or 104"):
         preset_config("fast").output_size(100)
     with pytest.raises(ValueError, match="nearest admissible sizes: 188"):
         preset_config("paper").output_size(100)
 
 
 def test_admissible_size_rounds_up() -> None:
-    assert preset_config("fast").admissible_size(100) == 112
+    assert preset_config("fast").admissible_size(100) == 104
     assert preset_config("fast").admissible_size(112) == 112
     assert preset_config("paper").admissible_size(500) == 508
     assert preset_config("paper").admissible_size(1) == 188

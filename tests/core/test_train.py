@@ -267,7 +267,7 @@ def test_bad_inputs_fail_before_training(cells):
     with pytest.raises(ValueError, match="device"):
         next(train(image, labels, settings=_settings(device="tpu")))
     with pytest.raises(ValueError, match="batch_size >= 2 or a larger patch_size"):
-        next(train(image, labels, settings=_settings(batch_size=1, patch_size=16, context=0)))
+        next(train(image, labels, settings=_settings(batch_size=1, patch_size=8, context=0)))
     with pytest.raises(ValueError, match="never end"):
         run_training(image, labels, settings=_settings(iterations=None))
 

@@ -53,7 +53,7 @@ def test_train_button_trains_and_keeps_the_model(
     assert len(finished) == 1 and finished[0] is not None
     model = session_for(viewer).model
     assert model is finished[0]
-    assert model.config.base_channels == 16 and model.config.depth == 4  # the fast preset
+    assert model.config.base_channels == 16 and model.config.depth == 3  # the fast preset
     assert [i for i, _ in widget.plot.loss] == [1, 2, 3]
     assert all(np.isfinite(v) for _, v in widget.plot.loss)
     assert "Model: trained here (fast preset): 3 iterations" in widget.model_info.value

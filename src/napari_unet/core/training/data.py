@@ -813,7 +813,7 @@ def patch_geometry(config: UNetConfig, patch_size: int, context: int = 0) -> tup
     >>> patch_geometry(preset_config("paper"), 388)
     (572, 388)
     >>> patch_geometry(preset_config("fast"), 100)
-    (112, 112)
+    (104, 104)
     >>> patch_geometry(preset_config("fast"), 128, context=32)
     (192, 128)
     """

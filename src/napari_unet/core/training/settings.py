@@ -217,11 +217,13 @@ class TrainSettings:
         cells (5th percentile of the completely annotated ones); 0: not learnt (inference's
         default).
     depth : int, optional
-        Pooling levels of a new network; None: the preset's (4 for the fast 2D preset, 3 in
-        3D). Fewer levels see less context around each pixel (fast 2D preset: receptive radius
-        107 px at depth 4, 51 px at depth 3): with a few painted cells, a network that sees a
-        whole cell and its neighbours but not a large part of the image has less to learn by
-        heart. Ignored when fine-tuning (the model keeps its architecture).
+        Pooling levels of a new network; None: the preset's (3 for both fast presets, 2D and
+        3D; 4 for the paper's). Fewer levels see less context around each pixel (fast 2D
+        preset: receptive radius 51 px at depth 3, 107 px at depth 4): with a few painted cells
+        a network that sees a whole cell and its neighbours, but not a large part of the image,
+        has less to learn by heart (on boxes of 10-20 real nuclei, depth 4 predicted foreground
+        in large empty areas it never saw; docs/benchmarks.md). Ignored when fine-tuning (the
+        model keeps its architecture).
     freeze_batch_norm : bool
         When fine-tuning a model: keep its batch-norm layers in evaluation mode, so that their
         running statistics stay those of the data the model was trained on and a small
