@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -214,7 +216,8 @@ def test_validation_tiles_line_up_with_the_network_output(padding):
 
 def test_patch_geometry():
     assert patch_geometry(preset_config("fast"), 128) == (128, 128)
-    assert patch_geometry(preset_config("fast"), 120) == (128, 128)
+    assert patch_geometry(preset_config("fast"), 120) == (120, 120)  # depth 3: grid 8
+    assert patch_geometry(replace(preset_config("fast"), depth=4), 120) == (128, 128)  # grid 16
     n_in, n_out = patch_geometry(preset_config("paper"), 100)
     assert n_out >= 100 and preset_config("paper").output_size(n_in) == n_out
     with pytest.raises(ValueError, match="patch_size"):
