@@ -9,7 +9,7 @@ and cached under a content hash of the model's weights and configuration
 For the tile engine a same-padding network is exported as its interior
 (:class:`~napari_unet.core.inference.interior.InteriorUNet`): the output without the halo the
 engine throws away, computed without the border (0.76x the arithmetic of the whole network for
-the fast preset on a 1248² tile).
+a depth-4 fast network on a 1248² tile).
 
 An :class:`ExportedNetwork` maps an input batch ``(N, C, H, W)`` to class logits as the torch
 network does (without :attr:`ExportedNetwork.trim` pixels per side for an interior export), so
