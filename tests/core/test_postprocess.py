@@ -17,6 +17,14 @@ def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     return len(pairs) == len({p[0] for p in pairs}) == len({p[1] for p in pairs})
 
 
+def _two_cores(core: float, bridge: float) -> np.ndarray:
+    """Two 3 x 4 cores of probability ``core`` joined by a 3 px bridge of ``bridge``."""
+    prob = np.zeros((5, 13), np.float32)
+    prob[1:4, 1:5] = prob[1:4, 8:12] = core
+    prob[2, 5:8] = bridge
+    return prob
+
+
 def test_touching_cells_come_back_separate_and_whole() -> None:
     truth = np.zeros((30, 40), np.int32)
     truth[5:20, 3:15] = 1
@@ -137,9 +145,7 @@ def test_model_labeller_uses_the_model_seed_threshold(tiny_model) -> None:
     from napari_unet.core.inference import model_labeller
 
     # two confident cores (0.99) joined by a bridge at 0.9: seeds at 0.75 make one object
-    prob = np.zeros((5, 13), np.float32)
-    prob[1:4, 1:5] = prob[1:4, 8:12] = 0.99
-    prob[2, 5:8] = 0.9
+    prob = _two_cores(0.99, bridge=0.9)
     training = {"threshold": 0.5, "min_size": 1}
     plain = replace(tiny_model(), gap=0, training=training)
     assert model_labeller(plain).seed_threshold is None
@@ -213,9 +219,7 @@ def test_model_labeller_uses_the_model_seed_split(tiny_model) -> None:
 
     # two cores (0.999) joined by a confident bridge at 0.99: one object with any seed
     # threshold below 0.99, two where the model records a seed split
-    prob = np.zeros((5, 13), np.float32)
-    prob[1:4, 1:5] = prob[1:4, 8:12] = 0.999
-    prob[2, 5:8] = 0.99
+    prob = _two_cores(0.999, bridge=0.99)
     training = {"threshold": 0.5, "min_size": 1, "seed_threshold": 0.98}
     plain = replace(tiny_model(), gap=0, training=training)
     assert model_labeller(plain).seed_split is None
