@@ -139,22 +139,43 @@ def test_model_labeller_applies_the_model_post_processing(tiny_model) -> None:
     assert model_labeller(small)(prob).max() == 2
 
 
-def test_model_labeller_uses_the_model_seed_threshold(tiny_model) -> None:
+@pytest.mark.parametrize(
+    ("core", "bridge", "record", "key", "value"),
+    [
+        # two confident cores (0.99) joined by a bridge at 0.9: seeds at 0.75 make one object
+        (0.99, 0.9, {}, "seed_threshold", 0.95),
+        # two cores (0.999) joined by a confident bridge at 0.99: one object with any seed
+        # threshold below 0.99, two where the model records a seed split
+        (0.999, 0.99, {"seed_threshold": 0.98}, "seed_split", 0.15),
+    ],
+)
+def test_model_labeller_separates_bridged_cores_as_the_model_records(
+    tiny_model, core, bridge, record, key, value
+) -> None:
     from dataclasses import replace
 
     from napari_unet.core.inference import model_labeller
 
-    # two confident cores (0.99) joined by a bridge at 0.9: seeds at 0.75 make one object
-    prob = _two_cores(0.99, bridge=0.9)
-    training = {"threshold": 0.5, "min_size": 1}
+    prob = _two_cores(core, bridge=bridge)
+    training = {"threshold": 0.5, "min_size": 1, **record}
     plain = replace(tiny_model(), gap=0, training=training)
-    assert model_labeller(plain).seed_threshold is None
+    assert getattr(model_labeller(plain), key) is None
     assert model_labeller(plain)(prob).max() == 1
-    seeded = replace(plain, training={**training, "seed_threshold": 0.95})
-    assert model_labeller(seeded).seed_threshold == 0.95
-    labels = model_labeller(seeded)(prob)
+    recorded = replace(plain, training={**training, key: value})
+    assert getattr(model_labeller(recorded), key) == value
+    labels = model_labeller(recorded)(prob)
     assert labels.max() == 2 and labels[2, 2] != labels[2, 10]
-    # a caller's threshold above the model's seed threshold: the default seeds
+
+
+def test_a_caller_threshold_above_the_model_seed_threshold_takes_the_default_seeds(
+    tiny_model,
+) -> None:
+    from dataclasses import replace
+
+    from napari_unet.core.inference import model_labeller
+
+    training = {"threshold": 0.5, "min_size": 1, "seed_threshold": 0.95}
+    seeded = replace(tiny_model(), gap=0, training=training)
     assert model_labeller(seeded, threshold=0.96).seed_threshold is None
 
 
@@ -210,24 +231,6 @@ def test_seed_split_is_checked() -> None:
             StackLabeller(seed_split=bad)
     with pytest.raises(ValueError, match="seed_threshold must be in"):
         seed_levels(1.0)
-
-
-def test_model_labeller_uses_the_model_seed_split(tiny_model) -> None:
-    from dataclasses import replace
-
-    from napari_unet.core.inference import model_labeller
-
-    # two cores (0.999) joined by a confident bridge at 0.99: one object with any seed
-    # threshold below 0.99, two where the model records a seed split
-    prob = _two_cores(0.999, bridge=0.99)
-    training = {"threshold": 0.5, "min_size": 1, "seed_threshold": 0.98}
-    plain = replace(tiny_model(), gap=0, training=training)
-    assert model_labeller(plain).seed_split is None
-    assert model_labeller(plain)(prob).max() == 1
-    split = replace(plain, training={**training, "seed_split": 0.15})
-    assert model_labeller(split).seed_split == 0.15
-    labels = model_labeller(split)(prob)
-    assert labels.max() == 2 and labels[2, 2] != labels[2, 10]
 
 
 def test_model_labeller_grows_the_gap_along_the_model_gap_axes(tiny_model) -> None:
