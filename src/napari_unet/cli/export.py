@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from napari_unet.cli import UsageError
-from napari_unet.cli.options import add_output, check_output_path
+from napari_unet.cli.options import (
+    add_channel_layout,
+    add_options,
+    add_output,
+    check_output_path,
+)
 
 __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
@@ -39,52 +44,63 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``export`` arguments: the model, the package, its metadata and test image."""
-    parser.add_argument(
-        "model", type=Path, metavar="MODEL", help="model file (.pt) or bundled model name (nuclei)"
-    )
+    add_options(parser, _MODEL)
     add_output(parser, metavar="NAME.zip", help="package to write")
-    parser.add_argument("--name", help="package name (default: 'napari-unet U-Net (PRESET)')")
-    parser.add_argument("--description", help="one or two sentences on what the model segments")
-    parser.add_argument(
-        "--authors", nargs="+", metavar="NAME", help="the people who made the model"
-    )
-    parser.add_argument(
-        "--license",
-        default="CC-BY-4.0",
-        help="license of the weights: CC-BY-4.0 or BSD-3-Clause (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--test-image",
-        type=Path,
-        metavar="IMAGE",
-        help="image to cut the test input from (.tif, .png, .npy, .zarr; first slice of a "
+    add_options(parser, _METADATA)
+    add_options(parser, _TEST_IMAGE)
+    add_channel_layout(parser, default="as the model was trained")
+    add_options(parser, _WEIGHTS)
+
+
+#: the positional argument
+_MODEL: dict[str, dict[str, Any]] = {
+    "model": {
+        "type": Path,
+        "metavar": "MODEL",
+        "help": "model file (.pt) or bundled model name (nuclei)",
+    },
+}
+#: the package's metadata: each option is the keyword of ``export_package`` of the same name
+_METADATA: dict[str, dict[str, Any]] = {
+    "--name": {"help": "package name (default: 'napari-unet U-Net (PRESET)')"},
+    "--description": {"help": "one or two sentences on what the model segments"},
+    "--authors": {"nargs": "+", "metavar": "NAME", "help": "the people who made the model"},
+    "--license": {
+        "default": "CC-BY-4.0",
+        "help": "license of the weights: CC-BY-4.0 or BSD-3-Clause (default: %(default)s)",
+    },
+}
+_TEST_IMAGE: dict[str, dict[str, Any]] = {
+    "--test-image": {
+        "type": Path,
+        "metavar": "IMAGE",
+        "help": "image to cut the test input from (.tif, .png, .npy, .zarr; first slice of a "
         "stack); default: the synthetic sample",
-    )
-    parser.add_argument(
-        "--channel-axis",
-        type=int,
-        metavar="AXIS",
-        help="channel axis of the test image (default: as the model was trained)",
-    )
-    parser.add_argument(
-        "--rgb",
-        action="store_true",
-        default=None,
-        help="the test image is RGB(A) (Y, X, 3|4) (default: as the model was trained)",
-    )
-    parser.add_argument(
-        "--formats",
-        nargs="*",
-        metavar="FORMAT",
-        help="weight formats besides pytorch_state_dict (always written): torchscript, onnx "
+    },
+}
+#: the weight formats and their test
+_WEIGHTS: dict[str, dict[str, Any]] = {
+    "--formats": {
+        "nargs": "*",
+        "metavar": "FORMAT",
+        "help": "weight formats besides pytorch_state_dict (always written): torchscript, onnx "
         "(default: both; --formats alone: neither, a smaller package)",
-    )
-    parser.add_argument(
-        "--no-check",
-        dest="check",
-        action="store_false",
-        help="do not run the bioimageio.core model test after writing",
-    )
+    },
+    "--no-check": {
+        "dest": "check",
+        "action": "store_false",
+        "help": "do not run the bioimageio.core model test after writing",
+    },
+}
+
+
+def _package_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of ``export_package`` the command line gives (all but model and path)."""
+    options = {flag[2:]: getattr(args, flag[2:]) for flag in _METADATA}
+    options.update(test_image=_test_image(args), channel_axis=args.channel_axis, rgb=args.rgb)
+    if args.formats is not None:
+        options["weight_formats"] = tuple(args.formats)
+    return options
 
 
 def _test_image(args: argparse.Namespace) -> Any:
@@ -123,18 +139,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_path(args.out, "--out", (".zip",))
     started = time.perf_counter()
     model = load_model_or_package(args.model)
-    path = export_package(
-        model,
-        args.out,
-        test_image=_test_image(args),
-        name=args.name,
-        description=args.description,
-        authors=args.authors,
-        license=args.license,
-        channel_axis=args.channel_axis,
-        rgb=args.rgb,
-        **({} if args.formats is None else {"weight_formats": tuple(args.formats)}),
-    )
+    path = export_package(model, args.out, **_package_options(args))
     print(f"wrote {path} in {time.perf_counter() - started:.1f} s")
     if not args.check:
         return 0

@@ -92,22 +92,30 @@ def add_device(parser: argparse.ArgumentParser, *, what: str = "") -> None:
     )
 
 
-def add_channel_layout(parser: argparse.ArgumentParser) -> None:
+def add_channel_layout(parser: argparse.ArgumentParser, *, default: str | None = None) -> None:
     """``--channel-axis AXIS`` and ``--rgb``: where an image keeps its channels.
 
     Parameters
     ----------
     parser : argparse.ArgumentParser
         Where to add them; they arrive as ``args.channel_axis`` (int or None) and ``args.rgb``.
+    default : str, optional
+        Where an image's channels are when neither option is given, in words for the help
+        (e.g. ``'as the model was trained'``); ``args.rgb`` is then None without ``--rgb``.
+        None: one channel, and ``args.rgb`` is False without ``--rgb``.
     """
+    unless = "" if default is None else f" (default: {default})"
     parser.add_argument(
         "--channel-axis",
         type=int,
         metavar="AXIS",
-        help="axis of the channels in a multichannel image (e.g. 0 for (C, Y, X))",
+        help=f"axis of the channels in a multichannel image (e.g. 0 for (C, Y, X)){unless}",
     )
     parser.add_argument(
-        "--rgb", action="store_true", help="the last axis holds RGB(A) colour channels"
+        "--rgb",
+        action="store_true",
+        default=None if default else False,
+        help=f"the last axis holds RGB(A) colour channels{unless}",
     )
 
 

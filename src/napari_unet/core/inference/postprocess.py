@@ -24,7 +24,8 @@ inference stays exact.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -396,6 +397,7 @@ def _check_seeds(threshold: float, seed_threshold: float, seed_split: float | No
         raise ValueError(f"seed_split must be in (0, 1] or None, got {seed_split!r}")
 
 
+@dataclass(kw_only=True, eq=False)
 class StackLabeller:
     """Labels the 2D probability maps of a stack (or 3D volumes) one by one, unique across them.
 
@@ -422,29 +424,24 @@ class StackLabeller:
     [2, 4, 4]
     """
 
-    def __init__(
-        self,
-        *,
-        threshold: float = 0.5,
-        gap: int = 1,
-        min_size: int = DEFAULT_MIN_SIZE,
-        sampling: tuple[float, ...] | None = None,
-        seed_threshold: float | None = None,
-        seed_split: float | None = None,
-        grow_axes: tuple[int, ...] | None = None,
-    ) -> None:
-        self.threshold, self.gap, self.min_size = threshold, gap, min_size
-        self.sampling, self.seed_threshold = sampling, seed_threshold
-        self.seed_split, self.grow_axes = seed_split, grow_axes
-        probabilities_to_labels(
-            np.zeros((1, 1), np.float32),
-            threshold=threshold,
-            gap=gap,
-            min_size=min_size,
-            seed_threshold=seed_threshold,
-            seed_split=seed_split,
-        )
-        self.next_label = 1
+    threshold: float = DEFAULT_THRESHOLD
+    gap: int = 1
+    min_size: int = DEFAULT_MIN_SIZE
+    sampling: tuple[float, ...] | None = None
+    seed_threshold: float | None = None
+    seed_split: float | None = None
+    grow_axes: tuple[int, ...] | None = None
+    next_label: int = field(default=1, init=False)
+
+    def __post_init__(self) -> None:
+        # an empty map is labelled at once: the options are checked, nothing is grown
+        probabilities_to_labels(np.zeros((1, 1), np.float32), **self.options)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The keywords of :func:`probabilities_to_labels` that the labeller passes each slice
+        (all but ``start_label``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
     def __call__(self, prob: np.ndarray) -> np.ndarray:
         """Labels of the next slice.
@@ -459,17 +456,7 @@ class StackLabeller:
         numpy.ndarray
             int32 labels, 0 for background, all at least :attr:`next_label` before the call.
         """
-        labels = probabilities_to_labels(
-            prob,
-            threshold=self.threshold,
-            gap=self.gap,
-            min_size=self.min_size,
-            start_label=self.next_label,
-            sampling=self.sampling,
-            seed_threshold=self.seed_threshold,
-            seed_split=self.seed_split,
-            grow_axes=self.grow_axes,
-        )
+        labels = probabilities_to_labels(prob, start_label=self.next_label, **self.options)
         if labels.size and labels.max() >= self.next_label:
             self.next_label = int(labels.max()) + 1
         return labels

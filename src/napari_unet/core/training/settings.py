@@ -405,15 +405,10 @@ class TrainSettings:
         self.augment_settings()  # checks elastic_std
 
     def augment_settings(self) -> AugmentSettings:
-        """The augmentation these settings ask for."""
-        return AugmentSettings(
-            elastic=self.elastic,
-            elastic_std=self.elastic_std,
-            elastic_spacing=self.elastic_spacing,
-            flips=self.flips,
-            affine=self.affine,
-            intensity=self.intensity,
-        )
+        """The augmentation these settings ask for: every field of :class:`AugmentSettings`
+        that these settings have (a name in both), the others at their defaults."""
+        names = {f.name for f in fields(AugmentSettings)} & {f.name for f in fields(self)}
+        return AugmentSettings(**{name: getattr(self, name) for name in names})
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a plain dictionary (stored in model files)."""
