@@ -34,9 +34,11 @@ from napari_unet.widgets.controls import (
 from napari_unet.widgets.docs import set_tooltips
 from napari_unet.widgets.layers import (
     DIMS_CHOICES,
+    OUTPUT_KEY,
     default_dims,
     layer_array,
     region_mask,
+    reusable_output,
     voxel_size,
 )
 from napari_unet.widgets.workers import Job, JobProgress, notify_error
@@ -50,8 +52,6 @@ logger = logging.getLogger(__name__)
 
 #: debounce delay between an edit and the update of the map, in milliseconds
 DEBOUNCE_MS = 120
-#: marks the layers this widget made (layer.metadata key)
-OUTPUT_KEY = "napari_unet_output"
 
 Box = tuple[slice, slice]
 
@@ -335,11 +335,10 @@ class BorderWeightsWidget(ViewerWidget):
         name = f"{source.name} border weights"
         layer = self._layer
         if layer is None or layer not in self.viewer.layers or layer.data.shape != shape:
-            if name in self.viewer.layers and isinstance(self.viewer.layers[name], Image):
-                old = self.viewer.layers[name]
-                if OUTPUT_KEY in old.metadata and old.data.shape == shape:
-                    self._layer = old
-                    return
+            old = reusable_output(self.viewer, name, Image, shape)
+            if old is not None:
+                self._layer = old
+                return
             layer = Image(
                 np.zeros(shape, np.float32),
                 name=name,

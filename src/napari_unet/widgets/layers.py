@@ -21,6 +21,7 @@ from napari_unet.core.layout import image_layout as core_image_layout
 
 __all__ = [
     "DIMS_CHOICES",
+    "OUTPUT_KEY",
     "LayerLayout",
     "auto_channel_axis",
     "class_names_from_layer",
@@ -29,12 +30,15 @@ __all__ = [
     "labels_array",
     "layer_array",
     "region_mask",
+    "reusable_output",
     "slice_index",
     "voxel_size",
 ]
 
 #: how a widget treats a (Z, Y, X) layer: independent 2D slices or one volume
 DIMS_CHOICES = ("2D slices", "3D")
+#: marks the layers the widgets made (a ``layer.metadata`` key; its value is a dict)
+OUTPUT_KEY = "napari_unet_output"
 
 logger = logging.getLogger(__name__)
 
@@ -335,3 +339,41 @@ def class_names_from_layer(layer: Any, n_classes: int) -> list[str]:
     return list(
         default_class_names(n_classes, [by_value.get(k, "") for k in range(1, n_classes + 1)])
     )
+
+
+def reusable_output(viewer: Any, name: str, kind: type, shape: tuple[int, ...]) -> Any:
+    """The layer ``name`` if a widget made it and it can take a new result, else None.
+
+    It can when it is of type ``kind``, carries the widgets' :data:`OUTPUT_KEY` metadata (not
+    marked ``edited``: the user's corrections are never overwritten), and holds an in-memory
+    array of ``shape``.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer.
+    name : str
+        The layer's name.
+    kind : type
+        The layer type (``napari.layers.Labels`` or ``Image``).
+    shape : tuple of int
+        The shape the result has.
+
+    Returns
+    -------
+    napari.layers.Layer or None
+        The layer to write the result into, or None (make a new one).
+    """
+    if name not in viewer.layers:
+        return None
+    layer = viewer.layers[name]
+    meta = layer.metadata.get(OUTPUT_KEY)
+    if (
+        isinstance(layer, kind)
+        and isinstance(meta, dict)
+        and not meta.get("edited", False)
+        and tuple(layer.data.shape) == tuple(shape)
+        and isinstance(layer.data, np.ndarray)
+    ):
+        return layer
+    return None

@@ -51,7 +51,14 @@ from napari_unet.widgets.controls import (
     push_button,
 )
 from napari_unet.widgets.docs import numpydoc_params, set_tooltips
-from napari_unet.widgets.layers import LayerLayout, auto_channel_axis, image_layout, slice_index
+from napari_unet.widgets.layers import (
+    OUTPUT_KEY,
+    LayerLayout,
+    auto_channel_axis,
+    image_layout,
+    reusable_output,
+    slice_index,
+)
 from napari_unet.widgets.session import bundled_model, session_for
 from napari_unet.widgets.workers import Job, JobProgress, notify_error, request_stop
 
@@ -74,8 +81,6 @@ FOLDER_TIP = (
     "Segment every image of the image folder with the chosen model and settings; the labels go "
     "to the output folder as <name>_labels.tif (.zarr for zarr images)."
 )
-#: marks the layers this widget made (layer.metadata key)
-OUTPUT_KEY = "napari_unet_output"
 #: the output layers: layer type, dtype and display options
 OUTPUT_LAYERS: dict[str, tuple[type, type, dict[str, Any]]] = {
     "segmentation": (Labels, np.int32, {}),
@@ -553,21 +558,6 @@ class SegmentWidget(ViewerWidget):
             del scale[layout.channel_axis], translate[layout.channel_axis]
         return {"scale": [1.0] * lead + scale, "translate": [0.0] * lead + translate}
 
-    def _find_output(self, name: str, kind: type, shape: tuple[int, ...]) -> Any:
-        if name not in self.viewer.layers:
-            return None
-        layer = self.viewer.layers[name]
-        meta = layer.metadata.get(OUTPUT_KEY, {})
-        if (
-            isinstance(layer, kind)
-            and isinstance(meta, dict)
-            and not meta.get("edited", False)
-            and tuple(layer.data.shape) == tuple(shape)
-            and isinstance(layer.data, np.ndarray)
-        ):
-            return layer
-        return None
-
     def _output_layer(self, layout: LayerLayout, kind: str, n_classes: int = 0) -> Any:
         """The ``'<image> <kind>'`` layer for this run: the last run's if it is unedited and
         fits, else a new one (``kind``: a key of :data:`OUTPUT_LAYERS`; ``n_classes``: a
@@ -575,7 +565,7 @@ class SegmentWidget(ViewerWidget):
         name = f"{layout.name} {kind}"
         layer_type, dtype, display = OUTPUT_LAYERS[kind]
         shape = (n_classes, *layout.spatial_shape) if n_classes else layout.spatial_shape
-        layer = self._find_output(name, layer_type, shape)
+        layer = reusable_output(self.viewer, name, layer_type, shape)
         if layer is not None:
             return layer
         add = self.viewer.add_labels if layer_type is Labels else self.viewer.add_image
