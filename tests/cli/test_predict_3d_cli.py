@@ -22,7 +22,9 @@ def model_3d(tmp_path, tiny_model):
     net = tiny_model(spatial_dims=3, voxel_size=VOXEL).net.eval()
     with torch.no_grad():
         net.head.bias[1] += 0.3  # some foreground from an untrained network
-    model = TrainedModel(net, gap=1, training={"min_size": 2, "threshold": 0.5})
+    model = TrainedModel(
+        net, gap=1, training={"min_size": 2, "threshold": 0.5, "min_confidence": 0.0}
+    )
     return model, save_model(model, tmp_path / "m3.pt")
 
 

@@ -25,7 +25,7 @@ def model(stack) -> TrainedModel:
     net.train()
     with torch.no_grad():
         net(torch.randn(2, 1, 48, 48))
-    model = TrainedModel(net.eval(), gap=1, training={"min_size": 3})
+    model = TrainedModel(net.eval(), gap=1, training={"min_size": 3, "min_confidence": 0.0})
     # Centre the untrained network's output on 0.5, so that there are objects to label.
     median = float(np.median(run_to_end(predict_probabilities(model, stack[0], device="cpu"))))
     with torch.no_grad():
@@ -71,6 +71,23 @@ def test_predict_options(tmp_path, model, model_path, stack):
     assert main([*argv, "--device", "cpu"]) == 0
     expected = _segment(model, stack[0], threshold=0.45, min_size=8, tta=True, batch_size=2)
     np.testing.assert_array_equal(np.load(out), expected)
+
+
+def test_predict_min_confidence(tmp_path, model, model_path, stack, capsys):
+    src, out = tmp_path / "in.npy", tmp_path / "labels.npy"
+    np.save(src, stack[0])
+    argv = ["predict", str(model_path), str(src), "-o", str(out), "--tile", str(TILE)]
+    all_objects = _segment(model, stack[0])  # the model records 0: every object kept
+    peaks = _segment(model, stack[0], min_confidence=0.0)
+    prob = run_to_end(predict_probabilities(model, stack[0], tile=TILE, device="cpu"))
+    cut = float(np.median([prob[all_objects == i].max() for i in range(1, all_objects.max() + 1)]))
+    assert main([*argv, "--min-confidence", str(cut), "--device", "cpu"]) == 0
+    expected = _segment(model, stack[0], min_confidence=cut)
+    np.testing.assert_array_equal(np.load(out), expected)
+    np.testing.assert_array_equal(peaks, all_objects)
+    assert 0 < expected.max() < all_objects.max()  # the objects without a core that sure go
+    assert main([*argv, "--min-confidence", "1"]) == 2
+    assert "--min-confidence must be in [0, 1), got 1.0" in capsys.readouterr().err
 
 
 def _write_zarr(path, data, chunks):
@@ -179,7 +196,9 @@ def test_bad_input_exits_2(tmp_path, model_path, capsys):
 def _model_with_settings(in_channels: int, **settings) -> TrainedModel:
     torch.manual_seed(1)
     net = UNet(UNetConfig(in_channels=in_channels, depth=2, base_channels=4)).eval()
-    return TrainedModel(net, gap=1, training={"min_size": 3, "settings": settings})
+    return TrainedModel(
+        net, gap=1, training={"min_size": 3, "min_confidence": 0.0, "settings": settings}
+    )
 
 
 def _probabilities(model, image, **kwargs):

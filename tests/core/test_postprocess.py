@@ -112,9 +112,28 @@ def test_foreground_without_a_confident_core_is_kept() -> None:
 def test_postprocessing_defaults_come_from_the_model() -> None:
     from napari_unet.core.inference import postprocessing_defaults
 
-    assert postprocessing_defaults({"threshold": 0.3, "min_size": 7}) == (0.3, 7)
-    assert postprocessing_defaults({"threshold": 0.3}, 0.55, 3) == (0.55, 3)
-    assert postprocessing_defaults({}) == (0.5, DEFAULT_MIN_SIZE)
+    assert postprocessing_defaults({"threshold": 0.3, "min_size": 7}) == (0.3, 7, 0.98)
+    assert postprocessing_defaults({"threshold": 0.3}, 0.55, 3) == (0.55, 3, 0.98)
+    assert postprocessing_defaults({}) == (0.5, DEFAULT_MIN_SIZE, 0.98)
+    recorded = postprocessing_defaults({"min_confidence": 0.6})
+    assert recorded.min_confidence == 0.6
+    assert postprocessing_defaults({"min_confidence": 0.6}, min_confidence=0.0).min_confidence == 0
+
+
+def test_objects_without_a_confident_core_are_dropped() -> None:
+    prob = np.zeros((6, 13), np.float32)
+    prob[1:5, 1:5] = 0.7
+    prob[2, 2] = 0.99  # an object with one confident pixel
+    prob[1:5, 7:11] = 0.6  # haze above the threshold
+    prob[2:4, 8:10] = 0.92  # with a core of 0.92
+    keep_all = probabilities_to_labels(prob, gap=0, min_size=1)
+    assert keep_all.max() == 2  # the default of the low-level function keeps all
+    labels = probabilities_to_labels(prob, gap=0, min_size=1, min_confidence=0.98)
+    assert labels.max() == 1 and (labels[1:5, 1:5] == 1).all() and not labels[:, 6:].any()
+    lower = probabilities_to_labels(prob, gap=0, min_size=1, min_confidence=0.9)
+    assert lower.max() == 2 and (lower[1:5, 7:11] == 2).all()
+    with pytest.raises(ValueError, match="min_confidence must be in"):
+        probabilities_to_labels(prob, min_confidence=1.0)
 
 
 def test_model_labeller_applies_the_model_post_processing(tiny_model) -> None:
@@ -136,7 +155,11 @@ def test_model_labeller_applies_the_model_post_processing(tiny_model) -> None:
     prob = np.zeros((5, 9), np.float32)
     prob[1:4, 1:4] = prob[1:4, 5:8] = 0.4  # above the model's 0.3, below the default 0.5
     small = replace(model, gap=0, training={"threshold": 0.3, "min_size": 1})
-    assert model_labeller(small)(prob).max() == 2
+    assert model_labeller(small).min_confidence == 0.98  # the default: a peak of 0.4 is unsure
+    assert model_labeller(small)(prob).max() == 0
+    assert model_labeller(small, min_confidence=0.0)(prob).max() == 2  # the caller's win
+    recorded = replace(small, training={**small.training, "min_confidence": 0.35})
+    assert model_labeller(recorded)(prob).max() == 2
 
 
 @pytest.mark.parametrize(

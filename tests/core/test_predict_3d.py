@@ -154,7 +154,7 @@ def test_segment_volume_gives_one_3d_labels_event() -> None:
             return torch.cat([torch.zeros_like(fg), fg], dim=1)
 
     config = UNetConfig(depth=2, base_channels=4, spatial_dims=3, voxel_size=VOXEL)
-    model = TrainedModel(Threshold(config), gap=0, training={"min_size": 1})
+    model = TrainedModel(Threshold(config), gap=0, training={"min_size": 1, "min_confidence": 0.0})
     volume = np.zeros((8, 30, 30), np.float32)
     volume[1:4, 3:12, 3:12] = 1.0
     volume[5:8, 3:12, 3:12] = 1.0  # separated along z only

@@ -51,8 +51,10 @@ def test_under_confident_network_gets_a_lower_threshold(monkeypatch):
     tiles = _tiles(prob, labels)
     net = _ProbabilityNet()
     score = score_network(net, tiles, torch.device("cpu"), gap=0, min_sizes=[4])
-    # at 0.5 nothing is found; 0.4 finds every cell (and is preferred to 0.3, found as well)
+    # at 0.5 nothing is found; 0.4 finds every cell (and is preferred to 0.3, found as well),
+    # kept only without a confidence filter (a peak of 0.45)
     assert score.ap == 1.0 and score.threshold == 0.4 and score.min_size == 4
+    assert score.min_confidence == 0.0
     assert score.iou == 0.0  # foreground IoU at 0.5 sees nothing
     fixed = score_network(net, tiles, torch.device("cpu"), gap=0, min_sizes=[4], thresholds=[0.5])
     assert fixed.ap == 0.0 and fixed.threshold == 0.5
@@ -61,6 +63,21 @@ def test_under_confident_network_gets_a_lower_threshold(monkeypatch):
     monkeypatch.setattr(validation, "MIN_TUNING_CELLS", 4)
     kept = score_network(net, tiles, torch.device("cpu"), gap=0, min_sizes=[4, 2])
     assert (kept.ap, kept.threshold, kept.min_size) == (0.0, 0.5, 4)
+    assert kept.min_confidence == validation.CONFIDENCES[0] == 0.98
+
+
+def test_unsure_false_positives_are_dropped_on_the_held_out_cells(monkeypatch):
+    monkeypatch.setattr(validation, "MIN_TUNING_CELLS", 3)
+    labels = _cells()
+    prob = np.where(labels > 0, 0.99, 0.05)
+    prob[40:46, 34:42] = 0.6  # haze: a 48-pixel object of at most 0.6 inside the block
+    tiles = _tiles(prob, labels)
+    net = _ProbabilityNet()
+    score = score_network(net, tiles, torch.device("cpu"), gap=0, min_sizes=[4])
+    assert score.ap == 1.0 and score.min_confidence == 0.98 and score.threshold == 0.5
+    only = {"min_sizes": [4], "thresholds": [0.5], "confidences": [0.0]}
+    kept = score_network(net, tiles, torch.device("cpu"), gap=0, **only)
+    assert kept.ap == 0.75  # 3 cells matched, 1 false positive
 
 
 def test_minimum_size_is_chosen_on_the_held_out_cells(monkeypatch):

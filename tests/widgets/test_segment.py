@@ -263,12 +263,17 @@ def test_folder_choices_that_do_not_work(viewer, seg, threshold_model, notes, tm
 def test_threshold_and_min_size_come_from_the_model(viewer, seg, threshold_model, cells):
     viewer.add_image(cells[0], name="cells")
     model = threshold_model()
-    model.training = {**model.training, "threshold": 0.35, "min_size": 42}
+    model.training = {**model.training, "threshold": 0.35, "min_size": 42, "min_confidence": 0.7}
     _model(viewer, model)
     assert seg.threshold.value == pytest.approx(0.35)
     assert seg.min_size.value == 42
+    assert seg.min_confidence.value == pytest.approx(0.7)
     seg.threshold.value = 0.6  # the user's choice wins until the model changes
-    assert seg._plan()["params"]["threshold"] == pytest.approx(0.6)
+    seg.min_confidence.value = 0.9
+    params = seg._plan()["params"]
+    assert params["threshold"] == pytest.approx(0.6)
+    assert params["min_confidence"] == pytest.approx(0.9)
+    assert seg._batch_settings().min_confidence == pytest.approx(0.9)
 
 
 def test_link_slices_into_3d_objects(viewer, seg, threshold_model, wait_idle, notes) -> None:

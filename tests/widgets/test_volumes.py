@@ -28,7 +28,9 @@ def _tiny_3d(seed: int = 0) -> TrainedModel:
     net = UNet(UNetConfig(depth=2, base_channels=4, spatial_dims=3, voxel_size=VOXEL)).eval()
     with torch.no_grad():
         net.head.bias[1] += 0.2  # an untrained network with some foreground
-    return TrainedModel(net, gap=1, training={"min_size": 2, "threshold": 0.5})
+    return TrainedModel(
+        net, gap=1, training={"min_size": 2, "threshold": 0.5, "min_confidence": 0.0}
+    )
 
 
 def test_train_as_3d_from_the_layer_scale(viewer, dock, wait_idle, notes, nuclei) -> None:

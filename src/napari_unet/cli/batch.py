@@ -84,6 +84,8 @@ class PredictSettings:
         Foreground where the probability exceeds this; None: the model's (else 0.5).
     min_size : int, optional
         Objects smaller than this are dropped; None: the model's (else 16).
+    min_confidence : float, optional
+        Objects whose highest probability is lower are dropped; None: the model's (else 0.98).
     link_slices : float, optional
         Link the 2D objects of a stack's slices into 3D objects when they overlap by at least
         this (intersection over the smaller object, see
@@ -99,6 +101,7 @@ class PredictSettings:
     runtime: str = "auto"
     threshold: float | None = None
     min_size: int | None = None
+    min_confidence: float | None = None
     link_slices: float | None = None
 
 
@@ -369,10 +372,8 @@ class FileJob:
         The tiling.
     options : dict
         ``channel_axis``, ``rgb``, ``device`` and ``tta``, as the core takes them.
-    threshold : float
-        Foreground threshold.
-    min_size : int
-        Smallest object kept.
+    post : napari_unet.core.inference.PostProcessing
+        Threshold, minimum size and minimum confidence of the labels.
     labels, probabilities : array-like, optional
         The outputs, set by :func:`open_outputs`.
     link : float, optional
@@ -384,8 +385,7 @@ class FileJob:
     image: ImageFile
     plan: Any
     options: dict[str, Any]
-    threshold: float
-    min_size: int
+    post: Any
     labels: Any = None
     probabilities: Any = None
     link: float | None = None
@@ -468,8 +468,8 @@ def plan_file(model: Any, target: Target, settings: PredictSettings) -> FileJob:
         device=settings.device,
         **layout,
     )
-    threshold, min_size = postprocessing_defaults(
-        model.training, settings.threshold, settings.min_size
+    post = postprocessing_defaults(
+        model.training, settings.threshold, settings.min_size, settings.min_confidence
     )
     options = {
         **layout,
@@ -477,9 +477,7 @@ def plan_file(model: Any, target: Target, settings: PredictSettings) -> FileJob:
         "tta": settings.tta,
         "runtime": settings.runtime,
     }
-    return FileJob(
-        model, target, image, plan, options, threshold, min_size, link=settings.link_slices
-    )
+    return FileJob(model, target, image, plan, options, post, link=settings.link_slices)
 
 
 @contextmanager
@@ -583,8 +581,7 @@ def run_local(job: FileJob, stop: threading.Event | None = None) -> Generator[An
     work = segment(
         job.model,
         job.image.data,
-        threshold=job.threshold,
-        min_size=job.min_size,
+        **job.post._asdict(),
         tile=job.plan.tile,
         batch_size=job.plan.batch_size,
         out=job.labels,

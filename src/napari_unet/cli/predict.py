@@ -175,6 +175,12 @@ _LABELLING: dict[str, dict[str, Any]] = {
         "metavar": "PIXELS",
         "help": "drop objects smaller than this (default: the model's, else 16 pixels)",
     },
+    "--min-confidence": {
+        "type": float,
+        "metavar": "P",
+        "help": "drop objects whose highest probability is under this, 0 keeps all (default: "
+        "the model's, else 0.98)",
+    },
 }
 #: the voxel size, and where the work runs
 _VOLUME_AND_CLUSTER: dict[str, dict[str, Any]] = {
@@ -214,6 +220,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--threshold must be in [0, 1), got {args.threshold}")
     if args.min_size is not None and args.min_size < 0:
         raise UsageError(f"--min-size must be 0 or more, got {args.min_size}")
+    if args.min_confidence is not None and not 0.0 <= args.min_confidence < 1.0:
+        raise UsageError(f"--min-confidence must be in [0, 1), got {args.min_confidence}")
     if args.link_slices is not None and not 0.0 < args.link_slices <= 1.0:
         raise UsageError(f"--link-slices must be in (0, 1], got {args.link_slices}")
     if args.out is None and args.labels_into is None:
@@ -230,7 +238,7 @@ def _check_mode(model: Any, args: argparse.Namespace) -> None:
         )
     if model.mode != "classes":
         return
-    names = ("threshold", "min_size", "link_slices")
+    names = ("threshold", "min_size", "min_confidence", "link_slices")
     given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is not None]
     if given:
         raise UsageError(
@@ -535,7 +543,7 @@ def _run_distributed(address: str, job: Any) -> int:
     from napari_unet.cli.files import is_zarr_path
     from napari_unet.core.inference import model_labeller, probability_shape
 
-    label = model_labeller(job.model, job.threshold, job.min_size)
+    label = model_labeller(job.model, *job.post)
     shape = probability_shape(job.model, (job.plan.layout.y.size, job.plan.layout.x.size))
     source = job.target.source
     client = Client(address)

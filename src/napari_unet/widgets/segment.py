@@ -178,7 +178,7 @@ class SegmentWidget(ViewerWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer)
-        from napari_unet.core.inference import DEFAULT_MIN_SIZE, segment
+        from napari_unet.core.inference import DEFAULT_MIN_CONFIDENCE, DEFAULT_MIN_SIZE, segment
 
         self._session = session_for(viewer)
         self._task = JobProgress(self._refresh, lambda: self.alive)
@@ -199,6 +199,15 @@ class SegmentWidget(ViewerWidget):
         self.threshold = FloatSpinBox(name="threshold", min=0.01, max=0.99, step=0.05, value=0.5)
         self.min_size = SpinBox(name="min_size", label="minimum size", min=0, max=10_000_000)
         self.min_size.value = DEFAULT_MIN_SIZE
+        self.min_confidence = FloatSpinBox(
+            name="min_confidence",
+            label="min confidence",
+            min=0.0,
+            max=0.99,
+            step=0.05,
+            value=DEFAULT_MIN_CONFIDENCE,
+            tooltip="drop objects whose highest probability is under this (0 keeps all)",
+        )
         self.tta = CheckBox(name="tta", text="test-time augmentation", value=False)
         self.device, self.device_readout = device_picker(runtime=True)
         self.scope = ComboBox(
@@ -229,6 +238,7 @@ class SegmentWidget(ViewerWidget):
                     self.tile,
                     self.threshold,
                     self.min_size,
+                    self.min_confidence,
                     self.tta,
                     self.scope,
                     self.link_slices,
@@ -399,6 +409,7 @@ class SegmentWidget(ViewerWidget):
             tta=bool(self.tta.value),
             threshold=float(self.threshold.value),
             min_size=int(self.min_size.value),
+            min_confidence=float(self.min_confidence.value),
             link_slices=DEFAULT_LINK_OVERLAP if self.link_slices.value else None,
         )
 
@@ -531,6 +542,7 @@ class SegmentWidget(ViewerWidget):
             "tta": bool(self.tta.value),
             "threshold": float(self.threshold.value),
             "min_size": int(self.min_size.value),
+            "min_confidence": float(self.min_confidence.value),
         }
         if volume and model.mode == "cells":  # what Stop keeps of a volume: its finished tiles
             params["probabilities_out"] = np.zeros(layout.spatial_shape, np.float32)
@@ -800,7 +812,8 @@ class SegmentWidget(ViewerWidget):
         )
 
     def _apply_model_defaults(self) -> None:
-        """Threshold and minimum size from the chosen model (chosen on its validation part)."""
+        """Threshold, minimum size and confidence from the chosen model (the first two chosen on
+        its validation part)."""
         from napari_unet.core.inference import postprocessing_defaults
 
         try:
@@ -808,16 +821,17 @@ class SegmentWidget(ViewerWidget):
         except ValueError:
             return  # no model yet, or an unreadable file: Run will say so
         classes = model.mode == "classes"
-        for control in (self.threshold, self.min_size):
+        for control in (self.threshold, self.min_size, self.min_confidence):
             control.visible = not classes  # instances only
         for control in (self.objects, self.object_class):
             control.visible = classes
         if classes:
             self.object_class.reset_choices()
             return
-        threshold, min_size = postprocessing_defaults(model.training)
-        self.threshold.value = threshold
-        self.min_size.value = min_size
+        post = postprocessing_defaults(model.training)
+        self.threshold.value = post.threshold
+        self.min_size.value = post.min_size
+        self.min_confidence.value = post.min_confidence
 
     def _class_choices(self, _widget: Any = None) -> list[tuple[str, int]]:
         """The classes of the chosen model, for "objects of" (none for a cells model)."""

@@ -25,8 +25,10 @@ from .linking import (
 )
 from .plan import Plan
 from .postprocess import (
+    DEFAULT_MIN_CONFIDENCE,
     DEFAULT_MIN_SIZE,
     DEFAULT_THRESHOLD,
+    PostProcessing,
     StackLabeller,
     class_ids,
     class_objects,
@@ -51,12 +53,14 @@ from .runtimes import RUNTIMES, available_runtimes, describe_runtime
 
 __all__ = [
     "DEFAULT_LINK_OVERLAP",
+    "DEFAULT_MIN_CONFIDENCE",
     "DEFAULT_MIN_SIZE",
     "DEFAULT_THRESHOLD",
     "LINK_MEASURES",
     "RUNTIMES",
     "Cancelled",
     "Plan",
+    "PostProcessing",
     "SliceLabels",
     "SliceLinker",
     "StackLabeller",

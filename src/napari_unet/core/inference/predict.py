@@ -547,6 +547,7 @@ def segment(
     *,
     threshold: float | None = None,
     min_size: int | None = None,
+    min_confidence: float | None = None,
     channel_axis: int | None = None,
     rgb: bool = False,
     tile: int | tuple[int, int] | None = None,
@@ -564,9 +565,10 @@ def segment(
     A generator: it yields progress and returns the labels (``run_to_end`` drains it).
     Foreground probability as :func:`predict_probabilities` computes it, then, slice by slice
     as each finishes, :func:`~napari_unet.core.inference.probabilities_to_labels`: threshold,
-    connected components, instances grown back by the model's training gap (``model.gap``),
-    small objects dropped. Labels are consecutive and unique across the whole stack. A classes
-    model gives the class id ``1..K`` of every pixel instead (:func:`class_ids`).
+    instances grown from their confident cores, unsure objects dropped, instances grown back by
+    the model's training gap (``model.gap``), small objects dropped. Labels are consecutive and
+    unique across the whole stack. A classes model gives the class id ``1..K`` of every pixel
+    instead (:func:`class_ids`).
 
     Parameters
     ----------
@@ -582,6 +584,10 @@ def segment(
         Objects of fewer pixels (after growing) are dropped. Default:
         ``model.training['min_size']`` when the model holds one, else
         :data:`~napari_unet.core.inference.DEFAULT_MIN_SIZE` (16 pixels).
+    min_confidence : float, optional
+        Objects whose highest probability is lower are dropped (in ``[0, 1)``; 0 keeps all).
+        Default: ``model.training['min_confidence']`` when the model holds one, else
+        :data:`~napari_unet.core.inference.DEFAULT_MIN_CONFIDENCE` (0.98).
     channel_axis, rgb, tile, batch_size, device, tta, stop, precision, runtime
         As for :func:`predict_probabilities`.
     out : array-like, optional
@@ -613,7 +619,7 @@ def segment(
     out = _output(out, plan.shape, np.uint8 if runner.classes else np.int32, "out")
     if probabilities_out is not None:
         _check_out(probabilities_out, probability_shape(model, plan.shape), "probabilities_out")
-    labeller = model_labeller(model, threshold, min_size)
+    labeller = model_labeller(model, threshold, min_size, min_confidence)
     slices = _SliceLabelling(src, labeller, out, probabilities_out, model)
     engine = TileEngine(model, src, plan, runner, _normalizer(src, model), stop=stop)
     with closing(engine.run(range(src.n), slices.write)) as events:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from ... import __version__
 from ..device import describe_device, select_device
-from ..inference.postprocess import DEFAULT_MIN_SIZE
+from ..inference.postprocess import DEFAULT_MIN_CONFIDENCE, DEFAULT_MIN_SIZE
 from ..model import (
     TrainedModel,
     UNet,
@@ -1018,27 +1018,30 @@ class _TrainingRun:
         net = self.best.result(self.opt.net, self.data.config, self.iteration)
         best = self.best
         # post-processing chosen on the held-out part, else what the annotation says
-        threshold, min_size = 0.5, self.min_sizes[0]
+        threshold, min_size, confidence = 0.5, self.min_sizes[0], DEFAULT_MIN_CONFIDENCE
         if best.score is not None and best.score.ap is not None:
             threshold, min_size = best.score.threshold, best.score.min_size
+            confidence = best.score.min_confidence
         record = {
             "settings": replace(self.settings, seed=self.plan.seed).to_dict(),
             "summary": self.summary(stopped),
         }
         if not self.classes:
-            record.update(threshold=threshold, min_size=min_size)
+            record.update(threshold=threshold, min_size=min_size, min_confidence=confidence)
             if self.data.config.spatial_dims == 3:
                 record.update(seed_split=VOLUME_SEED_SPLIT, gap_axes=gap_axes(self.data.samples))
         if model is not None:
             record["fine_tuned_from"] = dict(model.training)
         value = best.value(best.score)
         logger.info(
-            "training ended after %d iterations (%s); validation %s; threshold %g, min size %s",
+            "training ended after %d iterations (%s); validation %s; threshold %g, min size %s, "
+            "min confidence %g",
             self.iteration,
             "stopped" if stopped else "done",
             "n/a" if value is None else f"{value:.3f} at iteration {best.iteration}",
             threshold,
             min_size,
+            confidence,
         )
         return TrainedModel(
             net=net,

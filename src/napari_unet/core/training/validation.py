@@ -18,18 +18,20 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import product
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..inference.postprocess import probabilities_to_labels
+from ..inference.postprocess import DEFAULT_MIN_CONFIDENCE, probabilities_to_labels
 from ..model import UNetConfig
 from ..targets import FOREGROUND, IGNORE
 from .data import AnnotatedImage, TargetSpec, pad2d
 from .metrics import class_iou, window_counts
 
 __all__ = [
+    "CONFIDENCES",
     "MIN_TUNING_CELLS",
     "THRESHOLDS",
     "VIEW_MARGIN",
@@ -49,6 +51,9 @@ __all__ = [
 
 #: Probability thresholds tried on the held-out part, in order of preference on a tie.
 THRESHOLDS = (0.5, 0.4, 0.6, 0.3, 0.7)
+#: Smallest peak object probabilities tried on the held-out part, in order of preference on a tie
+#: (0 for a network too unsure to pass the default: its threshold is chosen low as well).
+CONFIDENCES = (DEFAULT_MIN_CONFIDENCE, 0.9, 0.0)
 #: Pixels of network output kept around a held-out block for its instances (cells cut by the
 #: block's edge are matched whole).
 VIEW_MARGIN = 32
@@ -472,6 +477,8 @@ class ValidationScore:
     class_iou : tuple of float, optional
         Classes mode: the IoU of each class on the held-out scribbles (NaN for a class found
         neither there nor in the prediction); ``iou`` is then their mean.
+    min_confidence : float
+        The smallest peak object probability that scored ``ap``.
     """
 
     iou: float
@@ -479,6 +486,7 @@ class ValidationScore:
     threshold: float = 0.5
     min_size: int | None = None
     class_iou: tuple[float, ...] | None = None
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
 
     def key(self, metric: str) -> tuple[float, float]:
         """What checkpoints are ranked by: ``(AP, IoU)`` for ``'ap'``, ``(IoU, AP)`` else."""
@@ -540,6 +548,7 @@ def score_network(
     thresholds: Sequence[float] = THRESHOLDS,
     amp: bool = False,
     channels_last: bool = False,
+    confidences: Sequence[float] = CONFIDENCES,
 ) -> ValidationScore:
     """Score the network on the held-out blocks: foreground IoU and instance AP@0.5.
 
@@ -559,13 +568,15 @@ def score_network(
         Probability thresholds to try (preferred first).
     amp, channels_last : bool
         As for :func:`predict_tiles`.
+    confidences : sequence of float
+        Smallest peak object probabilities to try (preferred first).
 
     Returns
     -------
     ValidationScore
-        IoU, and the best AP with the threshold and minimum size that reached it (the first
-        in order of preference among equals). With fewer than :data:`MIN_TUNING_CELLS`
-        held-out cells only the preferred (first) threshold and minimum size are tried.
+        IoU, and the best AP with the threshold, minimum size and confidence that reached it
+        (the first in order of preference among equals). With fewer than
+        :data:`MIN_TUNING_CELLS` held-out cells only the preferred (first) ones are tried.
     """
     prob = predict_tiles(net, tiles, device, amp, channels_last)
     pred = torch.from_numpy(tiles.crop(prob) > 0.5)
@@ -579,13 +590,14 @@ def score_network(
         return ValidationScore(iou, None, 0.5, min_sizes[0] if min_sizes else None)
     views = tiles.crop(prob, tiles.margin)
     if not enough_cells(tiles):
-        thresholds, min_sizes = thresholds[:1], min_sizes[:1]
+        thresholds, min_sizes, confidences = thresholds[:1], min_sizes[:1], confidences[:1]
     best = ValidationScore(iou, -1.0)
-    for threshold in thresholds:
-        for min_size in min_sizes:
-            ap = _instance_ap(views, tiles, threshold, min_size, gap)
-            if best.ap is None or ap > best.ap:
-                best = ValidationScore(iou, ap, float(threshold), int(min_size))
+    for threshold, min_size, confidence in product(thresholds, min_sizes, confidences):
+        ap = _instance_ap(views, tiles, threshold, min_size, gap, confidence)
+        if best.ap is None or ap > best.ap:
+            best = ValidationScore(
+                iou, ap, float(threshold), int(min_size), min_confidence=float(confidence)
+            )
     return best
 
 
@@ -622,13 +634,24 @@ def score_classes(
 
 
 def _instance_ap(
-    views: np.ndarray, tiles: ValidationTiles, threshold: float, min_size: int, gap: int
+    views: np.ndarray,
+    tiles: ValidationTiles,
+    threshold: float,
+    min_size: int,
+    gap: int,
+    min_confidence: float,
 ) -> float:
-    """AP@0.5 over the held-out blocks for one threshold and minimum size."""
+    """AP@0.5 over the held-out blocks for one threshold, minimum size and confidence."""
     assert tiles.labels is not None and tiles.window is not None
     counts = np.zeros(3, np.int64)
     for prob, truth, window in zip(views, tiles.labels, tiles.window, strict=True):
-        pred = probabilities_to_labels(prob, threshold=threshold, gap=gap, min_size=min_size)
+        pred = probabilities_to_labels(
+            prob,
+            threshold=threshold,
+            gap=gap,
+            min_size=min_size,
+            min_confidence=min_confidence,
+        )
         counts += window_counts(truth, pred, window, 0.5)
     total = int(counts.sum())
     return 1.0 if total == 0 else float(counts[0]) / total
