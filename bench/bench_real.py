@@ -38,12 +38,11 @@ from __future__ import annotations
 
 import argparse
 import ast
-import inspect
 import shlex
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,7 @@ import torch
 
 import real_data as rd
 from napari_unet.bioimageio import load_model_or_package
-from napari_unet.core.inference import segment
+from napari_unet.core.inference import model_labeller, predict_probabilities
 from napari_unet.core.progress import run_to_end
 from napari_unet.core.training import TrainSettings, run_training
 
@@ -153,14 +152,6 @@ def methods_from(args: argparse.Namespace) -> list[Method]:
     )
 
 
-def _segment(model, image: np.ndarray, **kw: Any) -> np.ndarray:
-    """Labels from ``segment`` whether it returns them or is a progress generator."""
-    result = segment(model, image, **kw)
-    if inspect.isgenerator(result):
-        result = run_to_end(result)
-    return np.asarray(result)
-
-
 def _settings(args: argparse.Namespace, budget: float, method: Method):
     """TrainSettings for a run of ``budget`` minutes (or iterations with --iterations): the
     defaults (of fine-tuning for a ``--fine-tune`` row) with the method's overrides."""
@@ -193,11 +184,35 @@ def _log(text: str) -> None:
     print(f"[real] {text}", file=sys.stderr, flush=True)
 
 
-def predict_untrained(args: argparse.Namespace, method: Method, image: np.ndarray) -> np.ndarray:
-    """Labels without training: Otsu + watershed, or the ``--as-is`` model's segmentation."""
+def model_labels(args: argparse.Namespace, model, image: np.ndarray) -> list[np.ndarray]:
+    """The model's labels with its own post-processing, then with each
+    ``--also-min-confidence`` value (the probabilities computed once)."""
+    prob = run_to_end(predict_probabilities(model, image, device=args.device))
+    return [
+        model_labeller(model)(prob),
+        *(model_labeller(model, min_confidence=c)(prob) for c in args.also_min_confidence),
+    ]
+
+
+def predict_untrained(args: argparse.Namespace, method: Method, image: np.ndarray) -> list:
+    """Labels without training: Otsu + watershed, or the ``--as-is`` model's segmentations
+    (:func:`model_labels`)."""
     if method.init is None:
-        return rd.otsu_watershed(image)
-    return _segment(load_model_or_package(method.init), image, device=args.device)
+        return [rd.otsu_watershed(image)]
+    return model_labels(args, load_model_or_package(method.init), image)
+
+
+def variant_results(args: argparse.Namespace, method: Method) -> list[Result]:
+    """A method's row, and for a U-Net one row per ``--also-min-confidence`` value."""
+    results = [Result(method)]
+    if method.overrides is not None or method.init is not None:
+        results += [
+            Result(
+                replace(method, key=f"{method.key}@{c:g}", name=f"{method.name}, min conf. {c:g}")
+            )
+            for c in args.also_min_confidence
+        ]
+    return results
 
 
 def full_split(args: argparse.Namespace) -> tuple[list[rd.Sample], list[rd.Sample]]:
@@ -215,7 +230,7 @@ def run_full(args: argparse.Namespace, methods: list[Method]) -> list[Result]:
     train, test = full_split(args)
     results = []
     for method in methods:
-        result = Result(method)
+        rows = variant_results(args, method)
         if method.overrides is None:
             preds = [predict_untrained(args, method, s.image) for s in test]
         else:
@@ -223,27 +238,30 @@ def run_full(args: argparse.Namespace, methods: list[Method]) -> list[Result]:
             model, seconds = train_model(
                 [s.image for s in train], [s.labels for s in train], None, settings, method.init
             )
-            result.seconds.append(seconds)
-            result.iterations.append(model.training["summary"]["iterations_done"])
-            preds = [_segment(model, s.image, device=args.device) for s in test]
-        result.counts = [
-            rd.score_whole(s.labels, p, THRESHOLDS) for s, p in zip(test, preds, strict=True)
-        ]
-        _log(f"full {method.name}: AP {np.round(result.ap_summed(), 3).tolist()}")
-        results.append(result)
+            for row in rows:
+                row.seconds.append(seconds)
+                row.iterations.append(model.training["summary"]["iterations_done"])
+            preds = [model_labels(args, model, s.image) for s in test]
+        for k, row in enumerate(rows):
+            row.counts = [
+                rd.score_whole(s.labels, p[k], THRESHOLDS) for s, p in zip(test, preds, strict=True)
+            ]
+            _log(f"full {row.method.name}: AP {np.round(row.ap_summed(), 3).tolist()}")
+        results += rows
     return results
 
 
 def sparse_one(args, sample: rd.Sample, box: rd.Box, method: Method, budget: float):
-    """Counts outside the box for one method on one image, the seconds and the iterations."""
+    """Counts outside the box for one method on one image (a list: the method's, then its
+    ``--also-min-confidence`` variants'), the seconds and the iterations."""
     if method.overrides is None:
-        pred = predict_untrained(args, method, sample.image)
-        return rd.score_outside(sample.labels, pred, box, THRESHOLDS), 0.0, 0
+        preds = predict_untrained(args, method, sample.image)
+        return [rd.score_outside(sample.labels, p, box, THRESHOLDS) for p in preds], 0.0, 0
     painted, region = rd.sparse_annotation(sample.labels, box)
     settings = _settings(args, budget, method)
     model, seconds = train_model(sample.image, painted, region, settings, method.init)
-    pred = _segment(model, sample.image, device=args.device)
-    counts = rd.score_outside(sample.labels, pred, box, THRESHOLDS)
+    preds = model_labels(args, model, sample.image)
+    counts = [rd.score_outside(sample.labels, p, box, THRESHOLDS) for p in preds]
     summary = model.training["summary"]
     _log(
         f"sparse {sample.name} {method.name}: {summary['iterations_done']} iterations, "
@@ -261,16 +279,17 @@ def run_sparse(args: argparse.Namespace, methods: list[Method]):
     boxes = [rd.choose_box(s.labels) for s in samples]
     results = []
     for method in methods:
-        result = Result(method)
+        rows = variant_results(args, method)
         for sample, box in zip(samples, boxes, strict=True):
             counts, seconds, iterations = sparse_one(args, sample, box, method, args.sparse_budget)
-            result.counts.append(counts)
-            if method.overrides is not None:
-                result.seconds.append(seconds)
-                result.iterations.append(iterations)
-            ap = rd.ap_from_counts(counts)
-            _log(f"sparse {sample.name} {method.name}: AP {np.round(ap, 3).tolist()}")
-        results.append(result)
+            for row, row_counts in zip(rows, counts, strict=True):
+                row.counts.append(row_counts)
+                if method.overrides is not None:
+                    row.seconds.append(seconds)
+                    row.iterations.append(iterations)
+                ap = rd.ap_from_counts(row_counts)
+                _log(f"sparse {sample.name} {row.method.name}: AP {np.round(ap, 3).tolist()}")
+        results += rows
     return samples, boxes, results
 
 
@@ -284,7 +303,8 @@ def run_curve(args, samples, boxes, results: list[Result]) -> dict[str, list[tup
     n = min(args.curve_images, len(samples))
     curves: dict[str, list[tuple]] = {}
     for result in results:
-        curve_row = result.method.key in CURVE_ROWS or result.method.key.startswith("fine-tune")
+        key = result.method.key
+        curve_row = key in CURVE_ROWS or (key.startswith("fine-tune") and "@" not in key)
         if not curve_row or n == 0:
             continue
         points = []
@@ -296,7 +316,7 @@ def run_curve(args, samples, boxes, results: list[Result]) -> dict[str, list[tup
                 sparse_one(args, s, b, result.method, budget)
                 for s, b in zip(samples[:n], boxes[:n], strict=True)
             ]
-            points.append(_curve_point([r[0] for r in runs], [r[1] for r in runs]))
+            points.append(_curve_point([r[0][0] for r in runs], [r[1] for r in runs]))
             _log(f"curve {result.method.name} x{fraction:g}: {points[-1]}")
         points.append(_curve_point(result.counts[:n], result.seconds[:n]))
         curves[result.method.name] = points
@@ -449,6 +469,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="NAME:MODEL",
         help="a row segmenting with MODEL as it is, without training (repeatable)",
+    )
+    parser.add_argument(
+        "--also-min-confidence",
+        action="append",
+        type=float,
+        default=[],
+        metavar="C",
+        help="also score every U-Net row's model with this min_confidence (an extra row from "
+        "the same trained model; repeatable)",
     )
     parser.add_argument("--minutes", type=float, help="budget of both protocols (default 5 / 3)")
     parser.add_argument("--iterations", type=int, help="budget in iterations instead of minutes")
