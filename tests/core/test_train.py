@@ -478,3 +478,19 @@ def test_preload_imports_what_the_first_optimiser_needs():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_weight_average_is_the_moving_average_of_the_steps(cells):
+    image, labels = cells
+    runs = {}
+    for steps, decay in ((1, 0.0), (2, 0.0), (2, 0.75)):
+        settings = _settings(iterations=steps, validation_fraction=0.0, weight_average=decay)
+        runs[steps, decay] = run_training(image, labels, settings=settings, model=_tiny())
+    first, second = runs[1, 0.0].net.state_dict(), runs[2, 0.0].net.state_dict()
+    averaged = runs[2, 0.75].net.state_dict()
+    floats = [k for k, v in first.items() if v.is_floating_point()]
+    assert any("running_mean" in k for k in floats)  # batch-norm statistics averaged too
+    for key in floats:  # the first step's weights, then 0.75 old + 0.25 new
+        torch.testing.assert_close(averaged[key], 0.75 * first[key] + 0.25 * second[key])
+    assert not torch.allclose(averaged[floats[0]], second[floats[0]])
+    assert runs[2, 0.75].training["settings"]["weight_average"] == 0.75

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ... import __version__
 from ..device import describe_device, select_device
@@ -676,6 +677,15 @@ class _Optimisation:
             self.optimizer = torch.optim.Adam(
                 params, lr=settings.learning_rate, weight_decay=settings.weight_decay
             )
+        # an exponential moving average of the weights (and batch-norm statistics): what is
+        # validated and kept when settings.weight_average > 0
+        self.average: AveragedModel | None = None
+        if settings.weight_average > 0:
+            self.average = AveragedModel(
+                self.net,
+                multi_avg_fn=get_ema_multi_avg_fn(settings.weight_average),
+                use_buffers=True,
+            )
         # Dropout draws from torch's global generator: keep a private CPU state so that a seeded
         # run is reproducible and other users of the global generator are left alone.
         self.rng_state: torch.Tensor | None = None
@@ -684,6 +694,11 @@ class _Optimisation:
                 torch.manual_seed(plan.dist.rank_seed(plan.seed) + 1)
                 self.rng_state = torch.get_rng_state()
 
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The network that is validated and kept: the weight average, else the network."""
+        return self.net if self.average is None else self.average.module
+
     def step(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lr: float) -> float:
         """One optimisation step at learning rate ``lr``; returns the batch's loss."""
         for group in self.optimizer.param_groups:
@@ -691,11 +706,14 @@ class _Optimisation:
         if self.channels_last:
             x = x.contiguous(memory_format=self.memory_format)
         if self.rng_state is None:
-            return float(self._step(x, y, w))
-        with torch.random.fork_rng(devices=[]):
-            torch.set_rng_state(self.rng_state)
             loss = self._step(x, y, w)
-            self.rng_state = torch.get_rng_state()
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(self.rng_state)
+                loss = self._step(x, y, w)
+                self.rng_state = torch.get_rng_state()
+        if self.average is not None:
+            self.average.update_parameters(self.net)
         return float(loss)
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -923,7 +941,7 @@ class _TrainingRun:
         if model is not None and self.iteration == 0 and data.tiles is not None:
             # the starting weights compete for the best checkpoint: a fine-tuning run that
             # never beats them on the held-out part returns them unchanged
-            self.best.offer(self.score(), self.opt.net, 0)
+            self.best.offer(self.score(), self.opt.evaluated, 0)
 
     def finished(self, stop: threading.Event | None) -> bool:
         """Whether the run ends before its next step (stop request, iterations, minutes)."""
@@ -967,7 +985,7 @@ class _TrainingRun:
         score = None
         if data.tiles is not None and (self.iteration % self.validate_every == 0 or done):
             score = self.score()
-            self.best.offer(score, self.opt.net, self.iteration)
+            self.best.offer(score, self.opt.evaluated, self.iteration)
         self.keeper.after_step(self)
         return self.event(lr, score)
 
@@ -977,11 +995,15 @@ class _TrainingRun:
         assert tiles is not None
         if self.classes:
             return score_classes(
-                self.opt.net, tiles, plan.device, amp=plan.amp, channels_last=plan.channels_last
+                self.opt.evaluated,
+                tiles,
+                plan.device,
+                amp=plan.amp,
+                channels_last=plan.channels_last,
             )
         tune = self.settings.validation_metric == "ap"
         return score_network(
-            self.opt.net,
+            self.opt.evaluated,
             tiles,
             plan.device,
             gap=plan.gap,
@@ -1014,8 +1036,8 @@ class _TrainingRun:
         self.keeper.at_end(self, stopped)  # before the final validation changes the best state
         if self.data.tiles is not None and self.iteration > 0:
             if self.best.last_validated != self.iteration:
-                self.best.offer(self.score(), self.opt.net, self.iteration, keep=False)
-        net = self.best.result(self.opt.net, self.data.config, self.iteration)
+                self.best.offer(self.score(), self.opt.evaluated, self.iteration, keep=False)
+        net = self.best.result(self.opt.evaluated, self.data.config, self.iteration)
         best = self.best
         # post-processing chosen on the held-out part, else what the annotation says
         threshold, min_size, confidence = 0.5, self.min_sizes[0], DEFAULT_MIN_CONFIDENCE

@@ -229,6 +229,10 @@ class TrainSettings:
         running statistics stay those of the data the model was trained on and a small
         annotation does not rewrite them (their scale and shift are still trained). Ignored
         for a new network. Off by default (:data:`FINE_TUNE_DEFAULTS`).
+    weight_average : float
+        Decay of an exponential moving average of the weights and batch-norm statistics
+        (``torch.optim.swa_utils``), updated after every step; the average is what is
+        validated and kept. 0: off (the network itself).
     spatial_dims : {2, 3}
         2: a 2D network (stacks are sets of 2D slices); 3: a 3D network trained on volumes
         ``(Z, Y, X)``, from their labelled slices (or their regions) only.
@@ -288,6 +292,9 @@ class TrainSettings:
     )
     depth: int | None = setting(None, label="network depth (0: preset's)", min=0, max=6, none=0)
     freeze_batch_norm: bool = setting(False, label="freeze batch norm (fine-tuning)")
+    weight_average: float = setting(
+        0.0, label="weight average (EMA decay, 0: off)", min=0.0, max=0.9999, step=0.001
+    )
     spatial_dims: int = setting(2, show=HIDDEN, label="dimensions")
     voxel_size: tuple[float, ...] | None = setting(None, show=HIDDEN, label="voxel size")
 
