@@ -178,7 +178,7 @@ class SegmentWidget(ViewerWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer)
-        from napari_unet.core.inference import DEFAULT_MIN_CONFIDENCE, DEFAULT_MIN_SIZE, segment
+        from napari_unet.core.inference import segment
 
         self._session = session_for(viewer)
         self._task = JobProgress(self._refresh, lambda: self.alive)
@@ -196,18 +196,7 @@ class SegmentWidget(ViewerWidget):
         )
         self.model_info = message("model_info", "")
         self.tile = SpinBox(name="tile", label="tile (0: auto)", min=0, max=16384, step=16)
-        self.threshold = FloatSpinBox(name="threshold", min=0.01, max=0.99, step=0.05, value=0.5)
-        self.min_size = SpinBox(name="min_size", label="minimum size", min=0, max=10_000_000)
-        self.min_size.value = DEFAULT_MIN_SIZE
-        self.min_confidence = FloatSpinBox(
-            name="min_confidence",
-            label="min confidence",
-            min=0.0,
-            max=0.99,
-            step=0.05,
-            value=DEFAULT_MIN_CONFIDENCE,
-            tooltip="drop objects whose highest probability is under this (0 keeps all)",
-        )
+        self._postprocessing_controls()
         self.tta = CheckBox(name="tta", text="test-time augmentation", value=False)
         self.device, self.device_readout = device_picker(runtime=True)
         self.scope = ComboBox(
@@ -262,6 +251,23 @@ class SegmentWidget(ViewerWidget):
         self._session.connect(self._on_model_source)
         self._on_model_source()
         self._set_busy(False)
+
+    def _postprocessing_controls(self) -> None:
+        """Threshold, minimum size and minimum confidence (set from the model when chosen)."""
+        from napari_unet.core.inference import DEFAULT_MIN_CONFIDENCE, DEFAULT_MIN_SIZE
+
+        self.threshold = FloatSpinBox(name="threshold", min=0.01, max=0.99, step=0.05, value=0.5)
+        self.min_size = SpinBox(name="min_size", label="minimum size", min=0, max=10_000_000)
+        self.min_size.value = DEFAULT_MIN_SIZE
+        self.min_confidence = FloatSpinBox(
+            name="min_confidence",
+            label="min confidence",
+            min=0.0,
+            max=0.99,
+            step=0.01,
+            value=DEFAULT_MIN_CONFIDENCE,
+            tooltip="drop objects whose highest probability is under this (0 keeps all)",
+        )
 
     def _objects_controls(self) -> None:
         """The classes mode's "add an objects layer" and "objects of" (the model's classes)."""

@@ -153,10 +153,10 @@ def probabilities_to_labels(
     Steps: foreground where ``prob > threshold``; seeds are the connected components of
     ``prob > seed_threshold``, grown over the foreground by a watershed on the probability
     (foreground components without a seed become objects of their own); instances whose
-    highest probability is under ``min_confidence`` dropped; each instance grown
-    back by ``gap`` pixels into the gaps between instances (chessboard distance, never over
-    another instance); components of fewer than ``min_size`` pixels dropped; the rest numbered
-    ``start_label, start_label + 1, ...`` in raster order of their first pixel.
+    highest probability is under ``min_confidence`` dropped; each grown back by ``gap`` pixels
+    into the gaps between instances (chessboard distance, never over another instance);
+    components of fewer than ``min_size`` pixels dropped; the rest numbered ``start_label,
+    start_label + 1, ...`` in raster order of their first pixel.
 
     Parameters
     ----------
@@ -165,31 +165,26 @@ def probabilities_to_labels(
     threshold : float
         Probability above which a pixel is foreground, in ``[0, 1)``.
     gap : int
-        Gap (pixels per side) cut between touching instances in the training targets: the
-        model's ``gap``. 0 grows nothing.
+        Gap (pixels per side) training cut between touching instances (``model.gap``); 0: none.
     min_size : int
         Smallest object kept, in pixels (0 or 1 keeps all).
     start_label : int
-        First label. For a stack, pass one more than the largest label so far; the next start
-        is ``max(labels.max() + 1, start_label)``.
+        First label (for a stack, one more than the largest label so far).
     connectivity : {1, 2}
-        Pixels connected through edges only (1, the default: touching cells that the network
-        separated by a diagonal line stay separate) or through corners too (2; in 3D, 2 also
-        joins through edges, not corners).
+        Pixels connected through edges only (1: cells split by a diagonal line stay apart) or
+        through corners too (2; in 3D, through edges as well, not corners).
     seed_threshold : float, optional
         Probability above which a pixel belongs to a seed, in ``[threshold, 1)``. ``None``:
         halfway between ``threshold`` and 1. Equal to ``threshold``: plain connected components.
     sampling : tuple of float, optional
-        Voxel size of a 3D map (the gap is grown back in physical units, as training cut it);
-        None: isotropic.
+        Voxel size of a 3D map (the gap is grown back in physical units); None: isotropic.
     seed_split : float, optional
         Share in (0, 1] of :func:`split_seeds` (3D models record it); ``None``: no splitting.
     grow_axes : tuple of int, optional
         The axes the gap is grown back along (``grow_instances(axes=)``); ``None``: all.
     min_confidence : float
-        Smallest peak probability of an instance kept (the object needs a pixel at least this
-        sure), in ``[0, 1)``; 0 (the default here) keeps all. A model's labels use its own
-        (:func:`postprocessing_defaults`, else :data:`DEFAULT_MIN_CONFIDENCE`).
+        Smallest peak probability of an instance kept, in ``[0, 1)``; 0 (the default here)
+        keeps all. A model's labels use its own (:func:`postprocessing_defaults`).
 
     Returns
     -------
@@ -211,14 +206,11 @@ def probabilities_to_labels(
     prob = np.asarray(prob)
     seed_threshold = (1.0 + float(threshold)) / 2 if seed_threshold is None else seed_threshold
     _check_arguments(prob, threshold, gap, min_size, start_label, connectivity)
-    _check_seeds(threshold, seed_threshold, seed_split)
-    if not 0.0 <= float(min_confidence) < 1.0:
-        raise ValueError(f"min_confidence must be in [0, 1), got {min_confidence!r}")
+    _check_levels(threshold, seed_threshold, seed_split, min_confidence)
     labels, n = seeded_instances(prob, threshold, seed_threshold, connectivity, seed_split)
     if n == 0:
         return labels
-    if min_confidence > 0:
-        labels = drop_unsure(prob, labels, n, float(min_confidence))
+    labels = drop_unsure(prob, labels, n, float(min_confidence))
     if gap:
         labels = grow_instances(labels, int(gap), sampling=sampling, axes=grow_axes)
     return _renumber(labels, n, int(min_size), int(start_label))
@@ -241,7 +233,7 @@ def drop_unsure(prob: np.ndarray, labels: np.ndarray, n: int, min_confidence: fl
     Returns
     -------
     numpy.ndarray
-        The kept instances, with their numbers.
+        The kept instances, with their numbers (``labels`` itself when ``min_confidence`` is 0).
 
     Examples
     --------
@@ -249,6 +241,8 @@ def drop_unsure(prob: np.ndarray, labels: np.ndarray, n: int, min_confidence: fl
     >>> drop_unsure(prob, np.array([[1, 1, 0, 2, 2]], np.int32), 2, 0.98)
     array([[1, 1, 0, 0, 0]], dtype=int32)
     """
+    if not min_confidence > 0:
+        return labels
     peaks = np.zeros(n + 1)
     np.maximum.at(peaks, labels.ravel(), np.asarray(prob, np.float64).ravel())
     keep = peaks >= min_confidence
@@ -465,8 +459,12 @@ def _check_arguments(
         raise ValueError(f"connectivity must be 1 or 2, got {connectivity!r}")
 
 
-def _check_seeds(threshold: float, seed_threshold: float, seed_split: float | None) -> None:
-    """Raise ValueError on a seed threshold or seed split out of range."""
+def _check_levels(
+    threshold: float, seed_threshold: float, seed_split: float | None, min_confidence: float
+) -> None:
+    """Raise ValueError on a seed threshold, seed split or minimum confidence out of range."""
+    if not 0.0 <= float(min_confidence) < 1.0:
+        raise ValueError(f"min_confidence must be in [0, 1), got {min_confidence!r}")
     if not float(threshold) <= float(seed_threshold) < 1.0:
         raise ValueError(
             f"seed_threshold must be in [threshold, 1) = [{threshold}, 1), got {seed_threshold!r}"

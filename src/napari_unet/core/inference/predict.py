@@ -576,18 +576,10 @@ def segment(
         The network, its normalisation and its gap.
     image : array-like
         As for :func:`predict_probabilities`.
-    threshold : float, optional
-        Foreground where the probability exceeds this (in ``[0, 1)``). Default:
-        ``model.training['threshold']`` (chosen on the held-out annotations) when the model
-        holds one, else 0.5.
-    min_size : int, optional
-        Objects of fewer pixels (after growing) are dropped. Default:
-        ``model.training['min_size']`` when the model holds one, else
-        :data:`~napari_unet.core.inference.DEFAULT_MIN_SIZE` (16 pixels).
-    min_confidence : float, optional
-        Objects whose highest probability is lower are dropped (in ``[0, 1)``; 0 keeps all).
-        Default: ``model.training['min_confidence']`` when the model holds one, else
-        :data:`~napari_unet.core.inference.DEFAULT_MIN_CONFIDENCE` (0.98).
+    threshold, min_size, min_confidence : optional
+        Foreground threshold, smallest object (pixels, after growing) and smallest peak
+        probability of an object kept (:func:`probabilities_to_labels`). Default: the
+        model's (chosen on its held-out annotations), else 0.5, 16 and 0.98.
     channel_axis, rgb, tile, batch_size, device, tta, stop, precision, runtime
         As for :func:`predict_probabilities`.
     out : array-like, optional
