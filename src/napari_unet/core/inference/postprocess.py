@@ -17,13 +17,11 @@ Foreground without a confident core stays an object of its own. Objects whose mo
 pixel is under ``min_confidence`` are dropped: a network trained on a few painted cells answers
 about 0.5 over structures it never saw (haze between dense nuclei, debris), and the fragments of
 that haze pass the foreground threshold one by one, while a real object has a core the network
-is sure of.
-With ``seed_split`` (3D models
-record it) a seed whose probability holds two or more substantial cores at higher levels
-(:func:`seed_levels`) is split into them, so that objects joined by a confident bridge (nuclei
-touching across slices) come apart without a seed threshold so high that it breaks weaker
-objects into fragments. Labels are a function of the stitched probabilities alone, so tiled
-inference stays exact.
+is sure of. With ``seed_split`` (3D models record it) a seed whose probability holds two or
+more substantial cores at higher levels (:func:`seed_levels`) is split into them, so that
+objects joined by a confident bridge (nuclei touching across slices) come apart without a seed
+threshold so high that it breaks weaker objects into fragments. Labels are a function of the
+stitched probabilities alone, so tiled inference stays exact.
 """
 
 from __future__ import annotations
