@@ -61,8 +61,9 @@ DEFAULT_MIN_SIZE = 16
 #: Foreground threshold for models that did not choose one on validation.
 DEFAULT_THRESHOLD = 0.5
 #: Objects whose highest foreground probability is lower are dropped unless the caller or the
-#: model says otherwise. Chosen on train images only (docs/benchmarks.md): 0.95-0.995 scored alike
-#: on sparse boxes and on the full protocol, 0 (no filter) 0.1 lower on the boxes, 0.999 too much.
+#: model says otherwise. Chosen on train images only (docs/benchmarks.md): 0.95-0.995 within 0.005
+#: on sparse boxes and 0.03 on the full protocol, 0 (no filter) 0.1 lower on the boxes, 0.999
+#: far lower on the full protocol.
 DEFAULT_MIN_CONFIDENCE = 0.98
 #: The highest level :func:`seed_levels` goes to: ``1 - p`` no smaller than this.
 FINEST_SEED_LEVEL = 1e-3
