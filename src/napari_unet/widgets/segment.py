@@ -40,16 +40,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 
-from napari_unet.widgets.controls import (
-    ViewerWidget,
-    button_row,
-    collapsible,
-    device_picker,
-    form,
-    layer_picker,
-    message,
-    push_button,
-)
+from napari_unet.widgets import controls
 from napari_unet.widgets.docs import numpydoc_params, set_tooltips
 from napari_unet.widgets.layers import (
     OUTPUT_KEY,
@@ -113,7 +104,7 @@ def model_choices() -> list[tuple[str, str]]:
     return MODEL_CHOICES + [(f"bundled model: {n}", f"bundled:{n}") for n in BUNDLED_MODELS]
 
 
-class SegmentWidget(ViewerWidget):
+class SegmentWidget(controls.ViewerWidget):
     """Segment cells with a U-Net: this session's model or a model file.
 
     The result goes into the Labels layer ``'<image> segmentation'``, slice by slice as slices
@@ -186,7 +177,7 @@ class SegmentWidget(ViewerWidget):
         self._file_cache: tuple[str, float, Any] | None = None
         self.tile_progress: tuple[int, int] = (0, 0)
 
-        self.image = layer_picker(viewer, "image", (Image,))
+        self.image = controls.layer_picker(viewer, "image", (Image,))
         self.channels = ComboBox(name="channels", choices=CHANNEL_CHOICES, value="auto")
         self.model_source = ComboBox(
             name="model_source", label="model", choices=model_choices(), value="session"
@@ -194,11 +185,11 @@ class SegmentWidget(ViewerWidget):
         self.model_file = FileEdit(
             name="model_file", label="model file", mode="r", filter="*.pt *.zip"
         )
-        self.model_info = message("model_info", "")
+        self.model_info = controls.message("model_info", "")
         self.tile = SpinBox(name="tile", label="tile (0: auto)", min=0, max=16384, step=16)
         self._postprocessing_controls()
         self.tta = CheckBox(name="tta", text="test-time augmentation", value=False)
-        self.device, self.device_readout = device_picker(runtime=True)
+        self.device, self.device_readout = controls.device_picker(runtime=True)
         self.scope = ComboBox(
             name="scope", label="segment", choices=SCOPE_CHOICES, value="whole stack"
         )
@@ -209,21 +200,21 @@ class SegmentWidget(ViewerWidget):
             name="probabilities", text="add a probability layer", value=False
         )
         self._objects_controls()
-        self.run_button = push_button("run_button", "Run", RUN_TIP, self._on_run_clicked)
-        self.stop_button = push_button("stop_button", "Stop", STOP_TIP, self.stop)
-        self.status = message("status", "")
+        self.run_button = controls.push_button("run_button", "Run", RUN_TIP, self._on_run_clicked)
+        self.stop_button = controls.push_button("stop_button", "Stop", STOP_TIP, self.stop)
+        self.status = controls.message("status", "")
         self.progress_bar = self._task.bar
         folder_section = self._folder_controls()
         self.extend(
             [
-                form(
+                controls.form(
                     self.image,
                     self.channels,
                     self.model_source,
                     self.model_file,
                 ),
                 self.model_info,
-                form(
+                controls.form(
                     self.tile,
                     self.threshold,
                     self.min_size,
@@ -238,7 +229,7 @@ class SegmentWidget(ViewerWidget):
                     name="options",
                 ),
                 self.device_readout,
-                button_row(self.run_button, self.stop_button),
+                controls.button_row(self.run_button, self.stop_button),
                 folder_section,
                 self.status,
                 self.progress_bar,
@@ -283,7 +274,7 @@ class SegmentWidget(ViewerWidget):
         self.skip_existing = CheckBox(
             name="skip_existing", text="skip images segmented before", value=False
         )
-        self.folder_button = push_button(
+        self.folder_button = controls.push_button(
             "folder_button", "Segment folder…", FOLDER_TIP, self._on_folder_clicked
         )
         self.folder_button.label = ""
@@ -291,7 +282,7 @@ class SegmentWidget(ViewerWidget):
         docs = numpydoc_params(type(self))  # the section's controls sit outside the container
         for widget in widgets[:-1]:
             widget.tooltip = docs.get(widget.name, "")
-        return collapsible("folder_section", "Segment a folder", widgets)
+        return controls.collapsible("folder_section", "Segment a folder", widgets)
 
     # -- public API ----------------------------------------------------------------------------
     @property
