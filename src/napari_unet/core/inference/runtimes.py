@@ -59,10 +59,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The runtime choices a user has.
-RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 #: The runtimes that run an exported graph (on the CPU only).
 GRAPH_RUNTIMES = ("onnxruntime", "openvino")
+#: The runtime choices a user has.
+RUNTIMES = ("auto", "torch", *GRAPH_RUNTIMES)
 #: What ``'auto'`` runs on the CPU (the faster of the two in bench/bench_runtimes.py).
 CPU_DEFAULT_RUNTIME = "openvino"
 #: Readable names, for the device readout.
