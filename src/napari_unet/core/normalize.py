@@ -176,6 +176,10 @@ def intensity_range(
     ValueError
         If every channel of the image is constant.
 
+    See Also
+    --------
+    percentile_range : the two percentiles alone, without the fallback.
+
     Examples
     --------
     >>> sparse = np.zeros((1, 100, 100), np.uint16)
