@@ -412,7 +412,7 @@ def _crop_zero(array: np.ndarray, y0: int, x0: int, size: int) -> np.ndarray:
 @torch.inference_mode()
 def predict_tiles(
     net: torch.nn.Module,
-    tiles: ValidationTiles,
+    images: torch.Tensor,
     device: torch.device,
     amp: bool = False,
     channels_last: bool = False,
@@ -426,8 +426,8 @@ def predict_tiles(
     net : torch.nn.Module
         The network (put in evaluation mode for the pass, then each layer back in the mode it
         was in: a fine-tuned network's frozen batch norm stays in evaluation mode).
-    tiles : ValidationTiles
-        The inputs.
+    images : torch.Tensor
+        float32 ``(M, C, S, S)`` inputs (:attr:`ValidationTiles.images`).
     device : torch.device
         Where the network is.
     amp, channels_last : bool
@@ -446,8 +446,8 @@ def predict_tiles(
     net.eval()
     out = []
     try:
-        for i in range(0, tiles.images.shape[0], batch):
-            x = tiles.images[i : i + batch].to(device)
+        for i in range(0, images.shape[0], batch):
+            x = images[i : i + batch].to(device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -579,7 +579,7 @@ def score_network(
         (the first in order of preference among equals). With fewer than
         :data:`MIN_TUNING_CELLS` held-out cells only the preferred (first) ones are tried.
     """
-    prob = predict_tiles(net, tiles, device, amp, channels_last)
+    prob = predict_tiles(net, tiles.images, device, amp, channels_last)
     pred = torch.from_numpy(tiles.crop(prob) > 0.5)
     truth = tiles.classes
     annotated, fg = truth != IGNORE, truth == FOREGROUND
@@ -624,7 +624,7 @@ def score_classes(
         ``iou``: the mean of ``class_iou`` over the classes scored (the argmax class against
         the painted class, :func:`~.metrics.class_iou`); ``ap`` is ``None``.
     """
-    prob = predict_tiles(net, tiles, device, amp, channels_last, classes=True)
+    prob = predict_tiles(net, tiles.images, device, amp, channels_last, classes=True)
     n_classes = prob.shape[1]
     pred = tiles.crop(prob).argmax(axis=1) + 1
     truth = tiles.classes.numpy()
