@@ -366,10 +366,10 @@ def predict_probabilities(
     tile: int | tuple[int, int] | None = None,
     batch_size: int | None = None,
     device: str | torch.device = "auto",
+    precision: str = "auto",
     tta: bool = False,
     out: Any = None,
     stop: threading.Event | None = None,
-    precision: str = "auto",
     runtime: str = "auto",
 ) -> Generator[Step, None, Any]:
     """Foreground probability of a 2D image or a stack by exact overlap-tile inference.
