@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from napari_unet.core.model import UNetConfig
@@ -135,3 +136,18 @@ def test_an_annotation_too_small_to_hold_out_warns() -> None:
                 ),
             )
         )
+
+
+@pytest.mark.parametrize(("unsure", "chosen"), [(1, 0.98), (2, 0.0)])
+def test_confidence_off_only_when_it_finds_more_than_one_more_cell(monkeypatch, unsure, chosen):
+    monkeypatch.setattr(validation, "MIN_TUNING_CELLS", 3)
+    labels = _cells()
+    prob = np.where(labels > 0, 0.99, 0.05)
+    for value in range(1, unsure + 1):
+        prob[labels == value] = 0.9  # a real cell the default confidence drops
+    tiles = _tiles(prob, labels)
+    net = _ProbabilityNet()
+    score = score_network(net, tiles, torch.device("cpu"), gap=0, min_sizes=[4])
+    assert tiles.n_cells == 3 and score.min_confidence == chosen
+    # one cell of three lost is within the noise of three held-out cells; two are not
+    assert score.ap == pytest.approx((3 - unsure) / 3 if chosen else 1.0)
