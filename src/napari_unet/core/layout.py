@@ -4,8 +4,9 @@ Every part of the project reads images the same way: ``(Y, X)``; ``(C, Y, X)`` o
 ``(Z, C, Y, X)`` / ``(C, Z, Y, X)`` with a named channel axis; RGB(A) ``(Y, X, 3|4)`` or
 ``(Z, Y, X, 3|4)``; or a stack ``(Z, Y, X)`` of 2D slices. :func:`image_layout` checks a shape
 against what the caller says about it (channel axis, RGB) and returns an :class:`ImageLayout`;
-training (:func:`napari_unet.core.normalize.as_nchw`), tiled inference and the widgets all start
-from it, so that an image is laid out once, in one place, with one set of messages.
+tiled inference, the command line and the widgets start from it. Training and model export
+arrange their in-memory arrays with :func:`napari_unet.core.normalize.as_nchw`, which accepts the
+same layouts with the same rules (its messages are worded for a list of training images).
 """
 
 from __future__ import annotations
