@@ -89,7 +89,7 @@ def test_logit_adjustment_keeps_the_balanced_optimum_calibrated(adjusted):
 
 def test_training_records_the_logit_offset_of_its_annotation(cells):
     image, labels = cells
-    settings = _settings(iterations=2, validation_fraction=0.0, calibrate=True)
+    settings = _settings(iterations=2, validation_fraction=0.0)
     model = run_training(image, labels, settings=settings, model=_tiny())
     fg = np.count_nonzero(cut_gap(labels, 1))
     expected = logit_adjustment(np.array([labels.size - fg, fg]))
