@@ -11,7 +11,7 @@ import torch
 
 from napari_unet.core.model import TrainedModel, UNet, UNetConfig
 from napari_unet.core.model_files import load_model, save_model
-from napari_unet.core.targets import IGNORE, class_balance_weights, cut_gap, logit_adjustment
+from napari_unet.core.targets import IGNORE
 from napari_unet.core.training import TrainEvent, TrainSettings, run_training, train
 from napari_unet.core.training import settings as settings_module
 from napari_unet.core.training.loop import weighted_cross_entropy
@@ -61,42 +61,6 @@ def test_weighted_cross_entropy_ignores_unannotated_pixels():
     logits.requires_grad_(True)
     weighted_cross_entropy(logits, classes, weights).backward()
     assert torch.all(logits.grad[..., 2] == 0)
-
-
-@pytest.mark.parametrize("adjusted", [False, True])
-def test_logit_adjustment_keeps_the_balanced_optimum_calibrated(adjusted):
-    # a tenth foreground, class-balanced: one free logit pair minimising the weighted loss
-    counts = np.array([90, 10])
-    classes = torch.tensor([[[0] * 90 + [1] * 10]])
-    w_bg, w_fg = class_balance_weights(counts)
-    weights = torch.where(classes == 1, float(w_fg), float(w_bg)).float()
-    offset = torch.from_numpy(logit_adjustment(counts)) if adjusted else None
-    z = torch.zeros(2, requires_grad=True)
-    optimiser = torch.optim.LBFGS([z], max_iter=100)
-
-    def closure():
-        optimiser.zero_grad()
-        logits = z.view(1, 2, 1, 1).expand(1, 2, 1, 100)
-        loss = weighted_cross_entropy(logits, classes, weights, offset=offset)
-        loss.backward()
-        return loss
-
-    optimiser.step(closure)
-    foreground = float(torch.softmax(z.detach(), 0)[1])
-    # balanced alone: 0.5 everywhere; with the offset, the foreground's share of the pixels
-    assert foreground == pytest.approx(0.1 if adjusted else 0.5, abs=1e-3)
-
-
-def test_training_records_the_logit_offset_of_its_annotation(cells):
-    image, labels = cells
-    settings = _settings(iterations=2, validation_fraction=0.0)
-    model = run_training(image, labels, settings=settings, model=_tiny())
-    fg = np.count_nonzero(cut_gap(labels, 1))
-    expected = logit_adjustment(np.array([labels.size - fg, fg]))
-    np.testing.assert_allclose(model.training["logit_offset"], expected, rtol=1e-5)
-    assert expected[1] - expected[0] == pytest.approx(np.log((labels.size - fg) / fg), rel=1e-5)
-    off = run_training(image, labels, settings=replace(settings, calibrate=False), model=_tiny())
-    assert off.training["logit_offset"] == []
 
 
 def test_events_and_result(cells):

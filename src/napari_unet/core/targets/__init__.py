@@ -9,17 +9,14 @@ What the loss learns from a user's painting (Ronneberger et al. 2015, eq. 2), fo
 - :mod:`.terms`: the two terms of eq. 2, class balance and the border term.
 - :mod:`.weight_map`: the whole map, per image or per slice, and the training targets.
 - :mod:`.live`: the map kept up to date while the user paints.
-- :mod:`.classes`: targets of the classes mode (scribbles, class-balanced painted pixels),
-  and the logit adjustment that keeps a class-balanced network's probabilities calibrated.
+- :mod:`.classes`: targets of the classes mode (scribbles, class-balanced painted pixels).
 """
 
 from .classes import (
     MAX_CLASSES,
     check_class_labels,
     class_balance_weights,
-    class_counts,
     class_targets,
-    logit_adjustment,
     painted_classes,
 )
 from .gap import axis_gaps, cut_gap, grow_instances, touching_gap
@@ -63,12 +60,10 @@ __all__ = [
     "check_region",
     "check_sampling",
     "class_balance_weights",
-    "class_counts",
     "class_targets",
     "class_weights",
     "cut_gap",
     "grow_instances",
-    "logit_adjustment",
     "painted_classes",
     "pixel_sampling",
     "split_components",

@@ -20,9 +20,7 @@ __all__ = [
     "MAX_CLASSES",
     "check_class_labels",
     "class_balance_weights",
-    "class_counts",
     "class_targets",
-    "logit_adjustment",
     "painted_classes",
 ]
 
@@ -116,63 +114,6 @@ def class_balance_weights(counts: np.ndarray, class_balance: bool = True) -> np.
     total, k = counts.sum(), counts.size
     safe = np.where(counts > 0, counts, 1.0)
     return np.where(counts > 0, total / (k * safe), 1.0).astype(np.float32)
-
-
-def class_counts(classes: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
-    """Annotated pixels per target class over several target-class maps.
-
-    Parameters
-    ----------
-    classes : sequence of numpy.ndarray
-        uint8 target classes (``IGNORE`` where not annotated), e.g.
-        :attr:`~napari_unet.core.targets.TrainingTargets.classes` of each image.
-    n_classes : int
-        Number of classes ``K``.
-
-    Returns
-    -------
-    numpy.ndarray
-        int64 ``(K,)``.
-
-    Examples
-    --------
-    >>> class_counts([np.array([[0, 1, IGNORE]], np.uint8), np.zeros((2, 2), np.uint8)], 2)
-    array([5, 1])
-    """
-    total = np.zeros(max(int(n_classes), IGNORE + 1), np.int64)
-    for c in classes:
-        total += np.bincount(np.asarray(c, np.uint8).ravel(), minlength=total.size)
-    return total[: int(n_classes)]
-
-
-def logit_adjustment(counts: np.ndarray, class_balance: bool = True) -> np.ndarray:
-    """Offsets that keep a class-balanced network's probabilities those of the data.
-
-    A network trained with class weights ``w_k`` (:func:`class_balance_weights`) learns
-    ``p_k ~ w_k q_k`` instead of the class probability ``q_k``: with the foreground a tenth of
-    the pixels, ``p > 0.5`` where ``q > 0.1``, and every outline grows. Adding ``log w_k`` to the
-    logits in the loss (logit adjustment, Menon et al. 2021) moves that factor into the loss,
-    so the network's own softmax stays ``q`` and 0.5 stays the even-odds boundary.
-
-    Parameters
-    ----------
-    counts : numpy.ndarray
-        Annotated training pixels per class, ``(K,)`` (:func:`class_counts`).
-    class_balance : bool
-        Whether the loss balances the classes; ``False`` gives zeros.
-
-    Returns
-    -------
-    numpy.ndarray
-        float32 ``(K,)``: ``log w_k``, centred on 0.
-
-    Examples
-    --------
-    >>> np.round(logit_adjustment(np.array([90, 10])), 3)  # log(9) apart
-    array([-1.099,  1.099], dtype=float32)
-    """
-    offset = np.log(class_balance_weights(counts, class_balance).astype(np.float64))
-    return (offset - offset.mean()).astype(np.float32)
 
 
 def class_targets(

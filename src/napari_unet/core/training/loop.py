@@ -49,7 +49,7 @@ from ..model import (
 )
 from ..normalize import normalization_spec
 from ..progress import run_to_end
-from ..targets import IGNORE, class_counts, logit_adjustment
+from ..targets import IGNORE
 from .augment import augment_batch, center_crop, context_margin
 from .checkpoint import Checkpointing, CheckpointKeeper
 from .data import (
@@ -210,7 +210,6 @@ def weighted_cross_entropy(
     classes: torch.Tensor,
     weights: torch.Tensor,
     count: torch.Tensor | None = None,
-    offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pixel-wise weighted softmax cross-entropy over the annotated pixels.
 
@@ -228,9 +227,6 @@ def weighted_cross_entropy(
     count : torch.Tensor, optional
         What the sum is divided by instead of this batch's annotated pixels (data-parallel
         training: :meth:`~napari_unet.core.training.distributed.Distributed.loss_count`).
-    offset : torch.Tensor, optional
-        ``(K,)`` added to the logits of every pixel before the softmax
-        (:func:`~napari_unet.core.targets.logit_adjustment`).
 
     Returns
     -------
@@ -244,10 +240,7 @@ def weighted_cross_entropy(
     1.3862943649291992
     """
     target = torch.where(classes == IGNORE, torch.zeros_like(classes), classes)
-    logits = logits.float()
-    if offset is not None:
-        logits = logits + offset.view(1, -1, *(1,) * (logits.ndim - 2))
-    ce = F.cross_entropy(logits, target, reduction="none")
+    ce = F.cross_entropy(logits.float(), target, reduction="none")
     if count is None:
         count = (weights > 0).sum().clamp_min(1)
     return (ce * weights).sum() / count
@@ -491,8 +484,6 @@ class _RunData:
         Smallest object worth keeping, learnt from the annotated cells.
     in_shape, out_shape : tuple of int
         The input and output patches per spatial axis (3 axes for a 3D network).
-    logit_offset : tuple of float
-        Added to the logits in the loss (:func:`_logit_offset`); empty: none.
     """
 
     samples: list[AnnotatedImage]
@@ -506,19 +497,6 @@ class _RunData:
     min_size: int | None
     in_shape: tuple[int, ...] = ()
     out_shape: tuple[int, ...] = ()
-    logit_offset: tuple[float, ...] = ()
-
-
-def _logit_offset(
-    samples: Sequence[AnnotatedImage], settings: TrainSettings, n_classes: int
-) -> tuple[float, ...]:
-    """The loss's logit offset (:func:`~napari_unet.core.targets.logit_adjustment`) from the
-    training samples' class counts; empty in classes mode (painted pixels do not say how
-    common a class is) or with ``calibrate`` off."""
-    if settings.mode == "classes" or not settings.calibrate:
-        return ()
-    counts = class_counts([s.classes for s in samples], n_classes)
-    return tuple(float(v) for v in logit_adjustment(counts, settings.class_balance))
 
 
 def _prepare_run_data(
@@ -562,20 +540,8 @@ def _prepare_run_data(
     if config.spatial_dims == 3:  # no held-out part in 3D: the last model, 0.5, learnt size
         sampler = PatchSampler(samples, crop, plan.device, plan.dist.rank_rng(rng, plan.seed))
         min_size = annotation_min_size(samples, settings.min_size_fraction)
-        offset = _logit_offset(samples, settings, config.n_classes)
         return _RunData(
-            samples,
-            config,
-            in_size,
-            out_size,
-            [],
-            0,
-            None,
-            sampler,
-            min_size,
-            in_shape,
-            out_shape,
-            offset,
+            samples, config, in_size, out_size, [], 0, None, sampler, min_size, in_shape, out_shape
         )
     block = validation_block(out_size, config.grid)
     spec = replace(plan.targets, n_classes=config.n_classes)
@@ -597,7 +563,6 @@ def _prepare_run_data(
         min_size,
         in_shape,
         out_shape,
-        _logit_offset(train_samples, settings, config.n_classes),
     )
 
 
@@ -678,20 +643,11 @@ class _Optimisation:
         Device, seed and memory options.
     model : TrainedModel, optional
         Start from these weights (fine-tuning).
-    offset : sequence of float
-        The loss's logit offset (:func:`_logit_offset`); empty: none.
     """
 
-    def __init__(
-        self,
-        config: UNetConfig,
-        plan: _RunPlan,
-        model: TrainedModel | None,
-        offset: Sequence[float] = (),
-    ) -> None:
+    def __init__(self, config: UNetConfig, plan: _RunPlan, model: TrainedModel | None) -> None:
         settings = plan.settings
         self.plan = plan
-        self.offset = torch.tensor(offset, device=plan.device) if offset else None
         self.net = _new_net(config, plan.seed)
         if model is not None:
             self.net.load_state_dict(_state_cpu(model.net))
@@ -766,8 +722,7 @@ class _Optimisation:
             logits = self.forward(x)
         # same padding with context: the loss area is the centre of the output
         count = self.plan.dist.loss_count(w)
-        logits = center_crop(logits, tuple(y.shape[1:]))
-        loss = weighted_cross_entropy(logits, y, w, count, self.offset)
+        loss = weighted_cross_entropy(center_crop(logits, tuple(y.shape[1:])), y, w, count)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
@@ -957,7 +912,7 @@ class _TrainingRun:
         self.aug = self.settings.augment_settings()
         self.generator = torch.Generator(device=plan.device)
         self.generator.manual_seed(plan.dist.rank_seed(plan.seed))
-        self.opt = _Optimisation(data.config, plan, model, data.logit_offset)
+        self.opt = _Optimisation(data.config, plan, model)
         self.validate_every = _validation_interval(self.settings)
         self.classes = self.settings.mode == "classes"
         metric = run_metric(self.settings)
@@ -1095,7 +1050,6 @@ class _TrainingRun:
         }
         if not self.classes:
             record.update(threshold=threshold, min_size=min_size, min_confidence=confidence)
-            record.update(logit_offset=list(self.data.logit_offset))
             if self.data.config.spatial_dims == 3:
                 record.update(seed_split=VOLUME_SEED_SPLIT, gap_axes=gap_axes(self.data.samples))
         if model is not None:

@@ -165,11 +165,6 @@ class TrainSettings:
         Balance background and foreground in the loss.
     border_weights : bool
         Emphasise the background between touching cells.
-    calibrate : bool
-        Cells mode: keep the network's probabilities those of the data although the loss
-        balances the classes (the balance weights' log added to the logits in the loss,
-        :func:`~napari_unet.core.targets.logit_adjustment`); without it the balance grows every
-        outline (``p > 0.5`` where the foreground is only as likely as its share of pixels).
     gap : int
         Pixels cut from each side of a border between touching cells in the targets.
     device : str
@@ -271,7 +266,6 @@ class TrainSettings:
     sigma: float = setting(5.0, show=MAIN, min=0.1, max=200.0, step=0.5)
     class_balance: bool = setting(True, show=MAIN, label="balance classes")
     border_weights: bool = setting(True, label="border weights")
-    calibrate: bool = setting(True, label="calibrated probabilities")
     gap: int = setting(1, min=0, max=16)
     device: str = setting("auto", show=MAIN)
     seed: int | None = setting(None, label="seed (-1: random)", min=-1, max=2**31 - 1, none=-1)
