@@ -51,8 +51,9 @@ __all__ = [
 
 #: Probability thresholds tried on the held-out part, in order of preference on a tie.
 THRESHOLDS = (0.5, 0.4, 0.6, 0.3, 0.7)
-#: Smallest peak object probabilities tried on the held-out part, in order of preference on a tie
-#: (0 for a network too unsure to pass the default: its threshold is chosen low as well). Each
+#: Smallest peak object probabilities tried on the held-out part, in order of preference (a later
+#: one must beat an earlier one by more than one held-out cell's share of AP, :func:`score_network`;
+#: 0 for a network too unsure to pass the default: its threshold is chosen low as well). Each
 #: value is a full pass of post-processing and matching per threshold and minimum size.
 CONFIDENCES = (DEFAULT_MIN_CONFIDENCE, 0.0)
 #: Pixels of network output kept around a held-out block for its instances (cells cut by the
