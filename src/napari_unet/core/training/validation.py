@@ -18,6 +18,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import product
 from typing import Any
 
@@ -300,9 +301,10 @@ class ValidationTiles:
     window: np.ndarray | None = None
     margin: int = 0
 
-    @property
+    @cached_property
     def n_cells(self) -> int:
-        """Held-out cells that are scored (at least half inside a block's annotated pixels)."""
+        """Held-out cells that are scored (at least half inside a block's annotated pixels;
+        counted once: the blocks do not change during a run)."""
         if self.labels is None or self.window is None:
             return 0
         return sum(window_counts(t, t, w)[0] for t, w in zip(self.labels, self.window, strict=True))
